@@ -1,0 +1,323 @@
+/*
+ * hub.h - the wshub core: a pure, I/O-free pub/sub hub.
+ *
+ * The core is a value you call.  Events go in (a connection opened, a
+ * message arrived, the backplane delivered, the clock passed a deadline),
+ * each with the current time |now| passed in; effects come out through a
+ * queue the caller drains (send these bytes, close that connection,
+ * subscribe this channel).  The core never reads a clock, a socket or a
+ * random source, so the same events give the same effects, byte for byte.
+ *
+ *   hub_on_xxx(h, ..., now);
+ *   while ((e = hub_effect_peek(h)) != NULL) {
+ *     apply(e);
+ *     hub_effect_pop(h);     drops the effect's hub_buf references
+ *   }
+ *
+ * Threading: none.  A hub and the hub_bufs it hands out belong to one
+ * thread.  No function here may be called while another is running on
+ * the same hub (there are no callbacks into the caller, so this only
+ * matters for signal handlers).
+ */
+#ifndef HUB_H
+#define HUB_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Monotonic time in nanoseconds.  The origin is the caller's choice. */
+typedef uint64_t hub_tstamp;
+#define HUB_TSTAMP_NONE UINT64_MAX
+#define HUB_NS_PER_MS UINT64_C(1000000)
+#define HUB_NS_PER_S UINT64_C(1000000000)
+
+/*
+ * Connection ids are assigned by the core, 1, 2, 3, ... in open order.
+ * The id seen by users and the registry is "<instance-id>:<n>".
+ */
+typedef uint64_t hub_conn_id;
+
+/* Error codes, grouped by class as wslay does. */
+typedef enum hub_error {
+  HUB_OK = 0,
+  HUB_ERR_INVALID_ARGUMENT = -100,
+  HUB_ERR_UNKNOWN_CONN = -101,
+  HUB_ERR_BAD_REQUEST = -102, /* hub_publish: *errmsg says why */
+  HUB_ERR_SHUT_DOWN = -103,   /* the hub is shutting down */
+  HUB_ERR_NOMEM = -500
+} hub_error;
+
+/* hub_strerror returns a static, human-readable text for |err|. */
+const char *hub_strerror(int err);
+
+/*
+ * Allocator.  The core allocates only through this, so tests can count
+ * allocations and make them fail.  |user| is passed back to each call.
+ */
+typedef struct hub_mem {
+  void *user;
+  void *(*malloc)(size_t size, void *user);
+  void (*free)(void *ptr, void *user);
+  void *(*realloc)(void *ptr, size_t size, void *user);
+} hub_mem;
+
+/* hub_mem_default returns an allocator over libc malloc/free/realloc. */
+const hub_mem *hub_mem_default(void);
+
+/*
+ * hub_buf: an immutable, reference-counted byte buffer.  A message for N
+ * subscribers is encoded once, as a complete WebSocket frame (header and
+ * JSON envelope), and the N SEND effects share it.  Fields are read-only
+ * to users; take a reference with hub_buf_ref to keep a buffer past
+ * hub_effect_pop, and drop it with hub_buf_unref.  Not thread-safe.
+ */
+typedef struct hub_buf {
+  const hub_mem *mem;
+  uint32_t ref;
+  uint32_t payload_off; /* for frames: where the payload starts */
+  size_t len;           /* bytes in data[] */
+  uint8_t data[];
+} hub_buf;
+
+void hub_buf_ref(hub_buf *b);
+void hub_buf_unref(hub_buf *b); /* accepts NULL */
+
+/* The WebSocket payload of a frame buffer (the whole buffer otherwise). */
+static inline const uint8_t *hub_buf_payload(const hub_buf *b) {
+  return b->data + b->payload_off;
+}
+static inline size_t hub_buf_payload_len(const hub_buf *b) {
+  return b->len - b->payload_off;
+}
+
+/* Why the core closed a connection; for metrics ("evictions by reason"). */
+typedef enum hub_close_kind {
+  HUB_CLOSE_SHUTDOWN = 0,  /* 1001 graceful shutdown */
+  HUB_CLOSE_SLOW_MSGS,     /* 1008 queue passed max-queue-msgs */
+  HUB_CLOSE_SLOW_BYTES,    /* 1008 queue passed max-queue-bytes */
+  HUB_CLOSE_WRITE_TIMEOUT, /* 1008 no write progress for write-timeout */
+  HUB_CLOSE_PONG_TIMEOUT,  /* 1008 no pong for pong-timeout */
+  HUB_CLOSE_TOO_BIG,       /* 1009 inbound message too big */
+  HUB_CLOSE_BINARY,        /* 1003 binary frame */
+  HUB_CLOSE_BAD_UTF8,      /* 1007 invalid UTF-8 in a text frame */
+  HUB_CLOSE_KIND_MAX
+} hub_close_kind;
+
+/* A stable lower-case name for |kind| ("slow_msgs", ...), for metrics. */
+const char *hub_close_kind_name(hub_close_kind kind);
+
+typedef enum hub_effect_type {
+  HUB_EFF_NONE = 0, /* never returned by hub_effect_peek */
+  /* Write |buf| (a complete WebSocket frame) to |conn|.  When its bytes
+     have left, report them with hub_on_conn_written. */
+  HUB_EFF_SEND,
+  /* Send a ping control frame to |conn|; answer pongs with
+     hub_on_conn_pong. */
+  HUB_EFF_PING,
+  /* Send a close frame with |close_code| and |reason| to |conn| if its
+     socket takes it, else drop the connection at once; either way, report
+     hub_on_conn_closed when the socket is gone.  The core has already
+     released the connection's subscriptions; no SEND for it follows. */
+  HUB_EFF_CLOSE,
+  /* Backplane: SUBSCRIBE / UNSUBSCRIBE channel |name|; confirm a
+     subscribe with hub_on_bp_subscribed. */
+  HUB_EFF_BP_SUBSCRIBE,
+  HUB_EFF_BP_UNSUBSCRIBE,
+  /* Backplane: PUBLISH |buf| (the message's data JSON, verbatim) on
+     channel |name|. */
+  HUB_EFF_BP_PUBLISH,
+  /* Registry: SET key |name| to |buf| with a TTL of |ttl_s| seconds. */
+  HUB_EFF_REG_SET,
+  /* Registry: DEL key |name|. */
+  HUB_EFF_REG_DEL
+} hub_effect_type;
+
+/*
+ * One effect.  Channel names and registry keys are logical, without the
+ * backplane's prefix: channel "news", key "instance:<id>" or
+ * "conn:<conn-id>"; the backplane adds "ws:chan:" / "ws:".  Every pointer
+ * is valid until the effect is popped.
+ */
+typedef struct hub_effect {
+  hub_effect_type type;
+  hub_close_kind close_kind; /* CLOSE */
+  uint16_t close_code;       /* CLOSE */
+  uint32_t ttl_s;            /* REG_SET */
+  hub_conn_id conn;          /* SEND, PING, CLOSE */
+  void *conn_user;           /* SEND, PING, CLOSE: as given at open */
+  hub_buf *name;             /* BP_*: channel; REG_*: key */
+  hub_buf *buf;              /* SEND: frame; BP_PUBLISH: data; REG_SET: value */
+  const char *reason;        /* CLOSE: static text for the close frame */
+} hub_effect;
+
+/*
+ * Configuration.  Fill with hub_config_default, then change fields.
+ * Strings are copied by hub_new.
+ */
+typedef struct hub_config {
+  const char *instance_id; /* required, 1..128 bytes */
+  /* 0: embedded single-instance backplane (local delivery, nothing
+     external); 1: an external backplane (Redis or the simulated one)
+     driven through HUB_EFF_BP_* and hub_on_bp_*.  With 1, the backplane
+     counts as down until hub_on_bp_up. */
+  int backplane;
+  int registry; /* emit REG_* effects (requires backplane) */
+  uint32_t max_queue_msgs;
+  uint64_t max_queue_bytes;
+  uint64_t max_message_bytes;
+  uint32_t max_subs_per_conn;
+  hub_tstamp ping_interval;
+  hub_tstamp pong_timeout;
+  hub_tstamp write_timeout;
+  hub_tstamp heartbeat_interval;
+  uint32_t instance_ttl_s;
+  uint32_t conn_ttl_s;
+  /* Unix time, in seconds, at the |now| given to hub_new; used only for
+     the registry's started_at and connected_at fields. */
+  int64_t unix_time_s;
+  /* Seeds the core's hash function; any value works. */
+  uint64_t seed;
+} hub_config;
+
+void hub_config_default(hub_config *cfg);
+
+typedef struct hub hub; /* opaque */
+
+/*
+ * hub_new creates a hub.  |mem| may be NULL for hub_mem_default(); it is
+ * borrowed for the hub's lifetime.  With the registry on it queues the
+ * instance key's REG_SET.  Returns 0, HUB_ERR_INVALID_ARGUMENT or
+ * HUB_ERR_NOMEM.
+ */
+int hub_new(hub **out, const hub_config *cfg, const hub_mem *mem,
+            hub_tstamp now);
+
+/* hub_del frees the hub and every queued effect, emitting nothing (a
+   crash, or the end after hub_shutdown).  Accepts NULL. */
+void hub_del(hub *h);
+
+/*
+ * Events.  Each returns 0 or a negative hub_error.  Input from a client
+ * that is malformed is never an error: it produces an "error" reply or a
+ * CLOSE effect.  After HUB_ERR_NOMEM the hub is consistent: the effects
+ * queued describe exactly the changes made.
+ */
+
+/* A connection opened.  |remote_addr| is copied; |user| is returned in
+   this connection's effects.  *id receives the new connection's id. */
+int hub_on_conn_open(hub *h, hub_conn_id *id, const char *remote_addr,
+                     void *user, hub_tstamp now);
+
+/* One complete message.  |binary| is nonzero for a binary message.
+   |data| is borrowed for the call.  Ignored for a closing connection. */
+int hub_on_conn_msg(hub *h, hub_conn_id id, int binary, const uint8_t *data,
+                    size_t len, hub_tstamp now);
+
+/* A pong arrived. */
+int hub_on_conn_pong(hub *h, hub_conn_id id, hub_tstamp now);
+
+/* The transport wrote |bytes| more bytes of this connection's SEND frames
+   to the socket, finishing |msgs| frames. */
+int hub_on_conn_written(hub *h, hub_conn_id id, size_t msgs, size_t bytes,
+                        hub_tstamp now);
+
+/* The connection is gone (peer closed, error, or after a CLOSE effect).
+   Queued effects for it are discarded.  The id is invalid afterwards. */
+int hub_on_conn_closed(hub *h, hub_conn_id id, hub_tstamp now);
+
+/* The backplane delivered |data| on |channel|.  Both borrowed. */
+int hub_on_bp_msg(hub *h, const char *channel, size_t channel_len,
+                  const uint8_t *data, size_t len, hub_tstamp now);
+
+/* The backplane confirmed one SUBSCRIBE to |channel|. */
+int hub_on_bp_subscribed(hub *h, const char *channel, size_t channel_len,
+                         hub_tstamp now);
+
+/* The backplane connected (or reconnected): re-subscribes every channel
+   with local subscribers and refreshes the registry. */
+int hub_on_bp_up(hub *h, hub_tstamp now);
+
+/* The backplane went away: its subscriptions are gone; subscribes are
+   acknowledged at once and publishes delivered locally until it is up. */
+int hub_on_bp_down(hub *h, hub_tstamp now);
+
+/*
+ * A publish from outside the WebSocket protocol (HTTP POST /publish):
+ * |body| is {"channel":"...","data":<any JSON>}.  Returns 0,
+ * HUB_ERR_BAD_REQUEST with *errmsg set to a static reason, HUB_ERR_SHUT_DOWN
+ * or HUB_ERR_NOMEM.
+ */
+int hub_publish(hub *h, const uint8_t *body, size_t len, const char **errmsg,
+                hub_tstamp now);
+
+/* The earliest time hub_handle_expiry has work, or HUB_TSTAMP_NONE. */
+hub_tstamp hub_get_expiry(const hub *h);
+
+/* Pings, pong and write timeouts, registry heartbeat: everything due at
+   or before |now|. */
+int hub_handle_expiry(hub *h, hub_tstamp now);
+
+/* Graceful shutdown: CLOSE 1001 to every connection, unsubscribe every
+   backplane channel, delete this instance's keys.  Afterwards new
+   connections and publishes are refused with HUB_ERR_SHUT_DOWN. */
+int hub_shutdown(hub *h, hub_tstamp now);
+
+/* The effect queue.  hub_effect_peek returns the oldest effect or NULL;
+   it is valid until hub_effect_pop. */
+const hub_effect *hub_effect_peek(hub *h);
+void hub_effect_pop(hub *h);
+
+/*
+ * Queries, for metrics, the simulator's invariants and tests.
+ */
+typedef struct hub_stats {
+  uint64_t conns;          /* open, not closing */
+  uint64_t subscriptions;  /* (connection, channel) pairs */
+  uint64_t channels;       /* channels with at least one local subscriber */
+  uint64_t bp_subscriptions; /* channels subscribed or subscribing on the
+                                backplane */
+  uint64_t msgs_in;        /* client messages received */
+  uint64_t msgs_out;       /* message frames queued to clients */
+  uint64_t publishes;      /* publishes accepted (WebSocket and hub_publish) */
+  uint64_t evictions[HUB_CLOSE_KIND_MAX];
+} hub_stats;
+
+void hub_get_stats(const hub *h, hub_stats *st);
+
+/* 1 if the backplane is up, 0 if down (always 0 when embedded). */
+int hub_bp_is_up(const hub *h);
+
+/* The instance id (NUL-terminated, owned by the hub). */
+const char *hub_instance_id(const hub *h);
+
+/* Local subscriber count of |channel| (acknowledged or not). */
+size_t hub_channel_subscribers(const hub *h, const char *channel,
+                               size_t channel_len);
+
+/* Calls |cb| for every channel with local subscribers, in the order the
+   channels were created; |channel| is valid for the call only. */
+void hub_foreach_channel(const hub *h,
+                         void (*cb)(void *arg, const char *channel,
+                                    size_t channel_len, size_t subscribers),
+                         void *arg);
+
+/* Outbound backlog of a connection, as the core counts it. */
+int hub_conn_backlog(const hub *h, hub_conn_id id, size_t *msgs,
+                     size_t *bytes);
+
+/* Checks every internal invariant; returns 0, or -1 and leaves a reason
+   in *why (static text).  For tests; O(size of the hub). */
+int hub_check(const hub *h, const char **why);
+
+/* Validates a channel name: 1..128 bytes of A-Z a-z 0-9 _ - . : @ / */
+int hub_channel_valid(const char *channel, size_t len);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* HUB_H */

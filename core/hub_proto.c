@@ -1,0 +1,113 @@
+/*
+ * hub_proto.c - parsing client requests and POST /publish bodies.
+ *
+ * The JSON is validated in full (hub_json.c) before any field is read, so
+ * every span handed on (`data`, `id`) is valid JSON that can be relayed
+ * verbatim.
+ */
+#include "hub_int.h"
+
+#include <string.h>
+
+enum { K_TYPE, K_CHANNEL, K_DATA, K_ID, K_MAX };
+
+static const char *const req_keys[K_MAX] = {"type", "channel", "data", "id"};
+
+static int str_eq(const char *s, size_t len, const char *lit) {
+  return strlen(lit) == len && memcmp(s, lit, len) == 0;
+}
+
+int hub_req_parse(const char *s, size_t len, int publish_body, hub_req *req,
+                  const char **err) {
+  hub_json_member m[K_MAX];
+  hub_json_kind kind;
+  const char *type;
+  size_t type_len;
+
+  memset(req, 0, sizeof(*req));
+  if (hub_json_parse(s, len, &kind, req_keys, K_MAX, m) != 0) {
+    *err = "malformed JSON";
+    return -1;
+  }
+  if (kind != HUB_JSON_OBJECT) {
+    *err = publish_body ? "body must be a JSON object"
+                        : "message must be a JSON object";
+    return -1;
+  }
+  if (!publish_body && m[K_ID].kind != HUB_JSON_NONE) {
+    if (m[K_ID].value.len > HUB_ID_LEN_MAX) {
+      *err = "id too long";
+      return -1;
+    }
+    req->id = s + m[K_ID].value.off;
+    req->id_len = m[K_ID].value.len;
+  }
+  if (publish_body) {
+    req->type = HUB_REQ_PUBLISH;
+  } else {
+    if (m[K_TYPE].kind == HUB_JSON_NONE) {
+      *err = "missing field: type";
+      return -1;
+    }
+    if (m[K_TYPE].kind != HUB_JSON_STRING) {
+      *err = "type must be a string";
+      return -1;
+    }
+    /* The raw text between the quotes; an escaped type name is simply
+       unknown. */
+    type = s + m[K_TYPE].value.off + 1;
+    type_len = m[K_TYPE].value.len - 2;
+    if (str_eq(type, type_len, "subscribe")) {
+      req->type = HUB_REQ_SUBSCRIBE;
+    } else if (str_eq(type, type_len, "unsubscribe")) {
+      req->type = HUB_REQ_UNSUBSCRIBE;
+    } else if (str_eq(type, type_len, "publish")) {
+      req->type = HUB_REQ_PUBLISH;
+    } else {
+      *err = "unknown type";
+      return -1;
+    }
+  }
+  if (m[K_CHANNEL].kind == HUB_JSON_NONE) {
+    *err = "missing field: channel";
+    return -1;
+  }
+  if (m[K_CHANNEL].kind != HUB_JSON_STRING) {
+    *err = "channel must be a string";
+    return -1;
+  }
+  req->channel = s + m[K_CHANNEL].value.off + 1;
+  req->channel_len = m[K_CHANNEL].value.len - 2;
+  /* A backslash escape is never a valid channel character, so checking
+     the raw text is checking the decoded name. */
+  if (!hub_channel_valid(req->channel, req->channel_len)) {
+    *err = "invalid channel name";
+    return -1;
+  }
+  if (req->type == HUB_REQ_PUBLISH) {
+    if (m[K_DATA].kind == HUB_JSON_NONE) {
+      *err = "missing field: data";
+      return -1;
+    }
+    req->data = s + m[K_DATA].value.off;
+    req->data_len = m[K_DATA].value.len;
+  }
+  return 0;
+}
+
+int hub_channel_valid(const char *channel, size_t len) {
+  size_t i;
+
+  if (len < 1 || len > 128) {
+    return 0;
+  }
+  for (i = 0; i < len; i++) {
+    unsigned char ch = (unsigned char)channel[i];
+    if (!((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') ||
+          (ch >= '0' && ch <= '9') || ch == '_' || ch == '-' || ch == '.' ||
+          ch == ':' || ch == '@' || ch == '/')) {
+      return 0;
+    }
+  }
+  return 1;
+}
