@@ -170,7 +170,8 @@ struct hub_topic {
   hub_link all;  /* in hub->topics, creation order */
   hub_link acked;
   hub_link pending;
-  size_t nsubs; /* acked + pending */
+  size_t nsubs;  /* acked + pending */
+  size_t nacked; /* length of acked */
   /* SUBSCRIBEs sent whose confirmation has not come back.  A topic with
      no subscribers lives on while this is nonzero, so that a stale
      confirmation is not taken for the current one. */
@@ -635,6 +636,9 @@ static void sub_release(hub *h, hub_sub *s) {
   hub_topic *t = s->topic;
   hub_conn *c = s->conn;
 
+  if (s->acked) {
+    t->nacked--;
+  }
   link_remove(&s->topic_link);
   link_remove(&s->conn_link);
   sub_free_frames(h, s);
@@ -811,6 +815,7 @@ static void ack_pending(hub *h, hub_topic *t, hub_conn **deferred) {
     link_remove(&s->topic_link);
     link_push_tail(&t->acked, &s->topic_link);
     s->acked = 1;
+    t->nacked++;
     for (i = 0; i < s->nframes; i += 2) {
       conn_send(h, s->conn, s->frames[i], deferred);
     }
@@ -1154,6 +1159,7 @@ static int do_subscribe(hub *h, hub_conn *c, const hub_req *req) {
   }
   if (effective) {
     s->acked = 1;
+    t->nacked++;
     link_push_tail(&t->acked, &s->topic_link);
     hub_buf_unref(cancel);
     conn_reply(h, c, ok);
@@ -1237,7 +1243,7 @@ static int do_publish(hub *h, hub_conn *c, const hub_req *req) {
     e->name = name;
     e->buf = data;
   } else {
-    size_t n = t ? list_len(&t->acked) : 0;
+    size_t n = t ? t->nacked : 0;
     hub_buf *frame = NULL;
 
     if (eff_reserve(h, fanout_cost(h, n) + (c ? 1 + close_cost(c) : 0)) !=
@@ -1416,7 +1422,7 @@ int hub_on_bp_msg(hub *h, const char *channel, size_t channel_len,
   if (t == NULL || link_empty(&t->acked)) {
     return 0;
   }
-  n = list_len(&t->acked);
+  n = t->nacked;
   if (eff_reserve(h, fanout_cost(h, n)) != 0) {
     return HUB_ERR_NOMEM;
   }
@@ -1745,6 +1751,7 @@ int hub_check(const hub *h, const char **why) {
       CHECK(!s->conn->closing, "closing connection still subscribed");
       n++;
     }
+    CHECK(n - list_len(&t->pending) == t->nacked, "topic acked count");
     CHECK(n == t->nsubs, "topic subscriber count");
     CHECK(t->nsubs > 0 || t->inflight > 0, "idle topic kept");
     if (!h->bp_up) {
