@@ -171,4 +171,7 @@ format-check:
 clean:
 	rm -rf build
 
+# Keep object files make would treat as intermediates.
+.SECONDARY:
+
 -include $(shell find build -name '*.d' 2>/dev/null)

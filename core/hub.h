@@ -159,7 +159,9 @@ typedef struct hub_effect {
  * Strings are copied by hub_new.
  */
 typedef struct hub_config {
-  const char *instance_id; /* required, 1..128 bytes */
+  /* 1..128 bytes of A-Z a-z 0-9 _ - . : @ / (it appears in keys and
+     JSON values unescaped); hub_config_default sets "hub". */
+  const char *instance_id;
   /* 0: embedded single-instance backplane (local delivery, nothing
      external); 1: an external backplane (Redis or the simulated one)
      driven through HUB_EFF_BP_* and hub_on_bp_*.  With 1, the backplane
@@ -237,8 +239,11 @@ int hub_on_bp_msg(hub *h, const char *channel, size_t channel_len,
 int hub_on_bp_subscribed(hub *h, const char *channel, size_t channel_len,
                          hub_tstamp now);
 
-/* The backplane connected (or reconnected): re-subscribes every channel
-   with local subscribers and refreshes the registry. */
+/* The backplane connected: re-subscribes every channel with local
+   subscribers (creation order) and refreshes the registry.  A reconnect
+   is reported as hub_on_bp_down then hub_on_bp_up; a second up without a
+   down in between changes nothing.  HUB_ERR_INVALID_ARGUMENT on an
+   embedded hub (config.backplane == 0). */
 int hub_on_bp_up(hub *h, hub_tstamp now);
 
 /* The backplane went away: its subscriptions are gone; subscribes are

@@ -1,0 +1,579 @@
+/*
+ * test_mem.c - allocation failure.  Every allocation of a scripted run
+ * is made to fail in turn (once, and from then on); each event must
+ * return 0 or HUB_ERR_NOMEM, leave hub_check happy, leak nothing, and
+ * the hub must work again once memory is back.  Some events are also
+ * checked for all-or-nothing effects.
+ */
+#include "harness.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int contains(const uint8_t *p, size_t len, const char *needle) {
+  size_t n = strlen(needle), i;
+
+  for (i = 0; i + n <= len; i++) {
+    if (memcmp(p + i, needle, n) == 0) {
+      return 1;
+    }
+  }
+  return 0;
+}
+
+static int rc_ok(th *t, int rc, const char *what) {
+  if (rc != 0 && rc != HUB_ERR_NOMEM) {
+    fail_msg("%s returned %d (%s)", what, rc, hub_strerror(rc));
+  }
+  th_drain(t);
+  th_check(t);
+  return rc;
+}
+
+#define EV(t, call) rc_ok((t), (call), #call)
+
+static void msg(th *t, hub_conn_id c, const char *json) {
+  if (c != 0) {
+    EV(t, hub_on_conn_msg(t->h, c, 0, (const uint8_t *)json, strlen(json),
+                          t->now));
+  }
+}
+
+static void bp_msg(th *t, const char *ch, const char *data) {
+  EV(t, hub_on_bp_msg(t->h, ch, strlen(ch), (const uint8_t *)data, strlen(data),
+                      t->now));
+}
+
+static void bp_confirm(th *t, const char *ch) {
+  EV(t, hub_on_bp_subscribed(t->h, ch, strlen(ch), t->now));
+}
+
+static void written_all(th *t, hub_conn_id c) {
+  size_t m = 0, b = 0;
+
+  if (c != 0 && hub_conn_backlog(t->h, c, &m, &b) == 0 && (m || b)) {
+    EV(t, hub_on_conn_written(t->h, c, m, b, t->now));
+  }
+}
+
+/* Fires the expiries up to |to|; an expiry that fails for memory is
+   retried at most a few times. */
+static void advance_to(th *t, hub_tstamp to) {
+  int guard = 0;
+
+  for (;;) {
+    hub_tstamp exp = hub_get_expiry(t->h);
+
+    if (exp == HUB_TSTAMP_NONE || exp > to || ++guard > 1000) {
+      break;
+    }
+    if (exp > t->now) {
+      t->now = exp;
+    }
+    if (EV(t, hub_handle_expiry(t->h, t->now)) != 0 && guard > 50) {
+      break;
+    }
+  }
+  t->now = to;
+}
+
+static hub_conn_id open_conn(th *t, const char *addr) {
+  hub_conn_id id = 0;
+
+  if (EV(t, hub_on_conn_open(t->h, &id, addr, NULL, t->now)) != 0) {
+    return 0;
+  }
+  return id;
+}
+
+static void closed(th *t, hub_conn_id c) {
+  if (c != 0) {
+    EV(t, hub_on_conn_closed(t->h, c, t->now));
+  }
+}
+
+static void config(th *t) {
+  th_init(t);
+  t->cfg.backplane = 1;
+  t->cfg.registry = 1;
+  t->cfg.instance_id = "m";
+  t->cfg.max_queue_msgs = 6;
+  t->cfg.ping_interval = TH_S(5);
+  t->cfg.pong_timeout = TH_S(12);
+  t->cfg.heartbeat_interval = TH_S(4);
+}
+
+/* A run through most of the core's paths. */
+static void script(th *t, int with_shutdown) {
+  const char *body = "{\"channel\":\"o\",\"data\":1}";
+  const char *err;
+  hub_conn_id a, b, c, d;
+  int i;
+
+  EV(t, hub_on_bp_up(t->h, t->now));
+  a = open_conn(t, "127.0.0.1:1");
+  b = open_conn(t, "127.0.0.1:2");
+  c = open_conn(t, "127.0.0.1:3");
+  msg(t, a, "{\"type\":\"subscribe\",\"channel\":\"news\",\"id\":1}");
+  msg(t, b, "{\"type\":\"subscribe\",\"channel\":\"news\",\"id\":[2]}");
+  msg(t, c, "{\"type\":\"subscribe\",\"channel\":\"other\"}");
+  msg(t, c, "{\"type\":\"subscribe\",\"channel\":\"gone\"}");
+  bp_confirm(t, "news");
+  bp_confirm(t, "other");
+  msg(t, c, "{\"type\":\"unsubscribe\",\"channel\":\"gone\",\"id\":\"u\"}");
+  msg(t, a, "{\"type\":\"publish\",\"channel\":\"news\",\"data\":{\"x\":[1]}}");
+  bp_msg(t, "news", "{\"x\":[1]}");
+  bp_msg(t, "other", "not json \"at all\"");
+  EV(t, hub_publish(t->h, (const uint8_t *)body, strlen(body), &err, t->now));
+  msg(t, a, "{\"type\":\"nope\",\"id\":{\"deep\":[1,2,3]}}");
+  msg(t, a, "][");
+  written_all(t, a);
+  written_all(t, b);
+  advance_to(t, t->now + TH_S(4));
+  EV(t, hub_on_bp_down(t->h, t->now));
+  msg(t, c, "{\"type\":\"subscribe\",\"channel\":\"third\"}");
+  msg(t, b, "{\"type\":\"publish\",\"channel\":\"news\",\"data\":2}");
+  EV(t, hub_on_bp_up(t->h, t->now));
+  bp_confirm(t, "third");
+  bp_confirm(t, "news");
+  /* c never reads: evicted by the queue limit. */
+  for (i = 0; i < 8; i++) {
+    bp_msg(t, "other", "[1,2,3]");
+  }
+  if (c != 0) {
+    closed(t, c);
+  }
+  d = open_conn(t, "127.0.0.1:4");
+  msg(t, d, "{\"type\":\"subscribe\",\"channel\":\"news\"}");
+  if (b != 0) {
+    EV(t, hub_on_conn_msg(t->h, b, 1, (const uint8_t *)"x", 1, t->now));
+  }
+  if (a != 0) {
+    EV(t, hub_on_conn_pong(t->h, a, t->now));
+  }
+  written_all(t, a);
+  written_all(t, d);
+  advance_to(t, t->now + TH_S(13));
+  if (with_shutdown) {
+    EV(t, hub_shutdown(t->h, t->now));
+    closed(t, a);
+    closed(t, b);
+    closed(t, d);
+  }
+}
+
+/* Memory is back: a new connection subscribes and receives a publish. */
+static void recover(th *t) {
+  hub_conn_id x;
+  th_eff *e;
+  const char *err;
+
+  th_mem_fail_at(&t->mem, 0, 0);
+  assert_int_equal(th_bp_up(t), 0);
+  th_clear(t);
+  x = th_open(t);
+  assert_int_equal(
+    th_msg(t, x, "{\"type\":\"subscribe\",\"channel\":\"fresh\",\"id\":1}"), 0);
+  if (th_take_named(t, HUB_EFF_BP_SUBSCRIBE, "fresh") != NULL) {
+    assert_int_equal(th_bp_subscribed(t, "fresh"), 0);
+  }
+  th_expect_reply(t, x, "subscribed", "\"fresh\"", "1");
+  assert_int_equal(th_publish(t, "{\"channel\":\"fresh\",\"data\":[9]}", &err),
+                   0);
+  e = th_take_named(t, HUB_EFF_BP_PUBLISH, "fresh");
+  if (e != NULL) {
+    assert_int_equal(th_bp_msg(t, "fresh", "[9]"), 0);
+  }
+  th_expect_message(t, x, "fresh", "[9]");
+  th_check(t);
+}
+
+static uint64_t clean_run_calls(void) {
+  th t;
+  uint64_t calls;
+
+  config(&t);
+  th_start(&t);
+  t.mem.calls = 0;
+  script(&t, 1);
+  calls = t.mem.calls;
+  assert_int_equal(t.mem.failures, 0);
+  th_fini(&t);
+  return calls;
+}
+
+/* Each allocation of the run fails once. */
+static void test_mem_each_allocation_fails_once(void **state) {
+  uint64_t calls = clean_run_calls(), k, nomem_runs = 0;
+
+  (void)state;
+  print_message("allocation sweep over %llu allocations\n",
+                (unsigned long long)calls);
+  assert_true(calls > 10);
+  for (k = 1; k <= calls + 2; k++) {
+    th t;
+
+    config(&t);
+    th_start(&t);
+    th_mem_fail_at(&t.mem, k, 0);
+    script(&t, 1);
+    nomem_runs += t.mem.failures;
+    th_fini(&t);
+  }
+  /* The failures really happened (a failure can shorten the rest of its
+     run, so not every k is reached). */
+  assert_true(nomem_runs >= calls / 2);
+}
+
+/* From the k-th allocation on, every one fails; then memory comes back
+   and the hub works. */
+static void test_mem_failures_from_k_on_then_recover(void **state) {
+  uint64_t calls = clean_run_calls(), k;
+
+  (void)state;
+  for (k = 1; k <= calls + 2; k++) {
+    th t;
+
+    config(&t);
+    th_start(&t);
+    th_mem_fail_at(&t.mem, k, 1);
+    script(&t, 0);
+    recover(&t);
+    th_fini(&t);
+  }
+}
+
+/* hub_new fails cleanly at each of its allocations. */
+static void test_mem_hub_new_fails_cleanly(void **state) {
+  uint64_t k, calls;
+  th t;
+
+  (void)state;
+  config(&t);
+  th_start(&t);
+  calls = t.mem.calls;
+  th_fini(&t);
+  assert_true(calls >= 1);
+  for (k = 1; k <= calls; k++) {
+    hub *h = (hub *)0x1;
+
+    config(&t);
+    th_mem_fail_at(&t.mem, k, 0);
+    assert_int_equal(hub_new(&h, &t.cfg, &t.mem.mem, t.now), HUB_ERR_NOMEM);
+    assert_int_equal(t.mem.live, 0);
+  }
+}
+
+/* NOMEM on a subscribe changes nothing and says nothing; success gives
+   both the subscription and its backplane SUBSCRIBE. */
+static void test_mem_subscribe_all_or_nothing(void **state) {
+  uint64_t k;
+  int failed = 0, passed = 0;
+
+  (void)state;
+  for (k = 1; k <= 40; k++) {
+    th t;
+    hub_conn_id a;
+    hub_stats st;
+    int rc;
+    const char *m = "{\"type\":\"subscribe\",\"channel\":\"s\",\"id\":1}";
+
+    th_start_bp(&t);
+    a = th_open(&t);
+    th_mem_fail_at(&t.mem, k, 1);
+    rc = hub_on_conn_msg(t.h, a, 0, (const uint8_t *)m, strlen(m), t.now);
+    th_mem_fail_at(&t.mem, 0, 0);
+    th_drain(&t);
+    th_check(&t);
+    hub_get_stats(t.h, &st);
+    if (rc == HUB_ERR_NOMEM) {
+      failed++;
+      assert_int_equal(hub_channel_subscribers(t.h, "s", 1), 0);
+      assert_int_equal(st.subscriptions, 0);
+      assert_int_equal(st.bp_subscriptions, 0);
+      th_expect_none(&t);
+    } else {
+      assert_int_equal(rc, 0);
+      passed++;
+      assert_int_equal(hub_channel_subscribers(t.h, "s", 1), 1);
+      assert_int_equal(st.bp_subscriptions, 1);
+      th_expect_bp_sub(&t, "s");
+      th_expect_none(&t);
+    }
+    th_fini(&t);
+  }
+  assert_true(failed > 0);
+  assert_true(passed > 0);
+}
+
+/* NOMEM on a fan-out delivers to no one; success delivers to all. */
+static void test_mem_fanout_all_or_nothing(void **state) {
+  enum { N = 20 };
+  uint64_t k;
+  int failed = 0, passed = 0;
+
+  (void)state;
+  for (k = 1; k <= 40; k++) {
+    th t;
+    hub_conn_id subs[N];
+    size_t i;
+    int rc;
+
+    th_start_bp(&t);
+    for (i = 0; i < N; i++) {
+      subs[i] = th_open(&t);
+      th_sub(&t, subs[i], "f");
+    }
+    th_clear(&t);
+    th_mem_fail_at(&t.mem, k, 1);
+    rc = hub_on_bp_msg(t.h, "f", 1, (const uint8_t *)"{\"big\":1}", 9, t.now);
+    th_mem_fail_at(&t.mem, 0, 0);
+    th_drain(&t);
+    th_check(&t);
+    if (rc == HUB_ERR_NOMEM) {
+      failed++;
+      th_expect_none(&t);
+    } else {
+      assert_int_equal(rc, 0);
+      passed++;
+      for (i = 0; i < N; i++) {
+        th_expect_message(&t, subs[i], "f", "{\"big\":1}");
+      }
+      th_expect_none(&t);
+    }
+    th_fini(&t);
+  }
+  assert_true(failed > 0);
+  assert_true(passed > 0);
+}
+
+/* NOMEM on open: no connection, no registry key. */
+static void test_mem_open_all_or_nothing(void **state) {
+  uint64_t k;
+  int failed = 0;
+
+  (void)state;
+  for (k = 1; k <= 20; k++) {
+    th t;
+    hub_conn_id id = 0;
+    hub_stats st;
+    int rc;
+
+    th_init(&t);
+    t.cfg.backplane = 1;
+    t.cfg.registry = 1;
+    th_start(&t);
+    th_bp_up(&t);
+    th_clear(&t);
+    th_mem_fail_at(&t.mem, k, 1);
+    rc = hub_on_conn_open(t.h, &id, "1.1.1.1:1", NULL, t.now);
+    th_mem_fail_at(&t.mem, 0, 0);
+    th_drain(&t);
+    th_check(&t);
+    hub_get_stats(t.h, &st);
+    if (rc == HUB_ERR_NOMEM) {
+      failed++;
+      assert_int_equal(st.conns, 0);
+      th_expect_none(&t);
+    } else {
+      assert_int_equal(rc, 0);
+      assert_int_equal(st.conns, 1);
+    }
+    th_fini(&t);
+  }
+  assert_true(failed > 0);
+}
+
+/* Every allocation goes through hub_mem: with all refused the hub
+   cannot even be made, and a hub built with the counting allocator
+   returns every block. */
+static void test_mem_all_allocation_through_hub_mem(void **state) {
+  th t;
+  hub *h = NULL;
+
+  (void)state;
+  config(&t);
+  th_mem_fail_at(&t.mem, 1, 1);
+  assert_int_equal(hub_new(&h, &t.cfg, &t.mem.mem, t.now), HUB_ERR_NOMEM);
+
+  config(&t);
+  th_start(&t);
+  script(&t, 1);
+  assert_true(t.mem.allocs > 0);
+  th_fini(&t); /* checks live == 0 */
+}
+
+/* A buffer kept with hub_buf_ref outlives its effect and the hub's
+   queue; it is freed through the hub's allocator on the last unref. */
+static void test_mem_buf_ref_outlives_pop(void **state) {
+  th t;
+  hub_conn_id a;
+  const hub_effect *e;
+  hub_buf *kept = NULL;
+  const char *m = "{\"type\":\"publish\",\"channel\":\"k\",\"data\":[42]}";
+  int64_t live;
+
+  (void)state;
+  th_init(&t);
+  th_start(&t);
+  a = th_open(&t);
+  th_sub(&t, a, "k");
+  assert_int_equal(
+    hub_on_conn_msg(t.h, a, 0, (const uint8_t *)m, strlen(m), t.now), 0);
+  while ((e = hub_effect_peek(t.h)) != NULL) {
+    if (e->type == HUB_EFF_SEND &&
+        contains(hub_buf_payload(e->buf), hub_buf_payload_len(e->buf),
+                 "\"message\"")) {
+      kept = e->buf;
+      hub_buf_ref(kept);
+    }
+    hub_effect_pop(t.h);
+  }
+  assert_non_null(kept);
+  assert_int_equal(kept->ref, 1);
+  assert_ptr_equal(kept->mem, &t.mem.mem);
+  assert_true(
+    contains(hub_buf_payload(kept), hub_buf_payload_len(kept), "[42]"));
+  live = t.mem.live;
+  hub_buf_unref(kept);
+  assert_int_equal(t.mem.live, live - 1);
+  hub_buf_unref(NULL);
+  th_fini(&t);
+}
+
+/* Opens |n| connections, each subscribed to its own channel, on a
+   backplane hub whose effect queue is then as small as it gets. */
+static void many(th *t, hub_conn_id *ids, size_t n) {
+  size_t i;
+
+  th_init(t);
+  t->cfg.backplane = 1;
+  t->cfg.ping_interval = TH_S(5);
+  t->cfg.pong_timeout = TH_S(1000);
+  th_start(t);
+  th_bp_up(t);
+  for (i = 0; i < n; i++) {
+    char ch[32];
+
+    ids[i] = th_open(t);
+    snprintf(ch, sizeof(ch), "ch%zu", i);
+    th_sub(t, ids[i], ch);
+  }
+  th_clear(t);
+}
+
+/* A shutdown that fails for memory changes nothing; retried, it does
+   everything once. */
+static void test_mem_shutdown_retried_after_nomem(void **state) {
+  enum { N = 300 };
+  th t;
+  hub_conn_id ids[N];
+  hub_stats st;
+  size_t i;
+  int rc;
+
+  (void)state;
+  many(&t, ids, N);
+  th_mem_fail_at(&t.mem, 1, 1);
+  rc = hub_shutdown(t.h, t.now);
+  th_mem_fail_at(&t.mem, 0, 0);
+  th_drain(&t);
+  th_check(&t);
+  assert_int_equal(rc, HUB_ERR_NOMEM);
+  th_expect_none(&t);
+  hub_get_stats(t.h, &st);
+  assert_int_equal(st.conns, N);
+  assert_int_equal(st.bp_subscriptions, N);
+  assert_int_equal(th_shutdown(&t), 0);
+  for (i = 0; i < N; i++) {
+    th_expect_close(&t, ids[i], 1001, HUB_CLOSE_SHUTDOWN);
+  }
+  assert_int_equal(th_count_all(&t, HUB_EFF_BP_UNSUBSCRIBE), N);
+  th_fini(&t);
+}
+
+/* Timer work that fails for memory is not lost: the expiry stays due
+   and a later call does it. */
+static void test_mem_expiry_retried_after_nomem(void **state) {
+  enum { N = 300 };
+  th t;
+  hub_conn_id ids[N];
+  hub_tstamp due;
+  size_t i;
+  int rc;
+
+  (void)state;
+  /* Plain connections: nothing grows the effect queue before the pings
+     all fall due together. */
+  th_init(&t);
+  t.cfg.ping_interval = TH_S(5);
+  t.cfg.pong_timeout = TH_S(1000);
+  th_start(&t);
+  for (i = 0; i < N; i++) {
+    ids[i] = th_open(&t);
+  }
+  th_clear(&t);
+  due = hub_get_expiry(t.h);
+  assert_true(due != HUB_TSTAMP_NONE);
+  t.now = due;
+  th_mem_fail_at(&t.mem, 1, 1);
+  rc = hub_handle_expiry(t.h, t.now);
+  th_mem_fail_at(&t.mem, 0, 0);
+  th_drain(&t);
+  th_check(&t);
+  /* The ping burst outgrows the effect queue, so the failure is hit.
+     Whatever was done is in the effects; the rest is still due. */
+  assert_int_equal(rc, HUB_ERR_NOMEM);
+  assert_true(hub_get_expiry(t.h) <= t.now);
+  assert_int_equal(hub_handle_expiry(t.h, t.now), 0);
+  th_drain(&t);
+  for (i = 0; i < N; i++) {
+    assert_int_equal(th_count(&t, HUB_EFF_PING, ids[i]), 1);
+  }
+  th_fini(&t);
+}
+
+/* Going up again with many channels: NOMEM changes nothing, a retry
+   re-subscribes every channel once. */
+static void test_mem_bp_up_retried_after_nomem(void **state) {
+  enum { N = 300 };
+  th t;
+  hub_conn_id ids[N];
+  int rc;
+
+  (void)state;
+  many(&t, ids, N);
+  th_bp_down(&t);
+  th_clear(&t);
+  th_mem_fail_at(&t.mem, 1, 1);
+  rc = hub_on_bp_up(t.h, t.now);
+  th_mem_fail_at(&t.mem, 0, 0);
+  th_drain(&t);
+  th_check(&t);
+  assert_int_equal(rc, HUB_ERR_NOMEM);
+  th_expect_none(&t);
+  assert_int_equal(hub_bp_is_up(t.h), 0);
+  assert_int_equal(th_bp_up(&t), 0);
+  assert_int_equal(th_count_all(&t, HUB_EFF_BP_SUBSCRIBE), N);
+  assert_int_equal(hub_bp_is_up(t.h), 1);
+  th_fini(&t);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+    cmocka_unit_test(test_mem_each_allocation_fails_once),
+    cmocka_unit_test(test_mem_failures_from_k_on_then_recover),
+    cmocka_unit_test(test_mem_hub_new_fails_cleanly),
+    cmocka_unit_test(test_mem_subscribe_all_or_nothing),
+    cmocka_unit_test(test_mem_fanout_all_or_nothing),
+    cmocka_unit_test(test_mem_open_all_or_nothing),
+    cmocka_unit_test(test_mem_all_allocation_through_hub_mem),
+    cmocka_unit_test(test_mem_buf_ref_outlives_pop),
+    cmocka_unit_test(test_mem_shutdown_retried_after_nomem),
+    cmocka_unit_test(test_mem_expiry_retried_after_nomem),
+    cmocka_unit_test(test_mem_bp_up_retried_after_nomem),
+  };
+
+  return cmocka_run_group_tests(tests, 0, 0);
+}
