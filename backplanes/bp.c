@@ -19,8 +19,7 @@ int bp_apply(bp *b, const hub_effect *e) {
     (void)b->ops->publish(b, name, name_len, e->buf->data, e->buf->len);
     return 1;
   case HUB_EFF_REG_SET:
-    (void)b->ops->set(b, name, name_len, e->buf->data, e->buf->len,
-                      e->ttl_s);
+    (void)b->ops->set(b, name, name_len, e->buf->data, e->buf->len, e->ttl_s);
     return 1;
   case HUB_EFF_REG_DEL:
     (void)b->ops->del(b, name, name_len);

@@ -263,8 +263,8 @@ const char *hub_strerror(int err) {
 
 const char *hub_close_kind_name(hub_close_kind kind) {
   static const char *const names[HUB_CLOSE_KIND_MAX] = {
-    "shutdown",      "slow_msgs", "slow_bytes", "write_timeout",
-    "pong_timeout",  "too_big",   "binary",     "bad_utf8"};
+    "shutdown",     "slow_msgs", "slow_bytes", "write_timeout",
+    "pong_timeout", "too_big",   "binary",     "bad_utf8"};
   if ((unsigned)kind >= HUB_CLOSE_KIND_MAX) {
     return "unknown";
   }
@@ -390,8 +390,7 @@ static void eff_name(hub *h, hub_effect_type type, hub_buf *name) {
 /* ------------------------------------------------------- encoding */
 
 static hub_buf *frame_reply(hub *h, const char *type, const char *channel,
-                            size_t channel_len, const char *id,
-                            size_t id_len) {
+                            size_t channel_len, const char *id, size_t id_len) {
   size_t n = sizeof("{\"type\":\"") - 1 + strlen(type) +
              sizeof("\",\"channel\":\"") - 1 + channel_len + 2;
   hub_buf *b;
@@ -933,8 +932,8 @@ int hub_new(hub **out, const hub_config *cfg, const hub_mem *mem,
   h->t_start = now;
   h->next_heartbeat = now + cfg->heartbeat_interval;
 
-  if (htab_init(mem, &h->conn_tab) != 0 ||
-      htab_init(mem, &h->topic_tab) != 0 || eff_reserve(h, 64) != 0) {
+  if (htab_init(mem, &h->conn_tab) != 0 || htab_init(mem, &h->topic_tab) != 0 ||
+      eff_reserve(h, 64) != 0) {
     goto nomem;
   }
   h->instance_key = hub_buf_new(mem, 9 + idlen);
@@ -1069,8 +1068,7 @@ static int do_subscribe(hub *h, hub_conn *c, const hub_req *req) {
     return HUB_ERR_NOMEM;
   }
   if (s == NULL && c->nsubs >= h->cfg.max_subs_per_conn) {
-    hub_buf *f = frame_error(h, req->id, req->id_len,
-                             "too many subscriptions");
+    hub_buf *f = frame_error(h, req->id, req->id_len, "too many subscriptions");
     if (f == NULL) {
       return HUB_ERR_NOMEM;
     }
@@ -1096,8 +1094,8 @@ static int do_subscribe(hub *h, hub_conn *c, const hub_req *req) {
     }
   }
   if (s != NULL) {
-    frames = hub_mem_realloc(h->mem, s->frames,
-                             (s->nframes + 2) * sizeof(*frames));
+    frames =
+      hub_mem_realloc(h->mem, s->frames, (s->nframes + 2) * sizeof(*frames));
     if (frames == NULL) {
       goto nomem;
     }
@@ -1186,8 +1184,8 @@ static int do_unsubscribe(hub *h, hub_conn *c, const hub_req *req) {
   if (eff_reserve(h, (s ? s->nframes / 2 : 0) + 2 + close_cost(c)) != 0) {
     return HUB_ERR_NOMEM;
   }
-  ok = frame_reply(h, "unsubscribed", req->channel, req->channel_len,
-                   req->id, req->id_len);
+  ok = frame_reply(h, "unsubscribed", req->channel, req->channel_len, req->id,
+                   req->id_len);
   if (ok == NULL) {
     return HUB_ERR_NOMEM;
   }
@@ -1212,8 +1210,8 @@ static int do_publish(hub *h, hub_conn *c, const hub_req *req) {
   hub_buf *reply = NULL;
 
   if (c != NULL) {
-    reply = frame_reply(h, "published", req->channel, req->channel_len,
-                        req->id, req->id_len);
+    reply = frame_reply(h, "published", req->channel, req->channel_len, req->id,
+                        req->id_len);
     if (reply == NULL) {
       return HUB_ERR_NOMEM;
     }
@@ -1246,8 +1244,7 @@ static int do_publish(hub *h, hub_conn *c, const hub_req *req) {
     size_t n = t ? t->nacked : 0;
     hub_buf *frame = NULL;
 
-    if (eff_reserve(h, fanout_cost(h, n) + (c ? 1 + close_cost(c) : 0)) !=
-        0) {
+    if (eff_reserve(h, fanout_cost(h, n) + (c ? 1 + close_cost(c) : 0)) != 0) {
       goto nomem;
     }
     if (n > 0) {
@@ -1428,10 +1425,10 @@ int hub_on_bp_msg(hub *h, const char *channel, size_t channel_len,
   }
   /* Anyone can PUBLISH into Redis; what is not JSON is relayed as a JSON
      string rather than breaking every subscriber's parser. */
-  as_string = hub_json_parse((const char *)data, len, &kind, NULL, 0, NULL) !=
-              0;
-  frame = frame_message(h, channel, channel_len, (const char *)data, len,
-                        as_string);
+  as_string =
+    hub_json_parse((const char *)data, len, &kind, NULL, 0, NULL) != 0;
+  frame =
+    frame_message(h, channel, channel_len, (const char *)data, len, as_string);
   if (frame == NULL) {
     return HUB_ERR_NOMEM;
   }
@@ -1813,14 +1810,17 @@ int hub_check(const hub *h, const char **why) {
   CHECK(nconns == h->conn_tab.n, "connection table count");
   CHECK(nopen == h->nconns_open && list_len(&h->conns) == nopen,
         "open connection count");
-  if (check_sorted(&h->pings, offsetof(hub_conn, next_ping) -
-                                offsetof(hub_conn, ping_link),
+  if (check_sorted(&h->pings,
+                   offsetof(hub_conn, next_ping) -
+                     offsetof(hub_conn, ping_link),
                    why) != 0 ||
-      check_sorted(&h->pongs, offsetof(hub_conn, last_pong) -
-                                offsetof(hub_conn, pong_link),
+      check_sorted(&h->pongs,
+                   offsetof(hub_conn, last_pong) -
+                     offsetof(hub_conn, pong_link),
                    why) != 0 ||
-      check_sorted(&h->writes, offsetof(hub_conn, last_progress) -
-                                 offsetof(hub_conn, write_link),
+      check_sorted(&h->writes,
+                   offsetof(hub_conn, last_progress) -
+                     offsetof(hub_conn, write_link),
                    why) != 0) {
     return -1;
   }

@@ -280,14 +280,14 @@ void hub_effect_pop(hub *h);
  * Queries, for metrics, the simulator's invariants and tests.
  */
 typedef struct hub_stats {
-  uint64_t conns;          /* open, not closing */
-  uint64_t subscriptions;  /* (connection, channel) pairs */
-  uint64_t channels;       /* channels with at least one local subscriber */
+  uint64_t conns;            /* open, not closing */
+  uint64_t subscriptions;    /* (connection, channel) pairs */
+  uint64_t channels;         /* channels with at least one local subscriber */
   uint64_t bp_subscriptions; /* channels subscribed or subscribing on the
                                 backplane */
-  uint64_t msgs_in;        /* client messages received */
-  uint64_t msgs_out;       /* message frames queued to clients */
-  uint64_t publishes;      /* publishes accepted (WebSocket and hub_publish) */
+  uint64_t msgs_in;          /* client messages received */
+  uint64_t msgs_out;         /* message frames queued to clients */
+  uint64_t publishes; /* publishes accepted (WebSocket and hub_publish) */
   uint64_t evictions[HUB_CLOSE_KIND_MAX];
 } hub_stats;
 
@@ -311,8 +311,7 @@ void hub_foreach_channel(const hub *h,
                          void *arg);
 
 /* Outbound backlog of a connection, as the core counts it. */
-int hub_conn_backlog(const hub *h, hub_conn_id id, size_t *msgs,
-                     size_t *bytes);
+int hub_conn_backlog(const hub *h, hub_conn_id id, size_t *msgs, size_t *bytes);
 
 /* Checks every internal invariant; returns 0, or -1 and leaves a reason
    in *why (static text).  For tests; O(size of the hub). */
