@@ -172,6 +172,9 @@ struct hub_topic {
   hub_link pending;
   size_t nsubs;  /* acked + pending */
   size_t nacked; /* length of acked */
+  /* Acknowledged subscribers holding repeat subscribe requests that wait
+     for a re-subscribe (after the backplane came back) to be confirmed. */
+  size_t nwaiting;
   /* SUBSCRIBEs sent whose confirmation has not come back.  A topic with
      no subscribers lives on while this is nonzero, so that a stale
      confirmation is not taken for the current one. */
@@ -205,6 +208,15 @@ struct hub_conn {
   hub_conn *evict_next;
 };
 
+/* A connection key whose REG_DEL was emitted while the backplane was down
+   and so was most likely lost: deleted again on every reconnect and at
+   shutdown, until the key's TTL has surely run out. */
+typedef struct hub_orphan {
+  hub_link link;
+  hub_buf *key;
+  hub_tstamp expires;
+} hub_orphan;
+
 struct hub {
   const hub_mem *mem;
   hub_config cfg;
@@ -212,11 +224,13 @@ struct hub {
   size_t instance_id_len;
   hub_htab conn_tab;
   hub_htab topic_tab;
-  hub_link conns;  /* open connections, open order */
-  hub_link pings;  /* open connections by next ping */
-  hub_link pongs;  /* open connections by last pong */
-  hub_link writes; /* open connections with frames waiting */
-  hub_link topics; /* creation order */
+  hub_link conns;   /* open connections, open order */
+  hub_link pings;   /* open connections by next ping */
+  hub_link pongs;   /* open connections by last pong */
+  hub_link writes;  /* open connections with frames waiting */
+  hub_link topics;  /* creation order */
+  hub_link orphans; /* hub_orphan, by expiry */
+  size_t norphans;
   hub_conn_id next_conn_id;
   size_t nconns_open;
   size_t ntopics;
@@ -637,6 +651,9 @@ static void sub_release(hub *h, hub_sub *s) {
 
   if (s->acked) {
     t->nacked--;
+    if (s->nframes > 0) {
+      t->nwaiting--;
+    }
   }
   link_remove(&s->topic_link);
   link_remove(&s->conn_link);
@@ -662,12 +679,43 @@ static size_t close_cost(const hub_conn *c) {
 /* Releases |c|'s subscriptions and registry key and takes it off the
    timer lists; shared by a close the core decides and one the peer
    reports. */
+static void orphan_add(hub *h, hub_buf *key) {
+  hub_orphan *o = hub_mem_malloc(h->mem, sizeof(*o));
+  if (o == NULL) {
+    return; /* the key still expires by its TTL */
+  }
+  link_init(&o->link);
+  hub_buf_ref(key);
+  o->key = key;
+  o->expires = h->now + (hub_tstamp)h->cfg.conn_ttl_s * HUB_NS_PER_S;
+  link_push_tail(&h->orphans, &o->link);
+  h->norphans++;
+}
+
+static void orphan_free(hub *h, hub_orphan *o) {
+  link_remove(&o->link);
+  hub_buf_unref(o->key);
+  hub_mem_free(h->mem, o);
+  h->norphans--;
+}
+
+/* REG_DEL of every orphaned key; needs norphans reserved effects. */
+static void orphans_delete(hub *h) {
+  hub_link *l;
+  for (l = h->orphans.next; l != &h->orphans; l = l->next) {
+    eff_name(h, HUB_EFF_REG_DEL, CONTAINER_OF(l, hub_orphan, link)->key);
+  }
+}
+
 static void conn_retire(hub *h, hub_conn *c, int delete_key) {
   while (!link_empty(&c->subs)) {
     sub_release(h, CONTAINER_OF(c->subs.next, hub_sub, conn_link));
   }
   if (c->reg_live && delete_key) {
     eff_name(h, HUB_EFF_REG_DEL, c->key);
+    if (!h->bp_up) {
+      orphan_add(h, c->key);
+    }
   }
   c->reg_live = 0;
   link_remove(&c->all);
@@ -808,6 +856,20 @@ static void fanout(hub *h, hub_topic *t, hub_buf *frame) {
 /* Acknowledges every pending subscriber of |t|, evicting (after the
    loop) those whose replies do not fit. */
 static void ack_pending(hub *h, hub_topic *t, hub_conn **deferred) {
+  hub_link *l;
+
+  for (l = t->acked.next; t->nwaiting > 0 && l != &t->acked; l = l->next) {
+    hub_sub *s = CONTAINER_OF(l, hub_sub, topic_link);
+    uint32_t i;
+    if (s->nframes == 0) {
+      continue;
+    }
+    for (i = 0; i < s->nframes; i += 2) {
+      conn_send(h, s->conn, s->frames[i], deferred);
+    }
+    sub_free_frames(h, s);
+    t->nwaiting--;
+  }
   while (!link_empty(&t->pending)) {
     hub_sub *s = CONTAINER_OF(t->pending.next, hub_sub, topic_link);
     uint32_t i;
@@ -827,6 +889,10 @@ static void ack_pending(hub *h, hub_topic *t, hub_conn **deferred) {
 static size_t ack_cost(const hub_topic *t) {
   size_t n = 0;
   const hub_link *l;
+  for (l = t->acked.next; t->nwaiting > 0 && l != &t->acked; l = l->next) {
+    const hub_sub *s = CONTAINER_OF(l, hub_sub, topic_link);
+    n += s->nframes / 2 + 2;
+  }
   for (l = t->pending.next; l != &t->pending; l = l->next) {
     const hub_sub *s = CONTAINER_OF(l, hub_sub, topic_link);
     n += s->nframes / 2 + 2;
@@ -927,6 +993,7 @@ int hub_new(hub **out, const hub_config *cfg, const hub_mem *mem,
   link_init(&h->pongs);
   link_init(&h->writes);
   link_init(&h->topics);
+  link_init(&h->orphans);
   h->next_conn_id = 1;
   h->now = now;
   h->t_start = now;
@@ -984,6 +1051,9 @@ void hub_del(hub *h) {
     link_remove(&t->all);
     hub_buf_unref(t->name);
     hub_mem_free(h->mem, t);
+  }
+  while (!link_empty(&h->orphans)) {
+    orphan_free(h, CONTAINER_OF(h->orphans.next, hub_orphan, link));
   }
   hub_buf_unref(h->instance_key);
   hub_mem_free(h->mem, h->conn_tab.b);
@@ -1080,11 +1150,11 @@ static int do_subscribe(hub *h, hub_conn *c, const hub_req *req) {
   if (ok == NULL) {
     return HUB_ERR_NOMEM;
   }
-  if (s != NULL && s->acked) {
+  effective = !h->bp_up || (t != NULL && t->confirmed) || HUB_MUTANT == 6;
+  if (s != NULL && s->acked && effective) {
     conn_reply(h, c, ok);
     return 0;
   }
-  effective = !h->bp_up || (t != NULL && t->confirmed) || HUB_MUTANT == 6;
   if (s != NULL || !effective) {
     /* The subscription will wait for the backplane: build the reply for
        either outcome now, so that the outcome never allocates. */
@@ -1100,6 +1170,11 @@ static int do_subscribe(hub *h, hub_conn *c, const hub_req *req) {
       goto nomem;
     }
     s->frames = frames;
+    if (s->acked && s->nframes == 0) {
+      /* Acknowledged while the backplane was down; this repeat waits for
+         the re-subscribe to be confirmed. */
+      t->nwaiting++;
+    }
     s->frames[s->nframes++] = ok;
     s->frames[s->nframes++] = cancel;
     return 0;
@@ -1474,7 +1549,7 @@ int hub_on_bp_up(hub *h, hub_tstamp now) {
   if (h->bp_up || h->shut_down) {
     return 0;
   }
-  if (eff_reserve(h, h->ntopics + 1 + h->nconns_open) != 0) {
+  if (eff_reserve(h, h->ntopics + 1 + h->nconns_open + h->norphans) != 0) {
     return HUB_ERR_NOMEM;
   }
   if (registry_on(h)) {
@@ -1482,6 +1557,7 @@ int hub_on_bp_up(hub *h, hub_tstamp now) {
       return HUB_ERR_NOMEM;
     }
     h->next_heartbeat = h->now + h->cfg.heartbeat_interval;
+    orphans_delete(h);
   }
   h->bp_up = 1;
   for (l = h->topics.next; l != &h->topics; l = l->next) {
@@ -1593,6 +1669,10 @@ int hub_handle_expiry(hub *h, hub_tstamp now) {
   if (h->shut_down) {
     return 0;
   }
+  while (!link_empty(&h->orphans) &&
+         CONTAINER_OF(h->orphans.next, hub_orphan, link)->expires <= h->now) {
+    orphan_free(h, CONTAINER_OF(h->orphans.next, hub_orphan, link));
+  }
   while (!link_empty(&h->pongs)) {
     hub_conn *c = CONTAINER_OF(h->pongs.next, hub_conn, pong_link);
     if (c->last_pong + h->cfg.pong_timeout > h->now) {
@@ -1642,8 +1722,14 @@ int hub_shutdown(hub *h, hub_tstamp now) {
   if (h->shut_down) {
     return 0;
   }
-  if (eff_reserve(h, 2 * h->nconns_open + h->nsubs + 1) != 0) {
+  if (eff_reserve(h, 2 * h->nconns_open + h->nsubs + 1 + h->norphans) != 0) {
     return HUB_ERR_NOMEM;
+  }
+  if (HUB_MUTANT != 5) {
+    orphans_delete(h);
+  }
+  while (!link_empty(&h->orphans)) {
+    orphan_free(h, CONTAINER_OF(h->orphans.next, hub_orphan, link));
   }
   while (!link_empty(&h->conns)) {
     conn_close(h, CONTAINER_OF(h->conns.next, hub_conn, all),
@@ -1730,13 +1816,16 @@ int hub_check(const hub *h, const char **why) {
 
   for (l = h->topics.next; l != &h->topics; l = l->next) {
     const hub_topic *t = CONTAINER_OF(l, hub_topic, all);
-    size_t n = 0;
+    size_t n = 0, nw = 0;
     ntopics++;
     CHECK(topic_find(h, (const char *)t->name->data, t->name->len) == t,
           "topic not in table");
     for (m = t->acked.next; m != &t->acked; m = m->next) {
       const hub_sub *s = CONTAINER_OF(m, hub_sub, topic_link);
-      CHECK(s->acked && s->topic == t && s->nframes == 0, "bad acked sub");
+      CHECK(s->acked && s->topic == t && s->nframes % 2 == 0, "bad acked sub");
+      CHECK(s->nframes == 0 || (h->bp_up && !t->confirmed),
+            "repeat subscribe waiting on a settled subscription");
+      nw += s->nframes > 0;
       CHECK(!s->conn->closing, "closing connection still subscribed");
       n++;
     }
@@ -1749,6 +1838,7 @@ int hub_check(const hub *h, const char **why) {
       n++;
     }
     CHECK(n - list_len(&t->pending) == t->nacked, "topic acked count");
+    CHECK(nw == t->nwaiting, "topic waiting count");
     CHECK(n == t->nsubs, "topic subscriber count");
     CHECK(t->nsubs > 0 || t->inflight > 0, "idle topic kept");
     if (!h->bp_up) {
@@ -1824,6 +1914,10 @@ int hub_check(const hub *h, const char **why) {
                    why) != 0) {
     return -1;
   }
+  if (check_sorted(&h->orphans, offsetof(hub_orphan, expires), why) != 0) {
+    return -1;
+  }
+  CHECK(list_len(&h->orphans) == h->norphans, "orphan count");
   CHECK(h->eff_head <= h->eff_tail && h->eff_tail <= h->eff_cap,
         "effect queue bounds");
   *why = NULL;

@@ -365,6 +365,64 @@ static void test_registry_values_escaped(void **state) {
   th_fini(&t);
 }
 
+/* A connection key whose DEL went out while the backplane was down (and
+   so was lost) is deleted again when it comes back and at shutdown, until
+   its TTL has surely run out.  (Found by the simulator.) */
+static void test_registry_lost_delete_repeated(void **state) {
+  th t;
+  hub_conn_id a, b;
+
+  (void)state;
+  start_registry(&t, "0");
+  th_bp_up(&t);
+  a = th_open(&t);
+  b = th_open(&t);
+  th_clear(&t);
+
+  th_bp_down(&t);
+  th_closed(&t, a);
+  th_expect_reg_del(&t, "conn:0:1"); /* lost: the backplane is down */
+  th_expect_none(&t);
+
+  th_bp_up(&t);
+  th_take_named(&t, HUB_EFF_REG_SET, "instance:0");
+  th_take_named(&t, HUB_EFF_REG_SET, "conn:0:2");
+  th_expect_reg_del(&t, "conn:0:1");
+  th_expect_none(&t);
+  th_check(&t);
+
+  /* Deleted again at shutdown too. */
+  assert_int_equal(th_shutdown(&t), 0);
+  th_expect_reg_del(&t, "conn:0:1");
+  th_expect_close(&t, b, 1001, HUB_CLOSE_SHUTDOWN);
+  th_expect_reg_del(&t, "conn:0:2");
+  th_expect_reg_del(&t, "instance:0");
+  th_expect_none(&t);
+  th_fini(&t);
+}
+
+/* Once the TTL has passed, the orphaned key is forgotten. */
+static void test_registry_lost_delete_forgotten_after_ttl(void **state) {
+  th t;
+  hub_conn_id a;
+
+  (void)state;
+  start_registry(&t, "0");
+  th_bp_up(&t);
+  a = th_open(&t);
+  th_clear(&t);
+  th_bp_down(&t);
+  th_closed(&t, a);
+  th_clear(&t);
+  th_advance(&t, TH_S(121));
+  th_clear(&t);
+  th_bp_up(&t);
+  th_take_named(&t, HUB_EFF_REG_SET, "instance:0");
+  th_expect_none(&t);
+  th_check(&t);
+  th_fini(&t);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_registry_instance_key_at_start),
@@ -378,6 +436,8 @@ int main(void) {
     cmocka_unit_test(test_registry_shutdown_backplane_down),
     cmocka_unit_test(test_registry_null_remote_addr),
     cmocka_unit_test(test_registry_values_escaped),
+    cmocka_unit_test(test_registry_lost_delete_repeated),
+    cmocka_unit_test(test_registry_lost_delete_forgotten_after_ttl),
   };
 
   return cmocka_run_group_tests(tests, 0, 0);

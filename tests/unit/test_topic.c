@@ -814,6 +814,62 @@ static void test_topic_foreach_in_creation_order(void **state) {
   th_fini(&t);
 }
 
+/* A repeat subscribe from a client acknowledged while the backplane was
+   down waits, after the backplane comes back, for the re-subscribe to be
+   confirmed: before that, messages published into Redis could miss it.
+   (Found by the simulator.) */
+static void test_topic_repeat_subscribe_waits_for_resubscribe(void **state) {
+  th t;
+  hub_conn_id a;
+
+  (void)state;
+  th_init(&t);
+  t.cfg.backplane = 1;
+  th_start(&t); /* the backplane starts down */
+  a = th_open(&t);
+  th_msg(&t, a, SUB("news", "1"));
+  th_expect_reply(&t, a, "subscribed", "\"news\"", "1");
+  th_expect_none(&t);
+
+  th_bp_up(&t);
+  th_expect_bp_sub(&t, "news");
+  th_expect_none(&t);
+  th_msg(&t, a, SUB("news", "2"));
+  th_expect_none(&t); /* not effective yet */
+  th_check(&t);
+  th_bp_subscribed(&t, "news");
+  th_expect_reply(&t, a, "subscribed", "\"news\"", "2");
+  th_expect_none(&t);
+  /* Settled: a third repeat is answered at once. */
+  th_msg(&t, a, SUB("news", "3"));
+  th_expect_reply(&t, a, "subscribed", "\"news\"", "3");
+  th_expect_none(&t);
+
+  /* Waiting again after a reconnect; the backplane dropping acknowledges
+     the waiting request. */
+  th_bp_down(&t);
+  th_bp_up(&t);
+  th_expect_bp_sub(&t, "news");
+  th_msg(&t, a, SUB("news", "4"));
+  th_expect_none(&t);
+  th_bp_down(&t);
+  th_expect_reply(&t, a, "subscribed", "\"news\"", "4");
+  th_expect_none(&t);
+
+  /* Unsubscribing cancels a waiting repeat with an error. */
+  th_bp_up(&t);
+  th_expect_bp_sub(&t, "news");
+  th_msg(&t, a, SUB("news", "5"));
+  th_expect_none(&t);
+  th_msg(&t, a, UNSUB("news", "6"));
+  th_expect_error(&t, a, "5");
+  th_expect_reply(&t, a, "unsubscribed", "\"news\"", "6");
+  th_expect_bp_unsub(&t, "news");
+  th_expect_none(&t);
+  th_check(&t);
+  th_fini(&t);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_topic_fanout_embedded),
@@ -838,6 +894,7 @@ int main(void) {
     cmocka_unit_test(test_topic_closed_discards_queued_effects),
     cmocka_unit_test(test_topic_del_with_queued_effects),
     cmocka_unit_test(test_topic_embedded_ignores_bp_up),
+    cmocka_unit_test(test_topic_repeat_subscribe_waits_for_resubscribe),
   };
 
   return cmocka_run_group_tests(tests, 0, 0);
