@@ -1,0 +1,369 @@
+/*
+ * sim_check.c - the explorer's invariants (issue 3), checked after every
+ * event while w->check is set.  The first violation is kept in w->viol;
+ * the runner stops there.
+ *
+ * Invariant 4 (nothing lost) is checked where the message reaches the
+ * instance, in sim_world.c's on_msg, because only there is it known who
+ * must get it, and at Redis's PUBLISH (sim_check_publish) for the
+ * instances it will not reach.  Invariant 9 is the core's own hub_check.
+ */
+#include "sim.h"
+
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../backplanes/bp_sim.h"
+
+void sim_violate(sim_world *w, int inv, const char *fmt, ...) {
+  va_list ap;
+  if (w->viol.inv != 0) {
+    return;
+  }
+  w->viol.inv = inv;
+  w->viol.evno = w->events;
+  w->viol.at = w->now;
+  va_start(ap, fmt);
+  vsnprintf(w->viol.what, sizeof(w->viol.what), fmt, ap);
+  va_end(ap);
+  sim_trace(w, "VIOLATION invariant %d: %s", inv, w->viol.what);
+}
+
+/* Invariant 1, for one instance whose commands have all been processed:
+   Redis holds its SUBSCRIBE to a channel iff it has a local subscriber. */
+static void check_subs(sim_world *w, sim_inst *in, int inv) {
+  size_t i;
+  for (i = 0; i < w->nchans; i++) {
+    const char *name = w->chans[i];
+    int redis = bp_sim_subscribed(in->bp, (uint32_t)i);
+    size_t local = hub_channel_subscribers(in->h, name, strlen(name));
+    if (redis != (local > 0)) {
+      sim_violate(w, inv,
+                  "instance %s: redis %s %s but it has %zu local "
+                  "subscribers",
+                  in->id,
+                  redis ? "holds a subscription to"
+                        : "has no "
+                          "subscription to",
+                  name, local);
+      return;
+    }
+  }
+}
+
+void sim_check_inst(sim_world *w, sim_inst *in) {
+  const char *why = NULL;
+  /* The core's own consistency check (reported as invariant 9). */
+  if (in->h != NULL && hub_check(in->h, &why) != 0) {
+    sim_violate(w, 9, "instance %s: hub_check: %s", in->id, why ? why : "?");
+    return;
+  }
+  if (in->h == NULL || in->bp == NULL || !bp_sim_connected(in->bp) ||
+      !bp_sim_up_known(in->bp) || !hub_bp_is_up(in->h) ||
+      !bp_sim_sub_idle(in->bp)) {
+    return;
+  }
+  check_subs(w, in, 1);
+}
+
+/* Invariant 5: the hub's queue for a connection stays within limits. */
+void sim_check_queue(sim_world *w, sim_inst *in, sim_conn *k) {
+  size_t msgs = k->qlen - k->wfin;
+  uint64_t bytes = k->qbytes - k->wpos;
+  if (!k->open) {
+    return;
+  }
+  if (msgs > in->q_msgs_max || bytes > in->q_bytes_max) {
+    sim_violate(w, 5,
+                "client %s on %s: %zu messages / %llu bytes queued, limits "
+                "%u / %llu, not evicted",
+                w->clients[k->client].name, in->id, msgs,
+                (unsigned long long)bytes, in->q_msgs_max,
+                (unsigned long long)in->q_bytes_max);
+  }
+}
+
+static int seq_get(sim_seqmap *m, uint64_t key, uint64_t **val) {
+  size_t i;
+  if (m->len * 2 >= m->cap) {
+    size_t ncap = m->cap ? 2 * m->cap : 64, j;
+    uint64_t *nk = calloc(ncap, sizeof(*nk));
+    uint64_t *nv = calloc(ncap, sizeof(*nv));
+    if (nk == NULL || nv == NULL) {
+      abort();
+    }
+    for (j = 0; j < m->cap; j++) {
+      if (m->keys[j]) {
+        size_t h =
+          (size_t)((m->keys[j] * 0x9e3779b97f4a7c15ULL) >> 20) & (ncap - 1);
+        while (nk[h]) {
+          h = (h + 1) & (ncap - 1);
+        }
+        nk[h] = m->keys[j];
+        nv[h] = m->vals[j];
+      }
+    }
+    free(m->keys);
+    free(m->vals);
+    m->keys = nk;
+    m->vals = nv;
+    m->cap = ncap;
+  }
+  i = (size_t)((key * 0x9e3779b97f4a7c15ULL) >> 20) & (m->cap - 1);
+  while (m->keys[i] && m->keys[i] != key) {
+    i = (i + 1) & (m->cap - 1);
+  }
+  if (!m->keys[i]) {
+    m->keys[i] = key;
+    m->vals[i] = 0;
+    m->len++;
+    *val = &m->vals[i];
+    return 0;
+  }
+  *val = &m->vals[i];
+  return 1;
+}
+
+/* Parses the explorer's data {"p":P,"s":S}; returns 0 on success. */
+static int parse_ps(const char *d, size_t len, long *p, long *s) {
+  const char *v;
+  size_t vlen;
+  char tmp[24];
+  if (sim_json_field(d, len, "p", &v, &vlen) != 0 || vlen >= sizeof(tmp)) {
+    return -1;
+  }
+  memcpy(tmp, v, vlen);
+  tmp[vlen] = '\0';
+  *p = strtol(tmp, NULL, 10);
+  if (sim_json_field(d, len, "s", &v, &vlen) != 0 || vlen >= sizeof(tmp)) {
+    return -1;
+  }
+  memcpy(tmp, v, vlen);
+  tmp[vlen] = '\0';
+  *s = strtol(tmp, NULL, 10);
+  return 0;
+}
+
+/* Invariants 2 and 3, for a message frame a client read. */
+void sim_check_frame(sim_world *w, sim_client *c, int type, uint32_t chan,
+                     const char *data, size_t len, uint64_t bflags) {
+  sim_cstate *cs = sim_client_cstate(c, chan);
+  long p, s;
+  uint64_t *last;
+  (void)type;
+  (void)bflags;
+  if (!cs->acked) {
+    sim_violate(w, 2,
+                "client %s received a message on %s, which it is not "
+                "subscribed to: %.*s",
+                c->name, w->chans[chan], (int)len, data);
+    return;
+  }
+  if (parse_ps(data, len, &p, &s) != 0 || p < -1 || s < 0) {
+    return;
+  }
+  seq_get(&c->seqs, ((uint64_t)(p + 2) << 32) | chan, &last);
+  if ((uint64_t)s + 1 <= *last) {
+    sim_violate(w, 3,
+                "client %s received %s #%ld of publisher %ld after "
+                "#%llu: %s",
+                c->name, w->chans[chan], s, p, (unsigned long long)(*last - 1),
+                (uint64_t)s + 1 == *last ? "twice" : "out of order");
+    return;
+  }
+  *last = (uint64_t)s + 1;
+}
+
+/* Invariant 4 at the source: Redis is publishing on |chan| now; a client
+   that holds `subscribed` on an instance whose link stayed up must be
+   reached, so its instance must hold the Redis subscription. */
+void sim_check_publish(sim_world *w, uint32_t chan) {
+  size_t i;
+  hub_conn_id id;
+  for (i = 0; i < w->ninsts; i++) {
+    sim_inst *in = &w->insts[i];
+    uint64_t epoch;
+    if (in->state != SIM_INST_RUNNING || in->bp == NULL ||
+        !bp_sim_connected(in->bp) || bp_sim_subscribed(in->bp, chan)) {
+      continue;
+    }
+    epoch = bp_sim_epoch(in->bp);
+    for (id = 1; id < in->nconns; id++) {
+      sim_conn *k = &in->conns[id];
+      sim_client *c;
+      sim_cstate *cs;
+      if (!k->open) {
+        continue;
+      }
+      c = &w->clients[k->client];
+      if (c->read_rate != SIM_FAST || c->state != SIM_CL_OPEN) {
+        continue;
+      }
+      cs = sim_client_cstate(c, chan);
+      if (cs->must_from != UINT64_MAX && cs->must_from <= w->now &&
+          cs->must_epoch == epoch) {
+        sim_violate(w, 4,
+                    "Redis publishes on %s while instance %s holds no "
+                    "subscription, but client %s got `subscribed` at "
+                    "%llu ns: the message is lost for it",
+                    w->chans[chan], in->id, c->name,
+                    (unsigned long long)cs->must_from);
+        return;
+      }
+    }
+  }
+}
+
+typedef struct key_scan {
+  sim_world *w;
+  const char *prefix;
+  size_t plen;
+  const char *found;
+  const bp_sim *skip_lost; /* ignore keys whose DEL this bp lost */
+} key_scan;
+
+static void scan_prefix(void *arg, const char *key) {
+  key_scan *ks = arg;
+  if (ks->skip_lost != NULL && bp_sim_del_lost(ks->skip_lost, key)) {
+    return;
+  }
+  if (ks->found == NULL && strncmp(key, ks->prefix, ks->plen) == 0) {
+    /* "ws:instance:0" must not match "ws:instance:0.1". */
+    if (ks->prefix[ks->plen - 1] == ':' || key[ks->plen] == '\0') {
+      ks->found = key;
+    }
+  }
+}
+
+/* Invariant 6: no key of a crashed instance outlives its TTL. */
+void sim_check_keys_gone(sim_world *w, const char *prefix) {
+  key_scan ks;
+  memset(&ks, 0, sizeof(ks));
+  ks.w = w;
+  ks.prefix = prefix;
+  ks.plen = strlen(prefix);
+  sim_redis_foreach_key(w->redis, scan_prefix, &ks);
+  if (ks.found != NULL) {
+    sim_violate(w, 6, "key %s of a crashed instance outlived its TTL",
+                ks.found);
+  }
+}
+
+/* Invariant 7: after a graceful shutdown every client saw 1001 and the
+   instance left no keys and no subscriptions. */
+void sim_check_exit(sim_world *w, sim_inst *in) {
+  size_t i;
+  char buf[160];
+  key_scan ks;
+  for (i = 0; i < w->nclients; i++) {
+    sim_client *c = &w->clients[i];
+    if (c->inst == in->idx && c->inst_gen == in->gen && c->shutdown_seen &&
+        c->state == SIM_CL_CLOSED && c->close_code != 1001) {
+      sim_violate(w, 7,
+                  "client %s of instance %s closed with %d, not 1001, "
+                  "at shutdown",
+                  c->name, in->id, c->close_code);
+      return;
+    }
+  }
+  if (!in->shutdown_clean || in->bp == NULL || !bp_sim_connected(in->bp)) {
+    return; /* Redis was unreachable: keys expire by TTL instead. */
+  }
+  for (i = 0; i < w->nchans; i++) {
+    if (bp_sim_subscribed(in->bp, (uint32_t)i)) {
+      sim_violate(w, 7, "instance %s exited holding a subscription to %s",
+                  in->id, w->chans[i]);
+      return;
+    }
+  }
+  memset(&ks, 0, sizeof(ks));
+  /* A DEL sent while Redis was unreachable is lost (at-most-once); that
+     key expires by its TTL, which invariant 8 checks. */
+  ks.skip_lost = in->bp;
+  snprintf(buf, sizeof(buf), "%sinstance:%s", w->cfg.prefix, in->id);
+  ks.prefix = buf;
+  ks.plen = strlen(buf);
+  sim_redis_foreach_key(w->redis, scan_prefix, &ks);
+  if (ks.found == NULL) {
+    snprintf(buf, sizeof(buf), "%sconn:%s:", w->cfg.prefix, in->id);
+    ks.plen = strlen(buf);
+    sim_redis_foreach_key(w->redis, scan_prefix, &ks);
+  }
+  if (ks.found != NULL) {
+    sim_violate(w, 7, "instance %s shut down but left key %s", in->id,
+                ks.found);
+  }
+}
+
+/* Invariant 8, part two: every key belongs to a live instance or to an
+   open connection of one. */
+static void scan_live(void *arg, const char *key) {
+  key_scan *ks = arg;
+  sim_world *w = ks->w;
+  size_t plen = strlen(w->cfg.prefix);
+  const char *rest, *id;
+  size_t i;
+  if (ks->found != NULL || strncmp(key, w->cfg.prefix, plen) != 0) {
+    return;
+  }
+  rest = key + plen;
+  if (strncmp(rest, "instance:", 9) == 0) {
+    id = rest + 9;
+    for (i = 0; i < w->ninsts; i++) {
+      if (w->insts[i].state == SIM_INST_RUNNING &&
+          strcmp(w->insts[i].id, id) == 0) {
+        return;
+      }
+    }
+    ks->found = key;
+  } else if (strncmp(rest, "conn:", 5) == 0) {
+    const char *colon;
+    id = rest + 5;
+    colon = strrchr(id, ':');
+    if (colon == NULL) {
+      ks->found = key;
+      return;
+    }
+    for (i = 0; i < w->ninsts; i++) {
+      sim_inst *in = &w->insts[i];
+      if (in->state == SIM_INST_RUNNING &&
+          strlen(in->id) == (size_t)(colon - id) &&
+          memcmp(in->id, id, (size_t)(colon - id)) == 0) {
+        unsigned long n = strtoul(colon + 1, NULL, 10);
+        if (n < in->nconns && in->conns[n].open) {
+          return;
+        }
+      }
+    }
+    ks->found = key;
+  }
+}
+
+void sim_check_liveness(sim_world *w) {
+  size_t i;
+  key_scan ks;
+  for (i = 0; i < w->ninsts; i++) {
+    sim_inst *in = &w->insts[i];
+    if (in->state != SIM_INST_RUNNING) {
+      continue;
+    }
+    if (!bp_sim_connected(in->bp) || !bp_sim_up_known(in->bp) ||
+        !hub_bp_is_up(in->h) || !bp_sim_sub_idle(in->bp)) {
+      sim_violate(w, 8, "instance %s has not settled on its Redis link",
+                  in->id);
+      return;
+    }
+    check_subs(w, in, 8);
+    if (w->viol.inv) {
+      return;
+    }
+  }
+  memset(&ks, 0, sizeof(ks));
+  ks.w = w;
+  sim_redis_foreach_key(w->redis, scan_live, &ks);
+  if (ks.found != NULL) {
+    sim_violate(w, 8, "key %s belongs to no live instance or connection",
+                ks.found);
+  }
+}

@@ -1,0 +1,381 @@
+/*
+ * sim_explore.c - seeded random scenarios, invariant checking and
+ * shrinking (`wshub-sim --explore --seeds A..B`).
+ *
+ * Each seed generates a scenario in the ordinary statement language, so
+ * a failure is already a scenario file.  The workload and the faults
+ * come from separate PRNG streams derived from the seed (and the
+ * latencies from a third, inside the world), so changing the workload
+ * generator does not reshuffle the faults.  On a violation the statements
+ * are shrunk by delta debugging (ddmin over statements, then removal of
+ * single statements) to the fewest that still violate the same
+ * invariant, and written to <repro-dir>/explore-seed-<S>.scn.
+ */
+#include "sim.h"
+
+#include <signal.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+typedef struct lines {
+  char **v;
+  size_t n, cap;
+} lines;
+
+static void add(lines *l, const char *fmt, ...)
+  __attribute__((format(printf, 2, 3)));
+
+static void add(lines *l, const char *fmt, ...) {
+  va_list ap;
+  char buf[256];
+  if (l->n == l->cap) {
+    l->cap = l->cap ? 2 * l->cap : 256;
+    l->v = realloc(l->v, l->cap * sizeof(*l->v));
+    if (l->v == NULL) {
+      abort();
+    }
+  }
+  va_start(ap, fmt);
+  vsnprintf(buf, sizeof(buf), fmt, ap);
+  va_end(ap);
+  l->v[l->n] = strdup(buf);
+  if (l->v[l->n] == NULL) {
+    abort();
+  }
+  l->n++;
+}
+
+static void lines_free(lines *l) {
+  size_t i;
+  for (i = 0; i < l->n; i++) {
+    free(l->v[i]);
+  }
+  free(l->v);
+  memset(l, 0, sizeof(*l));
+}
+
+#define MAX_INST 4
+#define MAX_CLIENTS 50
+
+static void generate(uint64_t seed, lines *l) {
+  sim_rng wk, ft;
+  uint32_t ninst, nclients, nchan, created = 0, nops, op, i;
+  uint32_t seq[MAX_CLIENTS + 1];
+  int running[MAX_INST], parted[MAX_INST];
+
+  sim_rng_seed(&wk, seed, 101);
+  sim_rng_seed(&ft, seed, 102);
+  memset(seq, 0, sizeof(seq));
+  ninst = 1 + (uint32_t)sim_rng_below(&wk, MAX_INST);
+  nclients = 1 + (uint32_t)sim_rng_below(&wk, MAX_CLIENTS);
+  nchan = 1 + (uint32_t)sim_rng_below(&wk, 4);
+  for (i = 0; i < MAX_INST; i++) {
+    running[i] = 1;
+    parted[i] = 0;
+  }
+  add(l, "seed %llu", (unsigned long long)seed);
+  add(l, "invariants on");
+  add(l, "instances %u", ninst);
+  add(l, "config max-queue-msgs %u", 4 + (uint32_t)sim_rng_below(&wk, 60));
+  if (sim_rng_below(&wk, 2)) {
+    add(l, "config sndbuf %u", 256 + (uint32_t)sim_rng_below(&wk, 4096));
+  }
+
+  nops = 30 + (uint32_t)sim_rng_below(&wk, 250);
+  for (op = 0; op < nops + nclients; op++) {
+    uint64_t r = sim_rng_below(&wk, 100);
+    uint32_t k = created ? (uint32_t)sim_rng_below(&wk, created) : 0;
+    uint32_t ch = (uint32_t)sim_rng_below(&wk, nchan);
+
+    if (created < nclients && (created == 0 || r < 15 || op < 3)) {
+      uint64_t rr = sim_rng_below(&wk, 100);
+      uint32_t in = (uint32_t)sim_rng_below(&wk, ninst);
+      if (rr < 70) {
+        add(l, "client c%u on %u", created, in);
+      } else if (rr < 85) {
+        add(l, "client c%u on %u read-rate 0", created, in);
+      } else {
+        add(l, "client c%u on %u read-rate %u", created, in,
+            5 + (uint32_t)sim_rng_below(&wk, 2000));
+      }
+      created++;
+    } else if (r < 45) {
+      add(l, "c%u publish ch%u {\"p\":%u,\"s\":%u}", k, ch, k + 1,
+          seq[k + 1]++);
+    } else if (r < 50) {
+      add(l, "redis publish ch%u {\"p\":0,\"s\":%u}", ch, seq[0]++);
+    } else if (r < 72) {
+      add(l, "c%u subscribe ch%u", k, ch);
+    } else if (r < 84) {
+      add(l, "c%u unsubscribe ch%u", k, ch);
+    } else if (r < 86) {
+      add(l, "c%u disconnect", k);
+    } else {
+      /* A burst from one publisher fills slow readers' queues. */
+      uint32_t m = 5 + (uint32_t)sim_rng_below(&wk, 40), j;
+      for (j = 0; j < m; j++) {
+        add(l, "c%u publish ch%u {\"p\":%u,\"s\":%u}", k, ch, k + 1,
+            seq[k + 1]++);
+      }
+    }
+    r = sim_rng_below(&wk, 100);
+    if (r >= 40 && r < 85) {
+      add(l, "run %ums", 1 + (uint32_t)sim_rng_below(&wk, 3));
+    } else if (r >= 85) {
+      add(l, "run %ums", 10 + (uint32_t)sim_rng_below(&wk, 300));
+    }
+
+    if (sim_rng_below(&ft, 100) < 4) {
+      uint32_t kind = (uint32_t)sim_rng_below(&ft, 5);
+      uint32_t in = (uint32_t)sim_rng_below(&ft, ninst);
+      switch (kind) {
+      case 0:
+        if (running[in]) {
+          add(l, "crash %u", in);
+          running[in] = 0;
+        }
+        break;
+      case 1:
+        if (!running[in]) {
+          add(l, "restart %u", in);
+          running[in] = 1;
+        }
+        break;
+      case 2:
+        if (!parted[in]) {
+          add(l, "partition %u redis", in);
+          parted[in] = 1;
+        }
+        break;
+      case 3:
+        if (parted[in]) {
+          add(l, "heal %u redis", in);
+          parted[in] = 0;
+        }
+        break;
+      default:
+        if (running[in] && !parted[in]) {
+          add(l, "shutdown %u", in);
+          running[in] = 0;
+        }
+        break;
+      }
+    }
+  }
+  for (i = 0; i < ninst; i++) {
+    if (parted[i]) {
+      add(l, "heal %u redis", i);
+    }
+  }
+  /* Liveness: with faults healed and traffic stopped, everything settles
+     within the connection keys' TTL. */
+  add(l, "run 150s");
+  add(l, "check liveness");
+}
+
+static uint64_t total_events;
+
+/* Runs a subset; returns the invariant violated (0 none, -1 another
+   failure). */
+static int run_subset(char *const *v, size_t n, sim_result *r) {
+  sim_opts o;
+  memset(&o, 0, sizeof(o));
+  o.check = 1;
+  o.no_log = 1;
+  sim_run_lines(v, NULL, n, &o, r);
+  total_events += r->events;
+  if (r->inv) {
+    return r->inv;
+  }
+  return r->failed ? -1 : 0;
+}
+
+static size_t shrink(lines *l, int inv, size_t *tests) {
+  /* Statement 0 and 1 (seed, invariants on) stay. */
+  size_t fixed = 2, m = l->n - fixed, gran = 2, i;
+  char **cur = malloc(l->n * sizeof(*cur));
+  char **cand = malloc(l->n * sizeof(*cand));
+  sim_result r;
+  const size_t budget = 3000;
+
+  if (cur == NULL || cand == NULL) {
+    abort();
+  }
+  memcpy(cur, l->v, l->n * sizeof(*cur));
+  while (m >= 2 && *tests < budget) {
+    size_t chunk = (m + gran - 1) / gran;
+    int reduced = 0;
+    for (i = 0; i * chunk < m && *tests < budget; i++) {
+      size_t s = i * chunk, e = s + chunk < m ? s + chunk : m, c = 0, j;
+      for (j = 0; j < fixed + m; j++) {
+        if (j < fixed || j - fixed < s || j - fixed >= e) {
+          cand[c++] = cur[j];
+        }
+      }
+      (*tests)++;
+      if (run_subset(cand, c, &r) == inv) {
+        memcpy(cur, cand, c * sizeof(*cur));
+        m = c - fixed;
+        gran = gran > 2 ? gran - 1 : 2;
+        reduced = 1;
+        break;
+      }
+    }
+    if (!reduced) {
+      if (gran >= m) {
+        break;
+      }
+      gran = 2 * gran < m ? 2 * gran : m;
+    }
+  }
+  /* One statement at a time, from the end. */
+  i = m;
+  while (i-- > 0 && *tests < budget) {
+    size_t c = 0, j;
+    for (j = 0; j < fixed + m; j++) {
+      if (j != fixed + i) {
+        cand[c++] = cur[j];
+      }
+    }
+    (*tests)++;
+    if (run_subset(cand, c, &r) == inv) {
+      memcpy(cur, cand, c * sizeof(*cur));
+      m = c - fixed;
+    }
+  }
+  /* Reorder l->v to cur, freeing what was dropped. */
+  {
+    char **keep = malloc((fixed + m) * sizeof(*keep));
+    size_t j, k;
+    if (keep == NULL) {
+      abort();
+    }
+    memcpy(keep, cur, (fixed + m) * sizeof(*keep));
+    for (j = 0; j < l->n; j++) {
+      int kept = 0;
+      for (k = 0; k < fixed + m; k++) {
+        if (keep[k] == l->v[j]) {
+          kept = 1;
+          break;
+        }
+      }
+      if (!kept) {
+        free(l->v[j]);
+      }
+    }
+    free(l->v);
+    l->v = keep;
+    l->n = l->cap = fixed + m;
+  }
+  free(cur);
+  free(cand);
+  return l->n;
+}
+
+/* If the core aborts (HUB_ASSERT) or crashes, say which seed did it. */
+static char crash_msg[160];
+static size_t crash_len;
+
+static void on_fatal(int sig) {
+  if (write(2, crash_msg, crash_len) < 0) {
+    /* Nothing more can be done from here. */
+  }
+  signal(sig, SIG_DFL);
+  raise(sig);
+}
+
+static void arm_crash_msg(uint64_t seed) {
+  int n = snprintf(crash_msg, sizeof(crash_msg),
+                   "\nexplore: seed %llu crashed the simulator; replay with "
+                   "wshub-sim --explore --seeds %llu..%llu\n",
+                   (unsigned long long)seed, (unsigned long long)seed,
+                   (unsigned long long)seed);
+  crash_len = n > 0 ? (size_t)n : 0;
+}
+
+static double wall_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+int sim_explore(const sim_explore_opts *o) {
+  uint64_t seed, nseeds = 0, failures = 0;
+  double t0 = wall_s(), t;
+  sim_result r;
+
+  total_events = 0;
+  signal(SIGABRT, on_fatal);
+  signal(SIGSEGV, on_fatal);
+  for (seed = o->from; seed <= o->to; seed++) {
+    lines l;
+    int inv;
+    arm_crash_msg(seed);
+    memset(&l, 0, sizeof(l));
+    generate(seed, &l);
+    nseeds++;
+    if (o->dump) {
+      size_t i;
+      for (i = 0; i < l.n; i++) {
+        printf("%s\n", l.v[i]);
+      }
+      lines_free(&l);
+      continue;
+    }
+    inv = run_subset(l.v, l.n, &r);
+    if (inv != 0) {
+      size_t before = l.n, after, tests = 0;
+      char path[1024];
+      FILE *f;
+      failures++;
+      printf("explore: seed %llu: event %llu: invariant %d: %s\n",
+             (unsigned long long)seed, (unsigned long long)r.evno, inv, r.msg);
+      if (inv > 0) {
+        after = shrink(&l, inv, &tests);
+        snprintf(path, sizeof(path), "%s/explore-seed-%llu.scn",
+                 o->repro_dir ? o->repro_dir : ".", (unsigned long long)seed);
+        f = fopen(path, "w");
+        if (f != NULL) {
+          size_t i;
+          fprintf(f,
+                  "# Found by wshub-sim --explore: seed %llu violated "
+                  "invariant %d.\n# Shrunk from %zu to %zu statements "
+                  "(%zu runs).\n",
+                  (unsigned long long)seed, inv, before, after, tests);
+          for (i = 0; i < l.n; i++) {
+            fprintf(f, "%s\n", l.v[i]);
+          }
+          fclose(f);
+          printf("explore: seed %llu: shrunk %zu -> %zu statements in %zu "
+                 "runs: %s\n",
+                 (unsigned long long)seed, before, after, tests, path);
+        } else {
+          printf("explore: cannot write %s\n", path);
+        }
+        printf("explore: replay with: wshub-sim %s (or --explore --seeds "
+               "%llu..%llu)\n",
+               path, (unsigned long long)seed, (unsigned long long)seed);
+      }
+      lines_free(&l);
+      if (!o->keep_going) {
+        break;
+      }
+      continue;
+    }
+    lines_free(&l);
+  }
+  t = wall_s() - t0;
+  if (!o->quiet || failures) {
+    printf("explore: %llu seeds (%llu..%llu), %llu failing, %llu events, "
+           "%.2f s, %.0f events/s, %.1f seeds/s\n",
+           (unsigned long long)nseeds, (unsigned long long)o->from,
+           (unsigned long long)(o->from + nseeds - 1),
+           (unsigned long long)failures, (unsigned long long)total_events, t,
+           t > 0 ? (double)total_events / t : 0.0,
+           t > 0 ? (double)nseeds / t : 0.0);
+  }
+  return failures ? -1 : 0;
+}
