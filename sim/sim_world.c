@@ -1149,11 +1149,13 @@ static void client_frame(sim_world *w, sim_client *c, const hub_buf *b,
   } else if (type == SIM_R_SUBSCRIBED) {
     sim_cstate *cs = sim_client_cstate(c, chan);
     sim_inst *in = &w->insts[c->inst];
-    int was_acked = cs->acked;
     cs->acked = 1;
-    /* The window of invariant 4 opens with the acknowledgement; the
-       answer to a duplicate subscribe does not open a new one. */
-    if (!was_acked && cs->pending_unsubs == 0 && cs->must_from == UINT64_MAX &&
+    /* The window of invariant 4 opens with an acknowledgement sent while
+       the link was up: the first one, or the answer to a repeat subscribe
+       when the first came while Redis was down (the core holds that
+       answer until Redis confirms the re-subscribe).  An open window is
+       not reopened. */
+    if (cs->pending_unsubs == 0 && cs->must_from == UINT64_MAX &&
         (flags & 1) && in->gen == c->inst_gen && in->bp != NULL &&
         bp_sim_connected(in->bp) && (flags >> 1) == bp_sim_epoch(in->bp)) {
       cs->must_from = w->now;
