@@ -215,7 +215,10 @@ int hub_on_conn_open(hub *h, hub_conn_id *id, const char *remote_addr,
                      void *user, hub_tstamp now);
 
 /* One complete message.  |binary| is nonzero for a binary message.
-   |data| is borrowed for the call.  Ignored for a closing connection. */
+   |data| is borrowed for the call.  When |len| is over max_message_bytes
+   the message is refused by its length alone (CLOSE 1009) and |data| may
+   be NULL, so a transport need not buffer an oversize message to report
+   it.  Ignored for a closing connection. */
 int hub_on_conn_msg(hub *h, hub_conn_id id, int binary, const uint8_t *data,
                     size_t len, hub_tstamp now);
 
@@ -272,7 +275,10 @@ int hub_handle_expiry(hub *h, hub_tstamp now);
 int hub_shutdown(hub *h, hub_tstamp now);
 
 /* The effect queue.  hub_effect_peek returns the oldest effect or NULL;
-   it is valid until hub_effect_pop. */
+   it is valid until hub_effect_pop or the next event call on |h|,
+   whichever comes first (an event may grow the queue, and
+   hub_on_conn_closed discards the closed connection's effects): pop an
+   effect before feeding the hub an event that applying it caused. */
 const hub_effect *hub_effect_peek(hub *h);
 void hub_effect_pop(hub *h);
 

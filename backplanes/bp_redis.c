@@ -1,0 +1,507 @@
+/*
+ * bp_redis.c - the Redis backplane (hiredis async API + adapters/libev.h).
+ *
+ * States: while both connections are established (and named) the
+ * backplane is up and the ops send commands; otherwise it is down, the
+ * ops fail at once (at-most-once: the hub delivers locally meanwhile)
+ * and a timer reconnects with exponential backoff.  The hub re-subscribes
+ * every channel it still needs when on_up is reported.
+ *
+ * hiredis frees an async context itself after its disconnect callback,
+ * so a context pointer is forgotten the moment that callback runs.  A
+ * lost connection never tears the other down from inside a hiredis
+ * callback: it is asked to disconnect, and its own callback finishes the
+ * job.
+ */
+#include "bp_redis.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <hiredis/adapters/libev.h>
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+
+#define BP_REDIS_BACKOFF_MIN 0.1
+#define BP_REDIS_BACKOFF_MAX 5.0
+#define BP_REDIS_CONNECT_TIMEOUT 2.0
+
+typedef struct bp_redis {
+  bp base;
+  struct ev_loop *loop;
+  char host[256];
+  int port;
+  int db;
+  char *prefix;
+  size_t prefix_len;
+  char *chan_prefix; /* prefix + "chan:" */
+  size_t chan_prefix_len;
+  char *name;
+  redisAsyncContext *sub;
+  redisAsyncContext *pub;
+  int sub_ok, pub_ok;
+  int up;
+  int quitting;
+  double backoff;
+  ev_timer retry;
+  ev_timer connect_timeout;
+  ev_timer quit_poll;
+  uint64_t ups;
+  void (*quit_done)(void *);
+  void *quit_arg;
+  char *scratch; /* prefixed names */
+  size_t scratch_cap;
+} bp_redis;
+
+static bp_redis *bp_redis_of(const redisAsyncContext *ac) {
+  return ac->data;
+}
+
+static const char *bp_redis_prefixed(bp_redis *r, const char *pre,
+                                     size_t pre_len, const char *s, size_t len,
+                                     size_t *out_len) {
+  size_t need = pre_len + len + 1;
+  if (need > r->scratch_cap) {
+    char *p = realloc(r->scratch, need);
+    if (p == NULL) {
+      return NULL;
+    }
+    r->scratch = p;
+    r->scratch_cap = need;
+  }
+  memcpy(r->scratch, pre, pre_len);
+  memcpy(r->scratch + pre_len, s, len);
+  r->scratch[pre_len + len] = '\0';
+  *out_len = pre_len + len;
+  return r->scratch;
+}
+
+static void bp_redis_schedule(bp_redis *r) {
+  if (r->quitting || ev_is_active(&r->retry)) {
+    return;
+  }
+  ev_timer_set(&r->retry, r->backoff, 0.0);
+  ev_timer_start(r->loop, &r->retry);
+  r->backoff *= 2;
+  if (r->backoff > BP_REDIS_BACKOFF_MAX) {
+    r->backoff = BP_REDIS_BACKOFF_MAX;
+  }
+}
+
+static void bp_redis_check_quit(bp_redis *r) {
+  if (r->quitting && r->sub == NULL && r->pub == NULL && r->quit_done != NULL) {
+    void (*done)(void *) = r->quit_done;
+    r->quit_done = NULL;
+    done(r->quit_arg);
+  }
+}
+
+/* One connection is lost or failed: the backplane is down until both are
+   re-established. */
+static void bp_redis_lost(bp_redis *r) {
+  int was_up = r->up;
+  r->up = 0;
+  if (r->sub != NULL && !(r->sub->c.flags & REDIS_DISCONNECTING)) {
+    redisAsyncDisconnect(r->sub);
+  }
+  if (r->pub != NULL && !(r->pub->c.flags & REDIS_DISCONNECTING)) {
+    redisAsyncDisconnect(r->pub);
+  }
+  if (was_up && !r->quitting && r->base.ev.on_down != NULL) {
+    r->base.ev.on_down(r->base.ev.user);
+  }
+  if (r->sub == NULL && r->pub == NULL) {
+    bp_redis_schedule(r);
+  }
+  bp_redis_check_quit(r);
+}
+
+static void bp_redis_disconnect_cb(const redisAsyncContext *ac, int status) {
+  bp_redis *r = bp_redis_of(ac);
+  (void)status;
+  if (ac == r->sub) {
+    r->sub = NULL;
+    r->sub_ok = 0;
+  } else if (ac == r->pub) {
+    r->pub = NULL;
+    r->pub_ok = 0;
+  }
+  bp_redis_lost(r);
+}
+
+static void bp_redis_connect_cb(const redisAsyncContext *ac, int status) {
+  bp_redis *r = bp_redis_of(ac);
+  if (status != REDIS_OK) {
+    /* hiredis frees |ac| after this callback. */
+    if (ac == r->sub) {
+      r->sub = NULL;
+    } else if (ac == r->pub) {
+      r->pub = NULL;
+    }
+    bp_redis_lost(r);
+    return;
+  }
+  if (ac == r->sub) {
+    r->sub_ok = 1;
+  } else if (ac == r->pub) {
+    r->pub_ok = 1;
+  }
+  if (r->sub_ok && r->pub_ok && !r->up && !r->quitting) {
+    ev_timer_stop(r->loop, &r->connect_timeout);
+    r->up = 1;
+    r->backoff = BP_REDIS_BACKOFF_MIN;
+    r->ups++;
+    if (r->base.ev.on_up != NULL) {
+      r->base.ev.on_up(r->base.ev.user);
+    }
+  }
+}
+
+/* Replies on the subscriber connection: subscribe confirmations and
+   messages.  Unsubscribe confirmations need nothing. */
+static void bp_redis_sub_cb(redisAsyncContext *ac, void *reply, void *priv) {
+  bp_redis *r = priv;
+  redisReply *rep = reply;
+  const redisReply *kind, *chan;
+  (void)ac;
+  if (rep == NULL || rep->type != REDIS_REPLY_ARRAY || rep->elements < 3 ||
+      !r->up) {
+    return;
+  }
+  kind = rep->element[0];
+  chan = rep->element[1];
+  if (kind->type != REDIS_REPLY_STRING || chan->type != REDIS_REPLY_STRING ||
+      (size_t)chan->len < r->chan_prefix_len ||
+      memcmp(chan->str, r->chan_prefix, r->chan_prefix_len) != 0) {
+    return;
+  }
+  if (strcmp(kind->str, "message") == 0) {
+    const redisReply *data = rep->element[2];
+    if (data->type == REDIS_REPLY_STRING && r->base.ev.on_msg != NULL) {
+      r->base.ev.on_msg(r->base.ev.user, chan->str + r->chan_prefix_len,
+                        (size_t)chan->len - r->chan_prefix_len,
+                        (const uint8_t *)data->str, (size_t)data->len);
+    }
+  } else if (strcmp(kind->str, "subscribe") == 0) {
+    if (r->base.ev.on_subscribed != NULL) {
+      r->base.ev.on_subscribed(r->base.ev.user, chan->str + r->chan_prefix_len,
+                               (size_t)chan->len - r->chan_prefix_len);
+    }
+  }
+}
+
+static redisAsyncContext *bp_redis_open(bp_redis *r, const char *role) {
+  redisAsyncContext *ac = redisAsyncConnect(r->host, r->port);
+  if (ac == NULL) {
+    return NULL;
+  }
+  if (ac->err) {
+    redisAsyncFree(ac);
+    return NULL;
+  }
+  ac->data = r;
+  if (redisLibevAttach(r->loop, ac) != REDIS_OK) {
+    redisAsyncFree(ac);
+    return NULL;
+  }
+  redisAsyncSetConnectCallback(ac, bp_redis_connect_cb);
+  redisAsyncSetDisconnectCallback(ac, bp_redis_disconnect_cb);
+  /* Queued now, sent first once connected. */
+  (void)redisAsyncCommand(ac, NULL, NULL, "CLIENT SETNAME %s:%s", r->name,
+                          role);
+  if (r->db != 0) {
+    (void)redisAsyncCommand(ac, NULL, NULL, "SELECT %d", r->db);
+  }
+  return ac;
+}
+
+static void bp_redis_connect(bp_redis *r) {
+  if (r->quitting || r->sub != NULL || r->pub != NULL) {
+    return;
+  }
+  r->sub_ok = r->pub_ok = 0;
+  r->sub = bp_redis_open(r, "sub");
+  r->pub = bp_redis_open(r, "pub");
+  if (r->sub == NULL || r->pub == NULL) {
+    bp_redis_lost(r);
+    return;
+  }
+  /* hiredis 0.14 has no connect timeout of its own. */
+  ev_timer_set(&r->connect_timeout, BP_REDIS_CONNECT_TIMEOUT, 0.0);
+  ev_timer_start(r->loop, &r->connect_timeout);
+}
+
+static void bp_redis_connect_timeout_cb(struct ev_loop *loop, ev_timer *w,
+                                        int revents) {
+  bp_redis *r = w->data;
+  (void)loop;
+  (void)revents;
+  if (r->up || r->quitting) {
+    return;
+  }
+  /* Each free runs the disconnect callback, which forgets the context
+     and asks the other to disconnect; a context still connecting would
+     wait for its replies forever, so it is freed too. */
+  if (r->sub != NULL) {
+    redisAsyncFree(r->sub);
+  }
+  if (r->pub != NULL) {
+    redisAsyncFree(r->pub);
+  }
+}
+
+static void bp_redis_retry_cb(struct ev_loop *loop, ev_timer *w, int revents) {
+  bp_redis *r = w->data;
+  (void)loop;
+  (void)revents;
+  bp_redis_connect(r);
+}
+
+/* ------------------------------------------------------------ ops */
+
+static int bp_redis_subscribe(bp *b, const char *channel, size_t len) {
+  bp_redis *r = (bp_redis *)b;
+  size_t n;
+  const char *name;
+  if (!r->up || r->sub == NULL) {
+    return HUB_ERR_INVALID_ARGUMENT;
+  }
+  name =
+    bp_redis_prefixed(r, r->chan_prefix, r->chan_prefix_len, channel, len, &n);
+  if (name == NULL) {
+    return HUB_ERR_NOMEM;
+  }
+  if (redisAsyncCommand(r->sub, bp_redis_sub_cb, r, "SUBSCRIBE %b", name, n) !=
+      REDIS_OK) {
+    return HUB_ERR_NOMEM;
+  }
+  return 0;
+}
+
+static int bp_redis_unsubscribe(bp *b, const char *channel, size_t len) {
+  bp_redis *r = (bp_redis *)b;
+  size_t n;
+  const char *name;
+  if (!r->up || r->sub == NULL) {
+    return HUB_ERR_INVALID_ARGUMENT;
+  }
+  name =
+    bp_redis_prefixed(r, r->chan_prefix, r->chan_prefix_len, channel, len, &n);
+  if (name == NULL) {
+    return HUB_ERR_NOMEM;
+  }
+  if (redisAsyncCommand(r->sub, NULL, NULL, "UNSUBSCRIBE %b", name, n) !=
+      REDIS_OK) {
+    return HUB_ERR_NOMEM;
+  }
+  return 0;
+}
+
+static int bp_redis_publish(bp *b, const char *channel, size_t len,
+                            const uint8_t *data, size_t data_len) {
+  bp_redis *r = (bp_redis *)b;
+  size_t n;
+  const char *name;
+  if (!r->up || r->pub == NULL) {
+    return HUB_ERR_INVALID_ARGUMENT;
+  }
+  name =
+    bp_redis_prefixed(r, r->chan_prefix, r->chan_prefix_len, channel, len, &n);
+  if (name == NULL) {
+    return HUB_ERR_NOMEM;
+  }
+  if (redisAsyncCommand(r->pub, NULL, NULL, "PUBLISH %b %b", name, n, data,
+                        data_len) != REDIS_OK) {
+    return HUB_ERR_NOMEM;
+  }
+  return 0;
+}
+
+static int bp_redis_set(bp *b, const char *key, size_t key_len,
+                        const uint8_t *val, size_t val_len, uint32_t ttl_s) {
+  bp_redis *r = (bp_redis *)b;
+  size_t n;
+  const char *name;
+  if (!r->up || r->pub == NULL) {
+    return HUB_ERR_INVALID_ARGUMENT;
+  }
+  name = bp_redis_prefixed(r, r->prefix, r->prefix_len, key, key_len, &n);
+  if (name == NULL) {
+    return HUB_ERR_NOMEM;
+  }
+  if (redisAsyncCommand(r->pub, NULL, NULL, "SET %b %b EX %u", name, n, val,
+                        val_len, (unsigned)ttl_s) != REDIS_OK) {
+    return HUB_ERR_NOMEM;
+  }
+  return 0;
+}
+
+static int bp_redis_del(bp *b, const char *key, size_t key_len) {
+  bp_redis *r = (bp_redis *)b;
+  size_t n;
+  const char *name;
+  if (!r->up || r->pub == NULL) {
+    return HUB_ERR_INVALID_ARGUMENT;
+  }
+  name = bp_redis_prefixed(r, r->prefix, r->prefix_len, key, key_len, &n);
+  if (name == NULL) {
+    return HUB_ERR_NOMEM;
+  }
+  if (redisAsyncCommand(r->pub, NULL, NULL, "DEL %b", name, n) != REDIS_OK) {
+    return HUB_ERR_NOMEM;
+  }
+  return 0;
+}
+
+static void bp_redis_free(bp *b) {
+  bp_redis *r = (bp_redis *)b;
+  if (r == NULL) {
+    return;
+  }
+  r->quitting = 1;
+  r->quit_done = NULL;
+  ev_timer_stop(r->loop, &r->retry);
+  ev_timer_stop(r->loop, &r->connect_timeout);
+  ev_timer_stop(r->loop, &r->quit_poll);
+  /* redisAsyncFree runs the disconnect callback, which forgets them. */
+  if (r->sub != NULL) {
+    redisAsyncFree(r->sub);
+  }
+  if (r->pub != NULL) {
+    redisAsyncFree(r->pub);
+  }
+  free(r->prefix);
+  free(r->chan_prefix);
+  free(r->name);
+  free(r->scratch);
+  free(r);
+}
+
+static const bp_ops bp_redis_ops = {bp_redis_subscribe, bp_redis_unsubscribe,
+                                    bp_redis_publish,   bp_redis_set,
+                                    bp_redis_del,       bp_redis_free};
+
+uint64_t bp_redis_reconnects(const bp *b) {
+  const bp_redis *r = (const bp_redis *)b;
+  return r->ups > 0 ? r->ups - 1 : 0;
+}
+
+static void bp_redis_quit_poll_cb(struct ev_loop *loop, ev_timer *w,
+                                  int revents) {
+  bp_redis *r = w->data;
+  (void)loop;
+  (void)revents;
+  ev_timer_stop(r->loop, &r->quit_poll);
+  bp_redis_check_quit(r);
+}
+
+void bp_redis_quit(bp *b, void (*done)(void *arg), void *arg) {
+  bp_redis *r = (bp_redis *)b;
+  r->quitting = 1;
+  r->up = 0;
+  r->quit_done = done;
+  r->quit_arg = arg;
+  ev_timer_stop(r->loop, &r->retry);
+  ev_timer_stop(r->loop, &r->connect_timeout);
+  /* Disconnect after pending replies (the shutdown's DELs) arrive. */
+  if (r->sub != NULL && !(r->sub->c.flags & REDIS_DISCONNECTING)) {
+    redisAsyncDisconnect(r->sub);
+  }
+  if (r->pub != NULL && !(r->pub->c.flags & REDIS_DISCONNECTING)) {
+    redisAsyncDisconnect(r->pub);
+  }
+  /* Report from the loop, never from inside this call. */
+  ev_timer_set(&r->quit_poll, 0.0, 0.0);
+  ev_timer_start(r->loop, &r->quit_poll);
+}
+
+static int bp_redis_parse_url(bp_redis *r, const char *url) {
+  const char *p = url, *colon, *slash;
+  size_t hl;
+  char *end;
+  long v;
+  if (strncmp(p, "redis://", 8) != 0) {
+    return -1;
+  }
+  p += 8;
+  if (strchr(p, '@') != NULL) {
+    return -1; /* no AUTH support */
+  }
+  slash = strchr(p, '/');
+  colon = strchr(p, ':');
+  if (colon != NULL && slash != NULL && colon > slash) {
+    colon = NULL;
+  }
+  hl = colon ? (size_t)(colon - p) : slash ? (size_t)(slash - p) : strlen(p);
+  if (hl == 0 || hl >= sizeof(r->host)) {
+    return -1;
+  }
+  memcpy(r->host, p, hl);
+  r->host[hl] = '\0';
+  r->port = 6379;
+  if (colon != NULL) {
+    v = strtol(colon + 1, &end, 10);
+    if (end == colon + 1 || v <= 0 || v > 65535 ||
+        (*end != '\0' && *end != '/')) {
+      return -1;
+    }
+    r->port = (int)v;
+  }
+  r->db = 0;
+  if (slash != NULL && slash[1] != '\0') {
+    v = strtol(slash + 1, &end, 10);
+    if (*end != '\0' || v < 0) {
+      return -1;
+    }
+    r->db = (int)v;
+  }
+  return 0;
+}
+
+static char *bp_redis_strdup(const char *s) {
+  size_t n = strlen(s) + 1;
+  char *p = malloc(n);
+  if (p != NULL) {
+    memcpy(p, s, n);
+  }
+  return p;
+}
+
+int bp_redis_new(bp **out, const bp_redis_config *cfg, const bp_events *ev) {
+  bp_redis *r = calloc(1, sizeof(*r));
+  if (r == NULL) {
+    return HUB_ERR_NOMEM;
+  }
+  r->base.ops = &bp_redis_ops;
+  r->base.ev = *ev;
+  r->loop = cfg->loop;
+  if (bp_redis_parse_url(r, cfg->url) != 0) {
+    free(r);
+    return HUB_ERR_INVALID_ARGUMENT;
+  }
+  r->prefix = bp_redis_strdup(cfg->prefix);
+  r->name = bp_redis_strdup(cfg->client_name);
+  r->prefix_len = r->prefix ? strlen(r->prefix) : 0;
+  r->chan_prefix_len = r->prefix_len + 5;
+  r->chan_prefix = malloc(r->chan_prefix_len + 1);
+  if (r->prefix == NULL || r->name == NULL || r->chan_prefix == NULL) {
+    free(r->prefix);
+    free(r->name);
+    free(r->chan_prefix);
+    free(r);
+    return HUB_ERR_NOMEM;
+  }
+  memcpy(r->chan_prefix, r->prefix, r->prefix_len);
+  memcpy(r->chan_prefix + r->prefix_len, "chan:", 6);
+  r->backoff = BP_REDIS_BACKOFF_MIN;
+  ev_timer_init(&r->retry, bp_redis_retry_cb, 0.0, 0.0);
+  r->retry.data = r;
+  ev_timer_init(&r->quit_poll, bp_redis_quit_poll_cb, 0.0, 0.0);
+  r->quit_poll.data = r;
+  ev_timer_init(&r->connect_timeout, bp_redis_connect_timeout_cb, 0.0, 0.0);
+  r->connect_timeout.data = r;
+  *out = &r->base;
+  bp_redis_connect(r);
+  return 0;
+}

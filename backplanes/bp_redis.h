@@ -1,0 +1,47 @@
+/*
+ * bp_redis.h - the Redis backplane: hiredis's async API on a libev loop.
+ *
+ * Two connections per instance: one subscriber connection carrying every
+ * channel's own SUBSCRIBE/UNSUBSCRIBE (never a pattern subscription) and
+ * one command connection carrying PUBLISH, SET ... EX and DEL.  Both are
+ * named with CLIENT SETNAME ("<client_name>:sub" and "<client_name>:pub")
+ * so an operator can tell an instance's connections apart.  When either
+ * connection is lost both are closed, on_down is reported, and both are
+ * reconnected with exponential backoff (100 ms doubling up to 5 s);
+ * on_up is reported once both are connected again.
+ */
+#ifndef BP_REDIS_H
+#define BP_REDIS_H
+
+#include <stdint.h>
+
+#include <ev.h>
+
+#include "bp.h"
+
+typedef struct bp_redis_config {
+  struct ev_loop *loop;    /* borrowed for the backplane's lifetime */
+  const char *url;         /* redis://host:port[/db]; copied */
+  const char *prefix;      /* "ws:"; copied */
+  const char *client_name; /* CLIENT SETNAME base; copied */
+} bp_redis_config;
+
+/*
+ * bp_redis_new creates the backplane and starts connecting; |ev| is
+ * copied and its callbacks run from |cfg->loop|.  Returns 0,
+ * HUB_ERR_INVALID_ARGUMENT (a URL it cannot parse) or HUB_ERR_NOMEM.
+ */
+int bp_redis_new(bp **out, const bp_redis_config *cfg, const bp_events *ev);
+
+/* How many times the backplane came back up after being up before. */
+uint64_t bp_redis_reconnects(const bp *b);
+
+/*
+ * bp_redis_quit stops reconnecting and disconnects once the commands
+ * already sent have been answered (so a shutdown's DELs land), then
+ * calls |done| from the loop.  on_up/on_down are not reported anymore.
+ * Free the backplane with b->ops->free afterwards.
+ */
+void bp_redis_quit(bp *b, void (*done)(void *arg), void *arg);
+
+#endif /* BP_REDIS_H */

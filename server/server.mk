@@ -1,0 +1,19 @@
+# server/server.mk - build/wshub, the production server, and `make run`.
+
+SERVER_SRC := $(wildcard server/*.c) backplanes/bp.c backplanes/bp_redis.c
+SERVER_OBJ := $(SERVER_SRC:%.c=$(OBJ)/%.o)
+WSHUB := $(BUILD)/wshub
+
+$(SERVER_OBJ): CFLAGS += -Ibackplanes -Iserver
+
+$(WSHUB): $(SERVER_OBJ) $(CORE_LIB)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) -o $@ $(SERVER_OBJ) $(CORE_LIB) \
+	  -lev -lwslay -lhiredis -lhttp_parser -lcrypto
+
+BINS += $(WSHUB)
+
+# `make run`: the embedded backplane on 127.0.0.1:8080, in the foreground.
+run: $(WSHUB)
+	$(WSHUB) --listen 127.0.0.1:8080

@@ -1,0 +1,172 @@
+/*
+ * srv.h - the production server's internal interface (server/ only).
+ *
+ * One libev loop per process.  srv_main.c owns the process (flags, the
+ * hub, the backplane, timers, signals, metrics); srv_conn.c owns sockets
+ * (accept, WebSocket framing through wslay's frame API, the outbound
+ * queue written with writev); srv_upgrade.c owns HTTP (http-parser, the
+ * RFC 6455 handshake, the plain endpoints).
+ */
+#ifndef SRV_H
+#define SRV_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#include <ev.h>
+#include <http_parser.h>
+#include <wslay/wslay.h>
+
+#include "hub.h"
+#include "bp.h"
+
+/* Flags, as CONTRACT.md lists them (durations already in ns). */
+typedef struct srv_config {
+  char listen_host[256];
+  int listen_port;
+  const char *redis_url; /* NULL: embedded backplane */
+  const char *redis_prefix;
+  char instance_id[129];
+  int registry; /* -1: default (on with --redis) */
+  uint32_t max_queue_msgs;
+  uint64_t max_queue_bytes;
+  uint64_t max_message_bytes;
+  hub_tstamp ping_interval;
+  hub_tstamp pong_timeout;
+  hub_tstamp write_timeout;
+  hub_tstamp heartbeat_interval;
+  hub_tstamp shutdown_timeout;
+  hub_tstamp handshake_timeout;
+  uint64_t max_connections; /* 0: from the open-file limit */
+  int sndbuf;               /* SO_SNDBUF for client sockets, 0 = default */
+} srv_config;
+
+/* Connection states. */
+enum {
+  SRV_HTTP = 0,    /* reading HTTP requests (maybe an upgrade) */
+  SRV_WS,          /* an open WebSocket, known to the hub */
+  SRV_FLUSH_CLOSE, /* last bytes (a response, a close frame) queued;
+                      shut the write side once they are out */
+  SRV_CLOSE_WAIT,  /* write side shut; waiting for the peer's EOF */
+  SRV_DEAD         /* fd closed; freed by srv_reap */
+};
+
+/* One queued write: a shared SEND frame (hb set; p and len point into it)
+   or bytes of our own (owned: free p when done; else p is static). */
+typedef struct srv_out {
+  const uint8_t *p;
+  hub_buf *hb;
+  uint32_t len;
+  uint32_t owned;
+} srv_out;
+
+/* The outbound queue; allocated only while something waits. */
+typedef struct srv_outq {
+  uint32_t head; /* first unsent entry */
+  uint32_t tail; /* one past the last entry */
+  uint32_t cap;
+  size_t head_off; /* bytes of ent[head] already written */
+  size_t bytes;    /* bytes not yet written */
+  srv_out ent[];
+} srv_outq;
+
+typedef struct srv_rx srv_rx;     /* a lent frame parser, srv_conn.c */
+typedef struct srv_http srv_http; /* HTTP request state, srv_upgrade.c */
+
+typedef struct srv_conn {
+  ev_io io;
+  struct srv_conn *prev, *next; /* the timed list (HTTP or close-wait) */
+  struct srv_conn *dirty_next;  /* the flush list */
+  struct srv_conn *urgent_next; /* the write-now list (srv_pump) */
+  hub_tstamp deadline;          /* for the timed list */
+  hub_conn_id id;               /* 0 unless known to the hub */
+  srv_http *http;               /* only while in SRV_HTTP */
+  srv_rx *rx;                   /* only while a frame is partly read */
+  srv_outq *outq;               /* only while bytes wait */
+  uint8_t state;
+  uint8_t dirty;
+  uint8_t want_write; /* io watches EV_WRITE */
+  uint8_t in_list;    /* on a timed list */
+  uint8_t urgent;     /* on the write-now list */
+} srv_conn;
+
+/* The process-wide server state (srv_main.c). */
+typedef struct srv {
+  struct ev_loop *loop;
+  srv_config cfg;
+  hub *h;
+  bp *bp; /* NULL when embedded */
+  int listen_fd;
+  ev_io listen_io;
+  ev_timer hub_timer;
+  hub_tstamp hub_timer_at;
+  ev_timer tick; /* handshake and close-wait deadlines */
+  ev_prepare prepare;
+  ev_signal sigterm, sigint;
+  ev_timer shutdown_timer;
+  int shutting_down;
+  int in_pump;
+  int debug;            /* WSHUB_DEBUG set: log closes */
+  uint64_t conns_total; /* sockets we hold */
+  uint64_t conns_ws;    /* open WebSockets */
+  uint64_t max_conns;
+  srv_conn http_list;   /* sentinel: HTTP connections by deadline */
+  srv_conn cw_list;     /* sentinel: close-wait by deadline */
+  srv_conn *dirty;      /* connections with bytes to flush */
+  srv_conn *urgent;     /* backlog near the limits: write before the
+                           next event */
+  uint32_t urgent_msgs; /* thresholds for the write-now list */
+  uint64_t urgent_bytes;
+  srv_conn *graveyard; /* closed, freed in srv_reap (linked by next) */
+  /* metrics the hub does not keep */
+  uint64_t http_requests;
+  uint64_t upgrades_rejected;
+  uint64_t bp_reconnects;
+  uint64_t bp_ups;
+  uint64_t frames_written;
+  uint64_t writev_calls;
+  uint64_t proto_errors;
+  uint64_t rx_lent; /* frame parsers lent to connections */
+  uint64_t outqs;   /* out-queues allocated */
+  int64_t started_unix;
+} srv;
+
+extern srv *srv_g;
+
+/* srv_main.c */
+hub_tstamp srv_now(void);
+void srv_pump(void); /* drain hub effects, re-arm the hub timer */
+void srv_metrics(char *buf, size_t cap, size_t *len);
+
+/* srv_conn.c */
+void srv_conn_init(void);
+void srv_conn_fini(void);
+void srv_accept_cb(struct ev_loop *loop, ev_io *w, int revents);
+void srv_conn_send(srv_conn *c, hub_buf *hb); /* takes a new reference */
+void srv_conn_ping(srv_conn *c);
+void srv_conn_hub_close(srv_conn *c, uint16_t code, const char *reason);
+int srv_conn_queue_own(srv_conn *c, const void *data, size_t len);
+void srv_conn_finish(srv_conn *c); /* flush, then shut down the socket */
+void srv_conn_drop(srv_conn *c);   /* close at once */
+void srv_conn_abort(srv_conn *c);  /* close at once with a reset */
+void srv_conn_ws_start(srv_conn *c, const uint8_t *rest, size_t rest_len);
+void srv_flush_all(void);
+/* Writes the connections on the write-now list and reports to the hub;
+   returns 1 if it did anything (srv_pump only). */
+int srv_flush_urgent(void);
+void srv_reap(void);
+void srv_tick(void); /* expire handshake and close-wait deadlines */
+void srv_list_push(srv_conn *sentinel, srv_conn *c, hub_tstamp deadline);
+void srv_list_remove(srv_conn *c);
+void srv_close_http_conns(void);
+
+/* srv_upgrade.c */
+int srv_http_new(srv_conn *c);
+void srv_http_free(srv_conn *c);
+/* The peer's "host:port" (64 bytes, writable), kept until the upgrade. */
+char *srv_http_remote(srv_conn *c);
+/* Feeds bytes to the HTTP parser; may switch |c| to SRV_WS. */
+void srv_http_feed(srv_conn *c, const uint8_t *data, size_t len);
+
+#endif /* SRV_H */

@@ -1,0 +1,997 @@
+/*
+ * srv_conn.c - sockets: accept, WebSocket framing, the outbound queue.
+ *
+ * Memory is the design constraint here.  An idle connection holds only
+ * its srv_conn (an ev_io, list links and four pointers): no read buffer,
+ * no write buffer, no wslay context.  Reads land in one process-wide
+ * buffer and are parsed at once.  A wslay frame context (about 4 KB) is
+ * lent from a pool while a frame or a fragmented message is partly read
+ * and taken back as soon as none is.  The outbound queue holds
+ * references to the core's shared, pre-encoded frames (no copy per
+ * delivery) and exists only while bytes wait; it is written with writev,
+ * many frames per syscall, once per loop iteration (from the ev_prepare
+ * watcher), so a burst of publishes leaves in few syscalls.
+ */
+#define _GNU_SOURCE /* accept4 */
+#include "srv.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define SRV_RBUF_SIZE 65536
+#define SRV_IOV_MAX 128
+#define SRV_READS_PER_EVENT 8
+#define SRV_RX_POOL_MAX 256
+#define SRV_CLOSE_WAIT_NS (2 * HUB_NS_PER_S)
+
+static uint8_t srv_rbuf[SRV_RBUF_SIZE];
+
+/* ------------------------------------------------------------ rx pool */
+
+struct srv_rx {
+  wslay_frame_context_ptr fc;
+  srv_rx *next_free;
+  const uint8_t *in; /* bytes not yet handed to wslay (borrowed) */
+  size_t in_len;
+  uint64_t fed;      /* bytes handed to wslay */
+  uint64_t consumed; /* bytes of frames wslay finished */
+  /* the frame being read */
+  int in_frame;
+  uint8_t f_op;
+  uint8_t f_fin;
+  uint8_t f_mask;
+  uint64_t f_len;
+  uint64_t f_off;
+  /* the message being assembled (may span frames) */
+  int msg_active;
+  uint8_t msg_op;
+  uint8_t *msg;
+  size_t msg_len;
+  size_t msg_cap;
+  uint8_t ctl[125];
+  size_t ctl_len;
+};
+
+static srv_rx *srv_rx_free_list;
+static size_t srv_rx_free_n;
+
+static ssize_t srv_rx_recv_cb(uint8_t *buf, size_t len, int flags, void *user) {
+  srv_rx *rx = user;
+  size_t n = len < rx->in_len ? len : rx->in_len;
+  (void)flags;
+  if (n == 0) {
+    return 0; /* wslay reads 0 as "want read" */
+  }
+  memcpy(buf, rx->in, n);
+  rx->in += n;
+  rx->in_len -= n;
+  rx->fed += n;
+  return (ssize_t)n;
+}
+
+static ssize_t srv_rx_send_cb(const uint8_t *data, size_t len, int flags,
+                              void *user) {
+  (void)data;
+  (void)len;
+  (void)flags;
+  (void)user;
+  return -1; /* the frame context is used for reading only */
+}
+
+static int srv_rx_genmask_cb(uint8_t *buf, size_t len, void *user) {
+  (void)user;
+  memset(buf, 0, len);
+  return 0;
+}
+
+static const struct wslay_frame_callbacks srv_rx_callbacks = {
+  srv_rx_send_cb, srv_rx_recv_cb, srv_rx_genmask_cb};
+
+static srv_rx *srv_rx_get(void) {
+  srv_rx *rx = srv_rx_free_list;
+  if (rx != NULL) {
+    srv_rx_free_list = rx->next_free;
+    srv_rx_free_n--;
+    srv_g->rx_lent++;
+    return rx;
+  }
+  rx = calloc(1, sizeof(*rx));
+  if (rx == NULL) {
+    return NULL;
+  }
+  if (wslay_frame_context_init(&rx->fc, &srv_rx_callbacks, rx) != 0) {
+    free(rx);
+    return NULL;
+  }
+  srv_g->rx_lent++;
+  return rx;
+}
+
+static int srv_rx_idle(const srv_rx *rx) {
+  return !rx->in_frame && !rx->msg_active && rx->fed == rx->consumed;
+}
+
+/* Returns |rx| to the pool.  A context that still holds part of a frame
+   cannot be reused by another connection, so it is freed instead. */
+static void srv_rx_put(srv_rx *rx) {
+  srv_g->rx_lent--;
+  if (!srv_rx_idle(rx) || srv_rx_free_n >= SRV_RX_POOL_MAX) {
+    wslay_frame_context_free(rx->fc);
+    free(rx->msg);
+    free(rx);
+    return;
+  }
+  rx->fed = rx->consumed = 0;
+  rx->in = NULL;
+  rx->in_len = 0;
+  if (rx->msg_cap > 16384) {
+    free(rx->msg);
+    rx->msg = NULL;
+    rx->msg_cap = 0;
+  }
+  rx->msg_len = 0;
+  rx->next_free = srv_rx_free_list;
+  srv_rx_free_list = rx;
+  srv_rx_free_n++;
+}
+
+/* ------------------------------------------------------------- lists */
+
+void srv_list_remove(srv_conn *c) {
+  if (!c->in_list) {
+    return;
+  }
+  c->prev->next = c->next;
+  c->next->prev = c->prev;
+  c->prev = c->next = NULL;
+  c->in_list = 0;
+}
+
+/* Appends |c| to a list kept in deadline order: every deadline on one
+   list is now + a constant, so appending keeps the order. */
+void srv_list_push(srv_conn *sentinel, srv_conn *c, hub_tstamp deadline) {
+  srv_list_remove(c);
+  c->deadline = deadline;
+  c->prev = sentinel->prev;
+  c->next = sentinel;
+  sentinel->prev->next = c;
+  sentinel->prev = c;
+  c->in_list = 1;
+}
+
+/* ------------------------------------------------------------ queue */
+
+static void srv_io_update(srv_conn *c, int want_write) {
+  if (c->state == SRV_DEAD || c->want_write == want_write) {
+    return;
+  }
+  c->want_write = (uint8_t)want_write;
+  ev_io_stop(srv_g->loop, &c->io);
+  ev_io_set(&c->io, c->io.fd, EV_READ | (want_write ? EV_WRITE : 0));
+  ev_io_start(srv_g->loop, &c->io);
+}
+
+static void srv_mark_dirty(srv_conn *c) {
+  if (!c->dirty) {
+    c->dirty = 1;
+    c->dirty_next = srv_g->dirty;
+    srv_g->dirty = c;
+  }
+}
+
+/*
+ * Out-queues of the initial size are recycled: at a low message rate
+ * every delivery empties and refills a queue, and a malloc/free pair per
+ * delivery is what the delivery path must not cost.
+ */
+#define SRV_OUTQ_CAP0 8
+#define SRV_OUTQ_POOL_MAX 4096
+
+static srv_outq *srv_outq_pool;
+static size_t srv_outq_pool_n;
+
+static srv_outq *srv_outq_new(void) {
+  srv_outq *q = srv_outq_pool;
+  if (q != NULL) {
+    srv_outq_pool = (srv_outq *)(void *)q->ent[0].hb;
+    srv_outq_pool_n--;
+    return q;
+  }
+  q = malloc(sizeof(*q) + SRV_OUTQ_CAP0 * sizeof(srv_out));
+  if (q != NULL) {
+    q->cap = SRV_OUTQ_CAP0;
+  }
+  return q;
+}
+
+/* Frees or recycles an empty queue (its entries already released). */
+static void srv_outq_recycle(srv_conn *c) {
+  srv_outq *q = c->outq;
+  c->outq = NULL;
+  srv_g->outqs--;
+  if (q->cap != SRV_OUTQ_CAP0 || srv_outq_pool_n >= SRV_OUTQ_POOL_MAX) {
+    free(q);
+    return;
+  }
+  q->ent[0].hb = (hub_buf *)(void *)srv_outq_pool; /* the free link */
+  srv_outq_pool = q;
+  srv_outq_pool_n++;
+}
+
+static int srv_outq_push(srv_conn *c, const uint8_t *p, size_t len, hub_buf *hb,
+                         int owned) {
+  srv_outq *q = c->outq;
+  if (q == NULL) {
+    q = srv_outq_new();
+    if (q == NULL) {
+      return -1;
+    }
+    q->head = q->tail = 0;
+    q->head_off = 0;
+    q->bytes = 0;
+    c->outq = q;
+    srv_g->outqs++;
+  }
+  if (q->tail == q->cap) {
+    if (q->head > 0) {
+      memmove(q->ent, q->ent + q->head, (q->tail - q->head) * sizeof(srv_out));
+      q->tail -= q->head;
+      q->head = 0;
+    } else {
+      srv_outq *nq =
+        realloc(q, sizeof(*q) + (size_t)q->cap * 2 * sizeof(srv_out));
+      if (nq == NULL) {
+        return -1;
+      }
+      q = nq;
+      q->cap *= 2;
+      c->outq = q;
+    }
+  }
+  q->ent[q->tail].p = p;
+  q->ent[q->tail].hb = hb;
+  q->ent[q->tail].len = (uint32_t)len;
+  q->ent[q->tail].owned = (uint32_t)owned;
+  q->tail++;
+  q->bytes += len;
+  return 0;
+}
+
+static void srv_out_release(srv_out *o) {
+  if (o->hb != NULL) {
+    hub_buf_unref(o->hb);
+  } else if (o->owned) {
+    free((void *)o->p);
+  }
+}
+
+static void srv_outq_free(srv_conn *c) {
+  srv_outq *q = c->outq;
+  uint32_t i;
+  if (q == NULL) {
+    return;
+  }
+  for (i = q->head; i < q->tail; i++) {
+    srv_out_release(&q->ent[i]);
+  }
+  srv_outq_recycle(c);
+}
+
+void srv_conn_send(srv_conn *c, hub_buf *hb) {
+  if (c->state != SRV_WS) {
+    return;
+  }
+  hub_buf_ref(hb);
+  if (srv_outq_push(c, hb->data, hb->len, hb, 0) != 0) {
+    hub_buf_unref(hb);
+    return;
+  }
+  srv_mark_dirty(c);
+  /*
+   * Writes are corked until the end of the loop iteration, but the hub
+   * counts everything unwritten against the queue limits: a burst of
+   * events (hundreds of publishes in one read) would evict a client that
+   * is keeping up.  Past a quarter of a limit the connection is written
+   * before the next event.
+   */
+  if (!c->urgent && (c->outq->tail - c->outq->head >= srv_g->urgent_msgs ||
+                     c->outq->bytes >= srv_g->urgent_bytes)) {
+    c->urgent = 1;
+    c->urgent_next = srv_g->urgent;
+    srv_g->urgent = c;
+  }
+}
+
+int srv_conn_queue_own(srv_conn *c, const void *data, size_t len) {
+  uint8_t *p = malloc(len);
+  if (p == NULL) {
+    return -1;
+  }
+  memcpy(p, data, len);
+  if (srv_outq_push(c, p, len, NULL, 1) != 0) {
+    free(p);
+    return -1;
+  }
+  srv_mark_dirty(c);
+  return 0;
+}
+
+void srv_conn_ping(srv_conn *c) {
+  static const uint8_t ping[2] = {0x89, 0x00};
+  if (c->state != SRV_WS) {
+    return;
+  }
+  if (srv_outq_push(c, ping, sizeof(ping), NULL, 0) == 0) {
+    srv_mark_dirty(c);
+  }
+}
+
+/*
+ * Writes as much of the queue as the socket takes.  Reports the SEND
+ * frames finished and their bytes in *msgs and *bytes (the caller tells
+ * the hub, unless it is inside srv_pump).  Returns 0, or -1 when the
+ * socket failed (the peer is gone).
+ */
+static int srv_flush(srv_conn *c, size_t *msgs, size_t *bytes) {
+  *msgs = 0;
+  *bytes = 0;
+  while (c->outq != NULL && c->outq->head < c->outq->tail) {
+    srv_outq *q = c->outq;
+    struct iovec iov[SRV_IOV_MAX];
+    int n = 0;
+    uint32_t i;
+    ssize_t w;
+    size_t left;
+    for (i = q->head; i < q->tail && n < SRV_IOV_MAX; i++, n++) {
+      size_t off = i == q->head ? q->head_off : 0;
+      iov[n].iov_base = (void *)(q->ent[i].p + off);
+      iov[n].iov_len = q->ent[i].len - off;
+    }
+    w = writev(c->io.fd, iov, n);
+    srv_g->writev_calls++;
+    if (w < 0) {
+      if (errno == EINTR) {
+        continue;
+      }
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        break;
+      }
+      return -1;
+    }
+    left = (size_t)w;
+    while (left > 0) {
+      srv_out *o = &q->ent[q->head];
+      size_t rest = o->len - q->head_off;
+      size_t take = left < rest ? left : rest;
+      if (o->hb != NULL) {
+        *bytes += take;
+      }
+      left -= take;
+      q->head_off += take;
+      q->bytes -= take;
+      if (q->head_off == o->len) {
+        if (o->hb != NULL) {
+          (*msgs)++;
+          srv_g->frames_written++;
+        }
+        srv_out_release(o);
+        q->head++;
+        q->head_off = 0;
+      }
+    }
+    if (n == SRV_IOV_MAX && q->head < q->tail) {
+      continue; /* more than one writev's worth */
+    }
+    if (q->head < q->tail) {
+      break; /* the socket took less than offered */
+    }
+  }
+  if (c->outq != NULL && c->outq->head == c->outq->tail) {
+    srv_outq_recycle(c);
+  }
+  srv_io_update(c, c->outq != NULL);
+  return 0;
+}
+
+/* ------------------------------------------------------------ closing */
+
+void srv_conn_drop(srv_conn *c) {
+  if (c->state == SRV_DEAD) {
+    return;
+  }
+  if (c->id != 0) {
+    /* Callers tell the hub first; this only keeps the count right. */
+    srv_g->conns_ws--;
+    c->id = 0;
+  }
+  ev_io_stop(srv_g->loop, &c->io);
+  close(c->io.fd);
+  c->state = SRV_DEAD;
+  srv_g->conns_total--;
+  srv_list_remove(c);
+  srv_http_free(c);
+  if (c->rx != NULL) {
+    srv_rx_put(c->rx);
+    c->rx = NULL;
+  }
+  srv_outq_free(c);
+  c->next = srv_g->graveyard;
+  srv_g->graveyard = c;
+}
+
+/*
+ * Drops with a reset (SO_LINGER 0): a peer that stopped reading would
+ * otherwise leave an orphaned socket holding its unsent bytes in the
+ * kernel for minutes, and the peer would never see the end.
+ */
+void srv_conn_abort(srv_conn *c) {
+  struct linger lg = {1, 0};
+  if (c->state == SRV_DEAD) {
+    return;
+  }
+  (void)setsockopt(c->io.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+  srv_conn_drop(c);
+}
+
+void srv_reap(void) {
+  srv_conn *keep = NULL;
+  while (srv_g->graveyard != NULL) {
+    srv_conn *c = srv_g->graveyard;
+    srv_g->graveyard = c->next;
+    if (c->dirty || c->urgent) {
+      /* Still on a flush list: freed once that list let go of it. */
+      c->next = keep;
+      keep = c;
+      continue;
+    }
+    free(c);
+  }
+  srv_g->graveyard = keep;
+}
+
+/* The socket failed or the peer went away: tell the hub, close. */
+static void srv_conn_gone(srv_conn *c) {
+  if (c->id != 0 && c->state == SRV_WS) {
+    hub_conn_id id = c->id;
+    srv_g->conns_ws--;
+    c->id = 0;
+    hub_on_conn_closed(srv_g->h, id, srv_now());
+    srv_pump();
+  }
+  srv_conn_drop(c);
+}
+
+static void srv_conn_close_wait(srv_conn *c) {
+  if (shutdown(c->io.fd, SHUT_WR) != 0) {
+    srv_conn_drop(c);
+    return;
+  }
+  c->state = SRV_CLOSE_WAIT;
+  srv_list_push(&srv_g->cw_list, c, srv_now() + SRV_CLOSE_WAIT_NS);
+}
+
+/* Sends what is queued, then shuts the write side and waits for EOF. */
+void srv_conn_finish(srv_conn *c) {
+  size_t msgs, bytes;
+  if (c->state == SRV_DEAD) {
+    return;
+  }
+  c->state = SRV_FLUSH_CLOSE;
+  srv_list_push(&srv_g->cw_list, c, srv_now() + SRV_CLOSE_WAIT_NS);
+  if (srv_flush(c, &msgs, &bytes) != 0) {
+    srv_conn_drop(c);
+    return;
+  }
+  if (c->outq == NULL) {
+    srv_conn_close_wait(c);
+  }
+}
+
+static size_t srv_close_frame(uint8_t *f, uint16_t code, const char *reason) {
+  size_t rlen = reason != NULL ? strlen(reason) : 0;
+  if (rlen > 123) {
+    rlen = 123;
+  }
+  f[0] = 0x88;
+  if (code == 0) {
+    f[1] = 0;
+    return 2;
+  }
+  f[1] = (uint8_t)(2 + rlen);
+  f[2] = (uint8_t)(code >> 8);
+  f[3] = (uint8_t)(code & 0xff);
+  if (rlen > 0) {
+    memcpy(f + 4, reason, rlen);
+  }
+  return 4 + rlen;
+}
+
+/*
+ * Queues a close frame behind what is queued and tries to write it all
+ * now.  If the socket does not take everything at once the connection
+ * is dropped: a slow consumer never holds anything up.  The caller has
+ * already told the hub (or the hub asked for this close).
+ */
+static void srv_conn_close_now(srv_conn *c, uint16_t code, const char *reason) {
+  uint8_t f[127];
+  size_t flen = srv_close_frame(f, code, reason);
+  size_t msgs, bytes;
+  if (c->id != 0) {
+    srv_g->conns_ws--;
+    c->id = 0;
+  }
+  if (srv_conn_queue_own(c, f, flen) != 0) {
+    srv_conn_drop(c);
+    return;
+  }
+  c->state = SRV_FLUSH_CLOSE;
+  if (srv_flush(c, &msgs, &bytes) != 0 || c->outq != NULL) {
+    srv_conn_abort(c);
+    return;
+  }
+  srv_conn_close_wait(c);
+}
+
+/* The hub's CLOSE effect.  The caller reports hub_on_conn_closed after
+   popping the effect. */
+void srv_conn_hub_close(srv_conn *c, uint16_t code, const char *reason) {
+  if (c->state != SRV_WS) {
+    return;
+  }
+  srv_conn_close_now(c, code, reason);
+}
+
+/* A close the server decides (protocol error): tell the hub, then close. */
+static void srv_conn_proto_close(srv_conn *c, uint16_t code,
+                                 const char *reason) {
+  hub_conn_id id = c->id;
+  srv_g->proto_errors++;
+  srv_conn_close_now(c, code, reason);
+  if (id != 0) {
+    hub_on_conn_closed(srv_g->h, id, srv_now());
+    srv_pump();
+  }
+}
+
+/* ------------------------------------------------------------ reading */
+
+static uint64_t srv_frame_hdr_len(uint64_t len, int mask) {
+  uint64_t n = 2;
+  if (len >= 65536) {
+    n += 8;
+  } else if (len >= 126) {
+    n += 2;
+  }
+  return n + (mask ? 4 : 0);
+}
+
+/*
+ * The message is over --max-message-bytes.  The hub decides the close
+ * (1009, counted as an eviction) by the length alone, so the payload is
+ * never buffered (hub.h: |data| may be NULL past the limit).
+ */
+static void srv_conn_too_big(srv_conn *c) {
+  hub_on_conn_msg(srv_g->h, c->id, 0, NULL,
+                  (size_t)srv_g->cfg.max_message_bytes + 1, srv_now());
+  srv_pump();
+  if (c->state == SRV_WS) {
+    /* The hub did not close it; the limit is ours to keep anyway. */
+    srv_conn_proto_close(c, 1009, "message too big");
+  }
+}
+
+static void srv_on_control(srv_conn *c, srv_rx *rx) {
+  switch (rx->f_op) {
+  case WSLAY_PING: {
+    uint8_t f[127];
+    /* Pongs are not counted by the hub; a peer that pings without
+       reading must not grow the queue without bound. */
+    if (c->outq != NULL &&
+        (c->outq->tail - c->outq->head > 2 * srv_g->cfg.max_queue_msgs + 64 ||
+         c->outq->bytes > 2 * srv_g->cfg.max_queue_bytes)) {
+      srv_conn_proto_close(c, 1008, "slow consumer");
+      break;
+    }
+    f[0] = 0x8a;
+    f[1] = (uint8_t)rx->ctl_len;
+    memcpy(f + 2, rx->ctl, rx->ctl_len);
+    if (srv_conn_queue_own(c, f, 2 + rx->ctl_len) != 0) {
+      srv_conn_gone(c);
+    }
+    break;
+  }
+  case WSLAY_PONG:
+    hub_on_conn_pong(srv_g->h, c->id, srv_now());
+    srv_pump();
+    break;
+  case WSLAY_CONNECTION_CLOSE: {
+    /* Echo the peer's status code, tell the hub, close. */
+    hub_conn_id id = c->id;
+    uint16_t code = 0;
+    if (rx->ctl_len >= 2) {
+      code = (uint16_t)((rx->ctl[0] << 8) | rx->ctl[1]);
+    }
+    srv_conn_close_now(c, code, NULL);
+    hub_on_conn_closed(srv_g->h, id, srv_now());
+    srv_pump();
+    break;
+  }
+  default:
+    break;
+  }
+}
+
+/* One piece of a frame from wslay.  Returns 0 to go on, -1 when |c| is no
+   longer an open WebSocket. */
+static int srv_on_chunk(srv_conn *c, srv_rx *rx,
+                        const struct wslay_frame_iocb *io) {
+  if (!rx->in_frame) {
+    rx->in_frame = 1;
+    rx->f_op = io->opcode;
+    rx->f_fin = io->fin;
+    rx->f_mask = io->mask;
+    rx->f_len = io->payload_length;
+    rx->f_off = 0;
+    rx->ctl_len = 0;
+    if (io->rsv != 0 || !io->mask) {
+      srv_conn_proto_close(c, 1002, "protocol error");
+      return -1;
+    }
+    switch (io->opcode) {
+    case WSLAY_CONTINUATION_FRAME:
+      if (!rx->msg_active) {
+        srv_conn_proto_close(c, 1002, "unexpected continuation");
+        return -1;
+      }
+      break;
+    case WSLAY_TEXT_FRAME:
+    case WSLAY_BINARY_FRAME:
+      if (rx->msg_active) {
+        srv_conn_proto_close(c, 1002, "expected continuation");
+        return -1;
+      }
+      rx->msg_active = 1;
+      rx->msg_op = io->opcode;
+      rx->msg_len = 0;
+      break;
+    case WSLAY_PING:
+    case WSLAY_PONG:
+    case WSLAY_CONNECTION_CLOSE:
+      break;
+    default:
+      srv_conn_proto_close(c, 1002, "unknown opcode");
+      return -1;
+    }
+    if (!wslay_is_ctrl_frame(io->opcode)) {
+      uint64_t want = (uint64_t)rx->msg_len + rx->f_len;
+      if (want > srv_g->cfg.max_message_bytes) {
+        srv_conn_too_big(c);
+        return -1;
+      }
+      if (want > rx->msg_cap) {
+        size_t cap = rx->msg_cap ? rx->msg_cap : 256;
+        uint8_t *m;
+        while (cap < want) {
+          cap *= 2;
+        }
+        m = realloc(rx->msg, cap);
+        if (m == NULL) {
+          srv_conn_proto_close(c, 1011, "out of memory");
+          return -1;
+        }
+        rx->msg = m;
+        rx->msg_cap = cap;
+      }
+    }
+  }
+  if (io->data_length > 0) {
+    if (wslay_is_ctrl_frame(rx->f_op)) {
+      memcpy(rx->ctl + rx->ctl_len, io->data, io->data_length);
+      rx->ctl_len += io->data_length;
+    } else {
+      memcpy(rx->msg + rx->msg_len, io->data, io->data_length);
+      rx->msg_len += io->data_length;
+    }
+  }
+  rx->f_off += io->data_length;
+  if (rx->f_off < rx->f_len) {
+    return 0;
+  }
+  /* The frame is complete. */
+  rx->in_frame = 0;
+  rx->consumed += srv_frame_hdr_len(rx->f_len, rx->f_mask) + rx->f_len;
+  if (wslay_is_ctrl_frame(rx->f_op)) {
+    srv_on_control(c, rx);
+    return c->state == SRV_WS ? 0 : -1;
+  }
+  if (rx->f_fin) {
+    rx->msg_active = 0;
+    hub_on_conn_msg(srv_g->h, c->id, rx->msg_op == WSLAY_BINARY_FRAME, rx->msg,
+                    rx->msg_len, srv_now());
+    srv_pump();
+  }
+  return c->state == SRV_WS ? 0 : -1;
+}
+
+/* Parses |len| bytes of WebSocket input (borrowed for the call). */
+static void srv_ws_feed(srv_conn *c, const uint8_t *data, size_t len) {
+  srv_rx *rx = c->rx;
+  if (rx == NULL) {
+    rx = c->rx = srv_rx_get();
+    if (rx == NULL) {
+      srv_conn_proto_close(c, 1011, "out of memory");
+      return;
+    }
+  }
+  rx->in = data;
+  rx->in_len = len;
+  for (;;) {
+    struct wslay_frame_iocb io;
+    ssize_t r = wslay_frame_recv(rx->fc, &io);
+    if (r == WSLAY_ERR_WANT_READ) {
+      break;
+    }
+    if (r < 0) {
+      srv_conn_proto_close(c, 1002, "protocol error");
+      if (c->rx != NULL) {
+        srv_rx_put(c->rx);
+        c->rx = NULL;
+      }
+      return;
+    }
+    if (srv_on_chunk(c, rx, &io) != 0) {
+      /* Closing: whatever else arrives is not parsed. */
+      if (c->rx != NULL) {
+        srv_rx_put(c->rx);
+        c->rx = NULL;
+      }
+      return;
+    }
+  }
+  rx->in = NULL;
+  rx->in_len = 0;
+  if (srv_rx_idle(rx)) {
+    srv_rx_put(rx);
+    c->rx = NULL;
+  }
+}
+
+void srv_conn_ws_start(srv_conn *c, const uint8_t *rest, size_t rest_len) {
+  if (rest_len > 0 && c->state == SRV_WS) {
+    srv_ws_feed(c, rest, rest_len);
+  }
+}
+
+static void srv_conn_io_cb(struct ev_loop *loop, ev_io *w, int revents) {
+  srv_conn *c = (srv_conn *)w;
+  int i;
+  (void)loop;
+  if ((revents & EV_WRITE) && c->state != SRV_DEAD) {
+    srv_mark_dirty(c); /* written from the prepare watcher */
+    srv_io_update(c, 0);
+  }
+  if (!(revents & EV_READ)) {
+    return;
+  }
+  for (i = 0; i < SRV_READS_PER_EVENT && c->state != SRV_DEAD; i++) {
+    ssize_t n = read(c->io.fd, srv_rbuf, sizeof(srv_rbuf));
+    if (n < 0) {
+      if (errno == EINTR) {
+        continue;
+      }
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        break;
+      }
+      srv_conn_gone(c);
+      break;
+    }
+    if (n == 0) {
+      srv_conn_gone(c);
+      break;
+    }
+    switch (c->state) {
+    case SRV_HTTP:
+      srv_http_feed(c, srv_rbuf, (size_t)n);
+      break;
+    case SRV_WS:
+      srv_ws_feed(c, srv_rbuf, (size_t)n);
+      break;
+    default:
+      break; /* closing: input is discarded until EOF */
+    }
+    if ((size_t)n < sizeof(srv_rbuf)) {
+      break;
+    }
+  }
+}
+
+/* ------------------------------------------------------------ flushing */
+
+static void srv_report_written(srv_conn *c, size_t msgs, size_t bytes) {
+  int rc = hub_on_conn_written(srv_g->h, c->id, msgs, bytes, srv_now());
+  if (rc != 0) {
+    size_t qm = 0, qb = 0;
+    (void)hub_conn_backlog(srv_g->h, c->id, &qm, &qb);
+    fprintf(stderr,
+            "wshub: hub_on_conn_written(%llu, %zu, %zu): %s (hub backlog "
+            "%zu msgs %zu bytes)\n",
+            (unsigned long long)c->id, msgs, bytes, hub_strerror(rc), qm, qb);
+  }
+}
+
+/*
+ * Writes every connection with queued bytes; runs from the ev_prepare
+ * watcher, once per loop iteration, and reports progress to the hub.
+ */
+void srv_flush_all(void) {
+  while (srv_g->dirty != NULL) {
+    srv_conn *c = srv_g->dirty;
+    size_t msgs, bytes;
+    srv_g->dirty = c->dirty_next;
+    c->dirty = 0;
+    c->dirty_next = NULL;
+    if (c->state == SRV_DEAD) {
+      continue; /* srv_reap frees it */
+    }
+    if (srv_flush(c, &msgs, &bytes) != 0) {
+      srv_conn_gone(c);
+      continue;
+    }
+    if (c->state == SRV_WS && (msgs > 0 || bytes > 0)) {
+      srv_report_written(c, msgs, bytes);
+      srv_pump();
+    } else if (c->state == SRV_FLUSH_CLOSE && c->outq == NULL) {
+      srv_conn_close_wait(c);
+    }
+  }
+}
+
+int srv_flush_urgent(void) {
+  int did = 0;
+  while (srv_g->urgent != NULL) {
+    srv_conn *c = srv_g->urgent;
+    size_t msgs, bytes;
+    srv_g->urgent = c->urgent_next;
+    c->urgent = 0;
+    c->urgent_next = NULL;
+    did = 1;
+    if (c->state != SRV_WS) {
+      continue;
+    }
+    if (srv_flush(c, &msgs, &bytes) != 0) {
+      srv_conn_gone(c);
+      continue;
+    }
+    if (msgs > 0 || bytes > 0) {
+      srv_report_written(c, msgs, bytes);
+    }
+  }
+  return did;
+}
+
+/* ------------------------------------------------------------ deadlines */
+
+void srv_tick(void) {
+  hub_tstamp now = srv_now();
+  srv_conn *lists[2] = {&srv_g->http_list, &srv_g->cw_list};
+  int i;
+  for (i = 0; i < 2; i++) {
+    srv_conn *s = lists[i];
+    while (s->next != s && s->next->deadline <= now) {
+      srv_conn *c = s->next;
+      if (c->state == SRV_HTTP && c->outq == NULL) {
+        srv_conn_drop(c); /* handshake timeout: nothing to lose */
+      } else if (c->state == SRV_FLUSH_CLOSE || c->state == SRV_CLOSE_WAIT ||
+                 c->state == SRV_HTTP) {
+        srv_conn_abort(c);
+      } else {
+        srv_list_remove(c);
+      }
+    }
+  }
+}
+
+void srv_close_http_conns(void) {
+  srv_conn *s = &srv_g->http_list;
+  while (s->next != s) {
+    srv_conn_drop(s->next);
+  }
+}
+
+/* ------------------------------------------------------------ accepting */
+
+static void srv_set_sockopts(int fd) {
+  int one = 1;
+  (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  if (srv_g->cfg.sndbuf > 0) {
+    int v = srv_g->cfg.sndbuf;
+    (void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &v, sizeof(v));
+  }
+}
+
+void srv_accept_cb(struct ev_loop *loop, ev_io *w, int revents) {
+  int i;
+  (void)revents;
+  for (i = 0; i < 64; i++) {
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    srv_conn *c;
+    int fd =
+      accept4(w->fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EINTR || errno == ECONNABORTED) {
+        continue;
+      }
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
+          errno == ENOMEM) {
+        /* Out of descriptors: pause accepting; srv_tick resumes it. */
+        ev_io_stop(loop, w);
+      }
+      return;
+    }
+    c = calloc(1, sizeof(*c));
+    if (c == NULL) {
+      close(fd);
+      continue;
+    }
+    srv_set_sockopts(fd);
+    ev_io_init(&c->io, srv_conn_io_cb, fd, EV_READ);
+    c->state = SRV_HTTP;
+    srv_g->conns_total++;
+    if (srv_http_new(c) != 0) {
+      srv_g->conns_total--;
+      close(fd);
+      free(c);
+      continue;
+    }
+    {
+      char host[INET6_ADDRSTRLEN] = "?";
+      char *addr = NULL;
+      int port = 0;
+      if (ss.ss_family == AF_INET) {
+        struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
+        inet_ntop(AF_INET, &sin->sin_addr, host, sizeof(host));
+        port = ntohs(sin->sin_port);
+      } else if (ss.ss_family == AF_INET6) {
+        struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
+        inet_ntop(AF_INET6, &sin6->sin6_addr, host, sizeof(host));
+        port = ntohs(sin6->sin6_port);
+      }
+      addr = srv_http_remote(c);
+      snprintf(addr, 64, "%s:%d", host, port);
+    }
+    srv_list_push(&srv_g->http_list, c,
+                  srv_now() + srv_g->cfg.handshake_timeout);
+    ev_io_start(loop, &c->io);
+  }
+}
+
+void srv_conn_init(void) {
+  srv_g->http_list.next = srv_g->http_list.prev = &srv_g->http_list;
+  srv_g->cw_list.next = srv_g->cw_list.prev = &srv_g->cw_list;
+}
+
+void srv_conn_fini(void) {
+  while (srv_rx_free_list != NULL) {
+    srv_rx *rx = srv_rx_free_list;
+    srv_rx_free_list = rx->next_free;
+    wslay_frame_context_free(rx->fc);
+    free(rx->msg);
+    free(rx);
+  }
+  srv_rx_free_n = 0;
+  while (srv_outq_pool != NULL) {
+    srv_outq *q = srv_outq_pool;
+    srv_outq_pool = (srv_outq *)(void *)q->ent[0].hb;
+    free(q);
+  }
+  srv_outq_pool_n = 0;
+}

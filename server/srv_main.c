@@ -1,0 +1,804 @@
+/*
+ * srv_main.c - build/wshub: flags, the hub, the backplane, the loop.
+ *
+ * Every hub event is followed by srv_pump(), which applies the effects
+ * the core queued (SENDs go to connection queues, CLOSEs to sockets,
+ * backplane and registry effects to bp_apply) and re-arms the one
+ * ev_timer from hub_get_expiry().  Queued bytes are written once per
+ * loop iteration from an ev_prepare watcher (srv_flush_all), so a burst
+ * of deliveries to one socket leaves in one writev.
+ */
+#include "srv.h"
+#include "bp_redis.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <netdb.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+srv *srv_g;
+static srv srv_state;
+
+hub_tstamp srv_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (hub_tstamp)ts.tv_sec * HUB_NS_PER_S + (hub_tstamp)ts.tv_nsec;
+}
+
+/* ------------------------------------------------------------ effects */
+
+static void srv_arm_hub_timer(void) {
+  hub_tstamp exp = hub_get_expiry(srv_g->h);
+  hub_tstamp now;
+  double delay;
+  if (exp == srv_g->hub_timer_at) {
+    return;
+  }
+  ev_timer_stop(srv_g->loop, &srv_g->hub_timer);
+  srv_g->hub_timer_at = exp;
+  if (exp == HUB_TSTAMP_NONE) {
+    return;
+  }
+  now = srv_now();
+  delay = exp > now ? (double)(exp - now) / 1e9 : 0.0;
+  /* ev_now() may lag the clock a little; never fire before |exp|. */
+  ev_timer_set(&srv_g->hub_timer, delay + 0.0005, 0.0);
+  ev_timer_start(srv_g->loop, &srv_g->hub_timer);
+}
+
+void srv_pump(void) {
+  const hub_effect *e;
+  if (srv_g->in_pump) {
+    return; /* the outer srv_pump drains what this call would */
+  }
+  srv_g->in_pump = 1;
+again:
+  while ((e = hub_effect_peek(srv_g->h)) != NULL) {
+    hub_conn_id closed = 0;
+    srv_conn *c = e->conn_user;
+    switch (e->type) {
+    case HUB_EFF_SEND:
+      srv_conn_send(c, e->buf);
+      break;
+    case HUB_EFF_PING:
+      srv_conn_ping(c);
+      break;
+    case HUB_EFF_CLOSE:
+      if (srv_g->debug) {
+        fprintf(stderr, "wshub: close conn %s:%llu code %u (%s)\n",
+                srv_g->cfg.instance_id, (unsigned long long)e->conn,
+                e->close_code, hub_close_kind_name(e->close_kind));
+      }
+      if (c->state == SRV_WS && c->id == e->conn) {
+        srv_conn_hub_close(c, e->close_code, e->reason);
+        closed = e->conn;
+      }
+      break;
+    default:
+      if (srv_g->bp != NULL) {
+        (void)bp_apply(srv_g->bp, e);
+      }
+      break;
+    }
+    hub_effect_pop(srv_g->h);
+    if (closed != 0) {
+      /* Not while the effect was peeked: this discards queued effects. */
+      hub_on_conn_closed(srv_g->h, closed, srv_now());
+    }
+  }
+  if (srv_flush_urgent()) {
+    goto again;
+  }
+  srv_arm_hub_timer();
+  srv_g->in_pump = 0;
+}
+
+static void srv_hub_timer_cb(struct ev_loop *loop, ev_timer *w, int revents) {
+  (void)loop;
+  (void)w;
+  (void)revents;
+  srv_g->hub_timer_at = HUB_TSTAMP_NONE;
+  hub_handle_expiry(srv_g->h, srv_now());
+  srv_pump();
+}
+
+/* ------------------------------------------------------------ backplane */
+
+static void srv_bp_up(void *user) {
+  (void)user;
+  if (srv_g->bp_ups++ > 0) {
+    srv_g->bp_reconnects++;
+  }
+  fprintf(stderr, "wshub: redis backplane up\n");
+  hub_on_bp_up(srv_g->h, srv_now());
+  srv_pump();
+}
+
+static void srv_bp_down(void *user) {
+  (void)user;
+  fprintf(stderr, "wshub: redis backplane down\n");
+  hub_on_bp_down(srv_g->h, srv_now());
+  srv_pump();
+}
+
+static void srv_bp_msg(void *user, const char *channel, size_t channel_len,
+                       const uint8_t *data, size_t len) {
+  (void)user;
+  hub_on_bp_msg(srv_g->h, channel, channel_len, data, len, srv_now());
+  srv_pump();
+}
+
+static void srv_bp_subscribed(void *user, const char *channel,
+                              size_t channel_len) {
+  (void)user;
+  hub_on_bp_subscribed(srv_g->h, channel, channel_len, srv_now());
+  srv_pump();
+}
+
+/* ------------------------------------------------------------ metrics */
+
+void srv_metrics(char *buf, size_t cap, size_t *len) {
+  hub_stats st;
+  size_t n = 0;
+  int k;
+  hub_get_stats(srv_g->h, &st);
+#define M(...)                                                                 \
+  do {                                                                         \
+    int w_ = snprintf(buf + n, cap - n, __VA_ARGS__);                          \
+    if (w_ > 0 && (size_t)w_ < cap - n) {                                      \
+      n += (size_t)w_;                                                         \
+    }                                                                          \
+  } while (0)
+  M("# HELP wshub_connections Open WebSocket connections.\n"
+    "# TYPE wshub_connections gauge\nwshub_connections %llu\n",
+    (unsigned long long)st.conns);
+  M("# HELP wshub_subscriptions (connection, channel) subscriptions.\n"
+    "# TYPE wshub_subscriptions gauge\nwshub_subscriptions %llu\n",
+    (unsigned long long)st.subscriptions);
+  M("# HELP wshub_channels Channels with local subscribers.\n"
+    "# TYPE wshub_channels gauge\nwshub_channels %llu\n",
+    (unsigned long long)st.channels);
+  M("# HELP wshub_backplane_subscriptions Channels subscribed on the "
+    "backplane.\n# TYPE wshub_backplane_subscriptions gauge\n"
+    "wshub_backplane_subscriptions %llu\n",
+    (unsigned long long)st.bp_subscriptions);
+  M("# HELP wshub_messages_in_total Client messages received.\n"
+    "# TYPE wshub_messages_in_total counter\nwshub_messages_in_total %llu\n",
+    (unsigned long long)st.msgs_in);
+  M("# HELP wshub_messages_out_total Message frames queued to clients.\n"
+    "# TYPE wshub_messages_out_total counter\n"
+    "wshub_messages_out_total %llu\n",
+    (unsigned long long)st.msgs_out);
+  M("# HELP wshub_publishes_total Publishes accepted.\n"
+    "# TYPE wshub_publishes_total counter\nwshub_publishes_total %llu\n",
+    (unsigned long long)st.publishes);
+  M("# HELP wshub_evictions_total Connections closed by the hub, by "
+    "reason.\n# TYPE wshub_evictions_total counter\n");
+  for (k = 0; k < HUB_CLOSE_KIND_MAX; k++) {
+    M("wshub_evictions_total{reason=\"%s\"} %llu\n",
+      hub_close_kind_name((hub_close_kind)k),
+      (unsigned long long)st.evictions[k]);
+  }
+  M("# HELP wshub_backplane_up 1 while the Redis backplane is connected.\n"
+    "# TYPE wshub_backplane_up gauge\nwshub_backplane_up %d\n",
+    srv_g->bp != NULL ? hub_bp_is_up(srv_g->h) : 0);
+  M("# HELP wshub_backplane_reconnects_total Times the backplane came back."
+    "\n# TYPE wshub_backplane_reconnects_total counter\n"
+    "wshub_backplane_reconnects_total %llu\n",
+    (unsigned long long)srv_g->bp_reconnects);
+  M("# HELP wshub_upgrades_rejected_total Upgrades answered 503 "
+    "(--max-connections).\n# TYPE wshub_upgrades_rejected_total counter\n"
+    "wshub_upgrades_rejected_total %llu\n",
+    (unsigned long long)srv_g->upgrades_rejected);
+  M("# HELP wshub_protocol_errors_total Connections closed for a "
+    "WebSocket protocol error.\n# TYPE wshub_protocol_errors_total "
+    "counter\nwshub_protocol_errors_total %llu\n",
+    (unsigned long long)srv_g->proto_errors);
+  M("# HELP wshub_http_requests_total Plain HTTP requests served.\n"
+    "# TYPE wshub_http_requests_total counter\n"
+    "wshub_http_requests_total %llu\n",
+    (unsigned long long)srv_g->http_requests);
+  M("# HELP wshub_frames_written_total Message frames written to sockets.\n"
+    "# TYPE wshub_frames_written_total counter\n"
+    "wshub_frames_written_total %llu\n",
+    (unsigned long long)srv_g->frames_written);
+  M("# HELP wshub_writev_calls_total writev() calls.\n"
+    "# TYPE wshub_writev_calls_total counter\nwshub_writev_calls_total "
+    "%llu\n",
+    (unsigned long long)srv_g->writev_calls);
+  M("# HELP wshub_frame_parsers_lent wslay frame contexts lent to "
+    "connections that have a frame partly read.\n"
+    "# TYPE wshub_frame_parsers_lent gauge\nwshub_frame_parsers_lent %llu\n",
+    (unsigned long long)srv_g->rx_lent);
+  M("# HELP wshub_out_queues Connections with bytes waiting to be "
+    "written.\n# TYPE wshub_out_queues gauge\nwshub_out_queues %llu\n",
+    (unsigned long long)srv_g->outqs);
+  M("# HELP wshub_sockets Sockets held (HTTP, WebSocket, closing).\n"
+    "# TYPE wshub_sockets gauge\nwshub_sockets %llu\n",
+    (unsigned long long)srv_g->conns_total);
+#undef M
+  *len = n;
+}
+
+/* ------------------------------------------------------------ shutdown */
+
+static void srv_bp_quit_done(void *arg) {
+  (void)arg;
+  ev_break(srv_g->loop, EVBREAK_ALL);
+}
+
+static ev_timer srv_quit_timer;
+static int srv_finishing;
+
+static void srv_quit_timer_cb(struct ev_loop *loop, ev_timer *w, int revents) {
+  (void)w;
+  (void)revents;
+  ev_break(loop, EVBREAK_ALL);
+}
+
+/* Every client socket is gone (or the shutdown timeout passed). */
+static void srv_finish(void) {
+  if (srv_finishing) {
+    return;
+  }
+  srv_finishing = 1;
+  ev_timer_stop(srv_g->loop, &srv_g->shutdown_timer);
+  if (srv_g->bp != NULL) {
+    /* Let the DELs and UNSUBSCRIBEs already sent be answered, briefly. */
+    ev_timer_init(&srv_quit_timer, srv_quit_timer_cb, 2.0, 0.0);
+    ev_timer_start(srv_g->loop, &srv_quit_timer);
+    bp_redis_quit(srv_g->bp, srv_bp_quit_done, NULL);
+  } else {
+    ev_break(srv_g->loop, EVBREAK_ALL);
+  }
+}
+
+static void srv_check_done(void) {
+  if (srv_g->shutting_down && srv_g->conns_total == 0) {
+    srv_finish();
+  }
+}
+
+static void srv_shutdown_timer_cb(struct ev_loop *loop, ev_timer *w,
+                                  int revents) {
+  (void)loop;
+  (void)w;
+  (void)revents;
+  /* Peers that did not finish their close handshake in time. */
+  while (srv_g->cw_list.next != &srv_g->cw_list) {
+    srv_conn_abort(srv_g->cw_list.next);
+  }
+  srv_close_http_conns();
+  srv_finish();
+}
+
+static void srv_begin_shutdown(void) {
+  if (srv_g->shutting_down) {
+    /* A second signal: stop waiting for peers. */
+    if (!srv_finishing) {
+      fprintf(stderr, "wshub: second signal, not waiting for peers\n");
+      srv_shutdown_timer_cb(srv_g->loop, &srv_g->shutdown_timer, 0);
+    }
+    return;
+  }
+  fprintf(stderr, "wshub: shutting down\n");
+  srv_g->shutting_down = 1;
+  ev_io_stop(srv_g->loop, &srv_g->listen_io);
+  close(srv_g->listen_fd);
+  srv_g->listen_fd = -1;
+  srv_close_http_conns();
+  hub_shutdown(srv_g->h, srv_now());
+  srv_pump();
+  ev_timer_init(&srv_g->shutdown_timer, srv_shutdown_timer_cb,
+                (double)srv_g->cfg.shutdown_timeout / 1e9, 0.0);
+  ev_timer_start(srv_g->loop, &srv_g->shutdown_timer);
+  srv_check_done();
+}
+
+static void srv_signal_cb(struct ev_loop *loop, ev_signal *w, int revents) {
+  (void)loop;
+  (void)w;
+  (void)revents;
+  srv_begin_shutdown();
+}
+
+/* ------------------------------------------------------------ watchers */
+
+static void srv_prepare_cb(struct ev_loop *loop, ev_prepare *w, int revents) {
+  (void)loop;
+  (void)w;
+  (void)revents;
+  srv_flush_all();
+  srv_reap();
+  srv_check_done();
+}
+
+static void srv_tick_cb(struct ev_loop *loop, ev_timer *w, int revents) {
+  (void)w;
+  (void)revents;
+  srv_tick();
+  if (!srv_g->shutting_down && srv_g->listen_fd >= 0 &&
+      !ev_is_active(&srv_g->listen_io)) {
+    ev_io_start(loop, &srv_g->listen_io); /* paused after EMFILE */
+  }
+}
+
+/* ------------------------------------------------------------ flags */
+
+static const char srv_usage[] =
+  "usage: wshub [options]\n"
+  "Every option can also be given as an environment variable: --max-"
+  "message-bytes is\nWSHUB_MAX_MESSAGE_BYTES.  An option on the command "
+  "line wins.\n\n"
+  "  --listen HOST:PORT        where HTTP and WebSocket are served "
+  "(127.0.0.1:8080)\n"
+  "  --redis URL               redis://host:port[/db]; absent = embedded "
+  "backplane\n"
+  "  --redis-prefix P          prefix of every Redis key and channel (ws:)\n"
+  "  --instance-id ID          unique id of this instance "
+  "(hostname-pid-random)\n"
+  "  --registry on|off         connection registry and heartbeat (on with "
+  "--redis)\n"
+  "  --max-queue-msgs N        per-connection outbound queue limit, "
+  "messages (256)\n"
+  "  --max-queue-bytes N       per-connection outbound queue limit, bytes "
+  "(4194304)\n"
+  "  --max-message-bytes N     largest inbound WebSocket message (65536)\n"
+  "  --ping-interval S         seconds between server pings (54)\n"
+  "  --pong-timeout S          close a peer silent to pings this long (60)\n"
+  "  --write-timeout S         close a peer whose socket takes no bytes "
+  "this long (10)\n"
+  "  --heartbeat-interval S    registry refresh period (10)\n"
+  "  --shutdown-timeout S      longest wait for peers on shutdown (10)\n"
+  "  --max-connections N       open WebSockets; past it upgrades get 503 "
+  "(from ulimit -n)\n"
+  "  --handshake-timeout S     drop a client not upgraded by then (10)\n"
+  "  --sndbuf BYTES            SO_SNDBUF of client sockets (0 = OS "
+  "default)\n"
+  "  --help                    this text\n"
+  "Durations take seconds (\"1.5\") or a unit (\"250ms\", \"2s\").\n";
+
+enum {
+  O_LISTEN = 1,
+  O_REDIS,
+  O_PREFIX,
+  O_INSTANCE,
+  O_REGISTRY,
+  O_MAXQM,
+  O_MAXQB,
+  O_MAXMSG,
+  O_PING,
+  O_PONG,
+  O_WRITE,
+  O_HEARTBEAT,
+  O_SHUTDOWN,
+  O_MAXCONN,
+  O_HANDSHAKE,
+  O_SNDBUF,
+  O_HELP
+};
+
+static const struct option srv_longopts[] = {
+  {"listen", required_argument, NULL, O_LISTEN},
+  {"redis", required_argument, NULL, O_REDIS},
+  {"redis-prefix", required_argument, NULL, O_PREFIX},
+  {"instance-id", required_argument, NULL, O_INSTANCE},
+  {"registry", required_argument, NULL, O_REGISTRY},
+  {"max-queue-msgs", required_argument, NULL, O_MAXQM},
+  {"max-queue-bytes", required_argument, NULL, O_MAXQB},
+  {"max-message-bytes", required_argument, NULL, O_MAXMSG},
+  {"ping-interval", required_argument, NULL, O_PING},
+  {"pong-timeout", required_argument, NULL, O_PONG},
+  {"write-timeout", required_argument, NULL, O_WRITE},
+  {"heartbeat-interval", required_argument, NULL, O_HEARTBEAT},
+  {"shutdown-timeout", required_argument, NULL, O_SHUTDOWN},
+  {"max-connections", required_argument, NULL, O_MAXCONN},
+  {"handshake-timeout", required_argument, NULL, O_HANDSHAKE},
+  {"sndbuf", required_argument, NULL, O_SNDBUF},
+  {"help", no_argument, NULL, O_HELP},
+  {NULL, 0, NULL, 0}};
+
+static int srv_parse_u64(const char *s, uint64_t *out) {
+  char *end;
+  unsigned long long v;
+  if (s == NULL || *s == '\0' || *s == '-') {
+    return -1;
+  }
+  errno = 0;
+  v = strtoull(s, &end, 10);
+  if (errno != 0 || *end != '\0') {
+    return -1;
+  }
+  *out = v;
+  return 0;
+}
+
+/* "1.5", "1.5s", "250ms", "2m" -> ns. */
+static int srv_parse_duration(const char *s, hub_tstamp *out) {
+  char *end;
+  double v;
+  double mul = 1e9;
+  if (s == NULL || *s == '\0' || *s == '-') {
+    return -1;
+  }
+  errno = 0;
+  v = strtod(s, &end);
+  if (errno != 0 || end == s) {
+    return -1;
+  }
+  if (strcmp(end, "ms") == 0) {
+    mul = 1e6;
+  } else if (strcmp(end, "m") == 0) {
+    mul = 60e9;
+  } else if (*end != '\0' && strcmp(end, "s") != 0) {
+    return -1;
+  }
+  if (v < 0 || v * mul > 1e18) {
+    return -1;
+  }
+  *out = (hub_tstamp)(v * mul);
+  return 0;
+}
+
+static int srv_set_option(srv_config *cfg, int opt, const char *val,
+                          const char *name) {
+  uint64_t u = 0;
+  hub_tstamp *dur = NULL;
+  switch (opt) {
+  case O_LISTEN: {
+    const char *colon = strrchr(val, ':');
+    size_t hl;
+    if (colon == NULL || srv_parse_u64(colon + 1, &u) != 0 || u > 65535) {
+      goto bad;
+    }
+    hl = (size_t)(colon - val);
+    if (hl >= sizeof(cfg->listen_host)) {
+      goto bad;
+    }
+    if (hl >= 2 && val[0] == '[' && val[hl - 1] == ']') {
+      memcpy(cfg->listen_host, val + 1, hl - 2);
+      cfg->listen_host[hl - 2] = '\0';
+    } else {
+      memcpy(cfg->listen_host, val, hl);
+      cfg->listen_host[hl] = '\0';
+    }
+    cfg->listen_port = (int)u;
+    return 0;
+  }
+  case O_REDIS:
+    cfg->redis_url = *val ? val : NULL;
+    return 0;
+  case O_PREFIX:
+    cfg->redis_prefix = val;
+    return 0;
+  case O_INSTANCE:
+    if (*val == '\0' || strlen(val) > 128) {
+      goto bad;
+    }
+    strcpy(cfg->instance_id, val);
+    return 0;
+  case O_REGISTRY:
+    if (strcmp(val, "on") == 0) {
+      cfg->registry = 1;
+    } else if (strcmp(val, "off") == 0) {
+      cfg->registry = 0;
+    } else {
+      goto bad;
+    }
+    return 0;
+  case O_MAXQM:
+    if (srv_parse_u64(val, &u) != 0 || u == 0 || u > UINT32_MAX) {
+      goto bad;
+    }
+    cfg->max_queue_msgs = (uint32_t)u;
+    return 0;
+  case O_MAXQB:
+    if (srv_parse_u64(val, &u) != 0 || u == 0) {
+      goto bad;
+    }
+    cfg->max_queue_bytes = u;
+    return 0;
+  case O_MAXMSG:
+    if (srv_parse_u64(val, &u) != 0 || u == 0 || u > (1u << 30)) {
+      goto bad;
+    }
+    cfg->max_message_bytes = u;
+    return 0;
+  case O_MAXCONN:
+    if (srv_parse_u64(val, &u) != 0) {
+      goto bad;
+    }
+    cfg->max_connections = u;
+    return 0;
+  case O_SNDBUF:
+    if (srv_parse_u64(val, &u) != 0 || u > (1u << 30)) {
+      goto bad;
+    }
+    cfg->sndbuf = (int)u;
+    return 0;
+  case O_PING:
+    dur = &cfg->ping_interval;
+    break;
+  case O_PONG:
+    dur = &cfg->pong_timeout;
+    break;
+  case O_WRITE:
+    dur = &cfg->write_timeout;
+    break;
+  case O_HEARTBEAT:
+    dur = &cfg->heartbeat_interval;
+    break;
+  case O_SHUTDOWN:
+    dur = &cfg->shutdown_timeout;
+    break;
+  case O_HANDSHAKE:
+    dur = &cfg->handshake_timeout;
+    break;
+  default:
+    goto bad;
+  }
+  if (srv_parse_duration(val, dur) != 0 || (*dur == 0 && opt != O_SHUTDOWN)) {
+    goto bad;
+  }
+  return 0;
+bad:
+  fprintf(stderr, "wshub: bad value for %s: '%s'\n", name, val);
+  return -1;
+}
+
+static void srv_config_default(srv_config *cfg) {
+  memset(cfg, 0, sizeof(*cfg));
+  strcpy(cfg->listen_host, "127.0.0.1");
+  cfg->listen_port = 8080;
+  cfg->redis_prefix = "ws:";
+  cfg->registry = -1;
+  cfg->max_queue_msgs = 256;
+  cfg->max_queue_bytes = 4194304;
+  cfg->max_message_bytes = 65536;
+  cfg->ping_interval = 54 * HUB_NS_PER_S;
+  cfg->pong_timeout = 60 * HUB_NS_PER_S;
+  cfg->write_timeout = 10 * HUB_NS_PER_S;
+  cfg->heartbeat_interval = 10 * HUB_NS_PER_S;
+  cfg->shutdown_timeout = 10 * HUB_NS_PER_S;
+  cfg->handshake_timeout = 10 * HUB_NS_PER_S;
+}
+
+static int srv_parse_args(srv_config *cfg, int argc, char **argv) {
+  const struct option *o;
+  int opt;
+  /* Environment first, so that the command line wins. */
+  for (o = srv_longopts; o->name != NULL; o++) {
+    char env[64] = "WSHUB_";
+    size_t i, n = strlen(env);
+    const char *val;
+    if (o->val == O_HELP) {
+      continue;
+    }
+    for (i = 0; o->name[i] && n + 1 < sizeof(env); i++) {
+      char ch = o->name[i];
+      env[n++] =
+        ch == '-' ? '_' : (char)(ch >= 'a' && ch <= 'z' ? ch - 32 : ch);
+    }
+    env[n] = '\0';
+    val = getenv(env);
+    if (val != NULL && srv_set_option(cfg, o->val, val, env) != 0) {
+      return -1;
+    }
+  }
+  while ((opt = getopt_long(argc, argv, "h", srv_longopts, NULL)) != -1) {
+    if (opt == O_HELP || opt == 'h') {
+      fputs(srv_usage, stdout);
+      exit(0);
+    }
+    if (opt == '?') {
+      fputs(srv_usage, stderr);
+      return -1;
+    }
+    for (o = srv_longopts; o->name != NULL && o->val != opt; o++) {
+    }
+    if (srv_set_option(cfg, opt, optarg, o->name) != 0) {
+      return -1;
+    }
+  }
+  if (optind < argc) {
+    fprintf(stderr, "wshub: unexpected argument '%s'\n", argv[optind]);
+    return -1;
+  }
+  return 0;
+}
+
+static uint64_t srv_random(void) {
+  uint64_t v = 0;
+  int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+  if (fd >= 0) {
+    if (read(fd, &v, sizeof(v)) != (ssize_t)sizeof(v)) {
+      v = 0;
+    }
+    close(fd);
+  }
+  if (v == 0) {
+    v = (uint64_t)getpid() * 0x9e3779b97f4a7c15ull ^ srv_now();
+  }
+  return v;
+}
+
+/* ------------------------------------------------------------ main */
+
+static int srv_listen(const srv_config *cfg) {
+  struct addrinfo hints, *res = NULL, *ai;
+  char port[16];
+  int fd = -1, one = 1, rc;
+  memset(&hints, 0, sizeof(hints));
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  snprintf(port, sizeof(port), "%d", cfg->listen_port);
+  rc = getaddrinfo(cfg->listen_host[0] ? cfg->listen_host : NULL, port, &hints,
+                   &res);
+  if (rc != 0) {
+    fprintf(stderr, "wshub: --listen %s:%d: %s\n", cfg->listen_host,
+            cfg->listen_port, gai_strerror(rc));
+    return -1;
+  }
+  for (ai = res; ai != NULL; ai = ai->ai_next) {
+    fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                ai->ai_protocol);
+    if (fd < 0) {
+      continue;
+    }
+    (void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, 4096) == 0) {
+      break;
+    }
+    close(fd);
+    fd = -1;
+  }
+  if (fd < 0) {
+    fprintf(stderr, "wshub: cannot listen on %s:%d: %s\n", cfg->listen_host,
+            cfg->listen_port, strerror(errno));
+  }
+  freeaddrinfo(res);
+  return fd;
+}
+
+static uint64_t srv_raise_nofile(void) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
+    return 1024;
+  }
+  if (rl.rlim_cur < rl.rlim_max) {
+    rlim_t want = rl.rlim_max;
+    rl.rlim_cur = want;
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0) {
+      (void)getrlimit(RLIMIT_NOFILE, &rl);
+    }
+  }
+  return (uint64_t)rl.rlim_cur;
+}
+
+int main(int argc, char **argv) {
+  srv *s = &srv_state;
+  hub_config hc;
+  uint64_t nofile;
+  int rc;
+
+  srv_g = s;
+  memset(s, 0, sizeof(*s));
+  s->listen_fd = -1;
+  srv_config_default(&s->cfg);
+  if (srv_parse_args(&s->cfg, argc, argv) != 0) {
+    return 2;
+  }
+  if (s->cfg.instance_id[0] == '\0') {
+    char host[64] = "wshub";
+    (void)gethostname(host, sizeof(host) - 1);
+    host[sizeof(host) - 1] = '\0';
+    snprintf(s->cfg.instance_id, sizeof(s->cfg.instance_id), "%s-%d-%08x", host,
+             (int)getpid(), (unsigned)(srv_random() & 0xffffffffu));
+  }
+  if (s->cfg.registry < 0) {
+    s->cfg.registry = s->cfg.redis_url != NULL;
+  }
+  if (s->cfg.registry && s->cfg.redis_url == NULL) {
+    fprintf(stderr, "wshub: --registry on needs --redis\n");
+    return 2;
+  }
+  nofile = srv_raise_nofile();
+  s->max_conns = s->cfg.max_connections;
+  if (s->max_conns == 0) {
+    s->max_conns = nofile > 64 ? nofile - 32 : 32;
+  }
+  signal(SIGPIPE, SIG_IGN);
+  s->debug = getenv("WSHUB_DEBUG") != NULL;
+
+  s->loop = ev_default_loop(EVFLAG_AUTO);
+  if (s->loop == NULL) {
+    fprintf(stderr, "wshub: cannot start libev\n");
+    return 1;
+  }
+  s->listen_fd = srv_listen(&s->cfg);
+  if (s->listen_fd < 0) {
+    return 1;
+  }
+  srv_conn_init();
+
+  hub_config_default(&hc);
+  hc.instance_id = s->cfg.instance_id;
+  hc.backplane = s->cfg.redis_url != NULL;
+  hc.registry = s->cfg.registry;
+  hc.max_queue_msgs = s->cfg.max_queue_msgs;
+  hc.max_queue_bytes = s->cfg.max_queue_bytes;
+  hc.max_message_bytes = s->cfg.max_message_bytes;
+  hc.ping_interval = s->cfg.ping_interval;
+  hc.pong_timeout = s->cfg.pong_timeout;
+  hc.write_timeout = s->cfg.write_timeout;
+  hc.heartbeat_interval = s->cfg.heartbeat_interval;
+  hc.unix_time_s = (int64_t)time(NULL);
+  hc.seed = srv_random();
+  s->started_unix = hc.unix_time_s;
+  s->urgent_msgs = s->cfg.max_queue_msgs / 4 ? s->cfg.max_queue_msgs / 4 : 1;
+  s->urgent_bytes = s->cfg.max_queue_bytes / 4 ? s->cfg.max_queue_bytes / 4 : 1;
+  rc = hub_new(&s->h, &hc, NULL, srv_now());
+  if (rc != 0) {
+    fprintf(stderr, "wshub: %s\n", hub_strerror(rc));
+    return 1;
+  }
+  s->hub_timer_at = HUB_TSTAMP_NONE;
+  ev_timer_init(&s->hub_timer, srv_hub_timer_cb, 0.0, 0.0);
+
+  if (s->cfg.redis_url != NULL) {
+    bp_redis_config bc;
+    bp_events ev;
+    char name[160];
+    snprintf(name, sizeof(name), "wshub:%.128s", s->cfg.instance_id);
+    memset(&ev, 0, sizeof(ev));
+    ev.on_up = srv_bp_up;
+    ev.on_down = srv_bp_down;
+    ev.on_msg = srv_bp_msg;
+    ev.on_subscribed = srv_bp_subscribed;
+    bc.loop = s->loop;
+    bc.url = s->cfg.redis_url;
+    bc.prefix = s->cfg.redis_prefix;
+    bc.client_name = name;
+    rc = bp_redis_new(&s->bp, &bc, &ev);
+    if (rc != 0) {
+      fprintf(stderr, "wshub: --redis %s: %s\n", s->cfg.redis_url,
+              hub_strerror(rc));
+      return 2;
+    }
+  }
+
+  ev_io_init(&s->listen_io, srv_accept_cb, s->listen_fd, EV_READ);
+  ev_io_start(s->loop, &s->listen_io);
+  ev_timer_init(&s->tick, srv_tick_cb, 0.1, 0.1);
+  ev_timer_start(s->loop, &s->tick);
+  ev_prepare_init(&s->prepare, srv_prepare_cb);
+  ev_prepare_start(s->loop, &s->prepare);
+  ev_signal_init(&s->sigterm, srv_signal_cb, SIGTERM);
+  ev_signal_start(s->loop, &s->sigterm);
+  ev_signal_init(&s->sigint, srv_signal_cb, SIGINT);
+  ev_signal_start(s->loop, &s->sigint);
+
+  srv_pump();
+  fprintf(stderr, "wshub: instance %s listening on %s:%d (%s backplane)\n",
+          s->cfg.instance_id, s->cfg.listen_host, s->cfg.listen_port,
+          s->bp != NULL ? "redis" : "embedded");
+  ev_run(s->loop, 0);
+
+  if (s->bp != NULL) {
+    s->bp->ops->free(s->bp);
+    s->bp = NULL;
+  }
+  hub_del(s->h);
+  srv_conn_fini();
+  fprintf(stderr, "wshub: bye\n");
+  return 0;
+}

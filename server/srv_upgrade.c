@@ -1,0 +1,545 @@
+/*
+ * srv_upgrade.c - HTTP/1.1 on the WebSocket port: the RFC 6455 upgrade
+ * and the plain endpoints (POST /publish, GET /healthz, GET /metrics,
+ * GET /).  Requests are parsed with http-parser; SHA-1 and base64 come
+ * from OpenSSL's libcrypto.  The state below exists only while a
+ * connection speaks HTTP; an upgraded connection frees it.
+ */
+#include "srv.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <openssl/evp.h>
+
+#define SRV_HTTP_OUT_MAX (1 << 20) /* unread responses per connection */
+#define SRV_HDR_MAX 8192           /* request line and headers */
+#define SRV_BODY_MIN (1 << 20) /* POST bodies up to max(this, max-message) */
+
+enum { H_OTHER = 0, H_UPGRADE, H_CONNECTION, H_KEY, H_VERSION };
+
+struct srv_http {
+  http_parser p;
+  char remote[64];
+  char url[512];
+  size_t url_len;
+  char field[32];
+  size_t field_len;
+  int last_was_value;
+  int hdr;
+  char key[64];
+  size_t key_len;
+  char upgrade[32];
+  size_t upgrade_len;
+  char connection[128];
+  size_t connection_len;
+  char version[8];
+  size_t version_len;
+  size_t hdr_bytes;
+  uint8_t *body;
+  size_t body_len;
+  size_t body_cap;
+  int error_status; /* a limit was passed: answer with this */
+};
+
+static const char srv_demo_page[] =
+  "<!doctype html>\n<html><head><meta charset=\"utf-8\">"
+  "<title>wshub</title>\n<style>body{font:14px sans-serif;margin:2em}"
+  "#log{white-space:pre-wrap;font-family:monospace;border:1px solid #ccc;"
+  "padding:.5em;height:20em;overflow:auto}</style></head><body>\n"
+  "<h1>wshub live channel viewer</h1>\n"
+  "<p>Connect with a WebSocket to <code>/ws</code> and send "
+  "<code>{\"type\":\"subscribe\",\"channel\":\"news\"}</code>; publish with "
+  "<code>POST /publish {\"channel\":\"news\",\"data\":{...}}</code>.</p>\n"
+  "<form id=\"f\">Channel <input id=\"ch\" value=\"news\"> "
+  "<button>Watch</button></form>\n"
+  "<form id=\"p\">Data <input id=\"d\" value='{\"hello\":\"world\"}' "
+  "size=\"40\"> <button>Publish</button></form>\n<div id=\"log\"></div>\n"
+  "<script>\n"
+  "var log=document.getElementById('log'),ws=null,n=0;\n"
+  "function out(s){log.textContent+=s+'\\n';log.scrollTop=1e9;}\n"
+  "function connect(){var u=(location.protocol=='https:'?'wss:':'ws:')+"
+  "'//'+location.host+'/ws';ws=new WebSocket(u);"
+  "ws.onopen=function(){out('connected');};"
+  "ws.onmessage=function(e){out(e.data);};"
+  "ws.onclose=function(e){out('closed '+e.code);ws=null;"
+  "setTimeout(connect,1000);};}\n"
+  "document.getElementById('f').onsubmit=function(e){e.preventDefault();"
+  "if(ws&&ws.readyState==1){ws.send(JSON.stringify({type:'subscribe',"
+  "channel:document.getElementById('ch').value,id:++n}));}};\n"
+  "document.getElementById('p').onsubmit=function(e){e.preventDefault();"
+  "var d;try{d=JSON.parse(document.getElementById('d').value);}"
+  "catch(x){out('bad JSON');return;}"
+  "if(ws&&ws.readyState==1){ws.send(JSON.stringify({type:'publish',"
+  "channel:document.getElementById('ch').value,data:d,id:++n}));}};\n"
+  "connect();\n</script></body></html>\n";
+
+static int srv_append(char *dst, size_t *len, size_t cap, const char *s,
+                      size_t n) {
+  if (*len + n >= cap) {
+    return -1;
+  }
+  memcpy(dst + *len, s, n);
+  *len += n;
+  dst[*len] = '\0';
+  return 0;
+}
+
+static srv_http *srv_h(http_parser *p) {
+  return ((srv_conn *)p->data)->http;
+}
+
+static int srv_count_hdr(srv_http *h, size_t n) {
+  h->hdr_bytes += n;
+  if (h->hdr_bytes > SRV_HDR_MAX) {
+    h->error_status = 431;
+    return -1;
+  }
+  return 0;
+}
+
+static int srv_on_message_begin(http_parser *p) {
+  srv_http *h = srv_h(p);
+  h->url_len = h->field_len = h->key_len = h->upgrade_len = 0;
+  h->connection_len = h->version_len = h->hdr_bytes = h->body_len = 0;
+  h->url[0] = h->key[0] = h->upgrade[0] = h->connection[0] = '\0';
+  h->version[0] = '\0';
+  h->last_was_value = 0;
+  h->hdr = H_OTHER;
+  h->error_status = 0;
+  return 0;
+}
+
+static int srv_on_url(http_parser *p, const char *at, size_t n) {
+  srv_http *h = srv_h(p);
+  if (srv_count_hdr(h, n) != 0) {
+    return -1;
+  }
+  if (srv_append(h->url, &h->url_len, sizeof(h->url), at, n) != 0) {
+    h->error_status = 414;
+    return -1;
+  }
+  return 0;
+}
+
+static int srv_on_header_field(http_parser *p, const char *at, size_t n) {
+  srv_http *h = srv_h(p);
+  size_t i;
+  if (srv_count_hdr(h, n) != 0) {
+    return -1;
+  }
+  if (h->last_was_value) {
+    h->field_len = 0;
+    h->last_was_value = 0;
+  }
+  for (i = 0; i < n; i++) {
+    if (h->field_len + 1 < sizeof(h->field)) {
+      char ch = at[i];
+      if (ch >= 'A' && ch <= 'Z') {
+        ch = (char)(ch - 'A' + 'a');
+      }
+      h->field[h->field_len++] = ch;
+    }
+  }
+  h->field[h->field_len] = '\0';
+  return 0;
+}
+
+static int srv_on_header_value(http_parser *p, const char *at, size_t n) {
+  srv_http *h = srv_h(p);
+  if (srv_count_hdr(h, n) != 0) {
+    return -1;
+  }
+  if (!h->last_was_value) {
+    h->last_was_value = 1;
+    if (strcmp(h->field, "upgrade") == 0) {
+      h->hdr = H_UPGRADE;
+    } else if (strcmp(h->field, "connection") == 0) {
+      h->hdr = H_CONNECTION;
+    } else if (strcmp(h->field, "sec-websocket-key") == 0) {
+      h->hdr = H_KEY;
+    } else if (strcmp(h->field, "sec-websocket-version") == 0) {
+      h->hdr = H_VERSION;
+    } else {
+      h->hdr = H_OTHER;
+    }
+  }
+  switch (h->hdr) {
+  case H_UPGRADE:
+    (void)srv_append(h->upgrade, &h->upgrade_len, sizeof(h->upgrade), at, n);
+    break;
+  case H_CONNECTION:
+    (void)srv_append(h->connection, &h->connection_len, sizeof(h->connection),
+                     at, n);
+    break;
+  case H_KEY:
+    (void)srv_append(h->key, &h->key_len, sizeof(h->key), at, n);
+    break;
+  case H_VERSION:
+    (void)srv_append(h->version, &h->version_len, sizeof(h->version), at, n);
+    break;
+  default:
+    break;
+  }
+  return 0;
+}
+
+static int srv_on_body(http_parser *p, const char *at, size_t n) {
+  srv_http *h = srv_h(p);
+  size_t max = srv_g->cfg.max_message_bytes > SRV_BODY_MIN
+                 ? (size_t)srv_g->cfg.max_message_bytes
+                 : SRV_BODY_MIN;
+  if (h->body_len + n > max) {
+    h->error_status = 413;
+    return -1;
+  }
+  if (h->body_len + n > h->body_cap) {
+    size_t cap = h->body_cap ? h->body_cap : 1024;
+    uint8_t *b;
+    while (cap < h->body_len + n) {
+      cap *= 2;
+    }
+    b = realloc(h->body, cap);
+    if (b == NULL) {
+      h->error_status = 500;
+      return -1;
+    }
+    h->body = b;
+    h->body_cap = cap;
+  }
+  memcpy(h->body + h->body_len, at, n);
+  h->body_len += n;
+  return 0;
+}
+
+static int srv_on_message_complete(http_parser *p) {
+  /* Stop here so the request is answered before the next is parsed. */
+  http_parser_pause(p, 1);
+  return 0;
+}
+
+static const http_parser_settings srv_http_settings = {
+  .on_message_begin = srv_on_message_begin,
+  .on_url = srv_on_url,
+  .on_header_field = srv_on_header_field,
+  .on_header_value = srv_on_header_value,
+  .on_body = srv_on_body,
+  .on_message_complete = srv_on_message_complete,
+};
+
+int srv_http_new(srv_conn *c) {
+  srv_http *h = calloc(1, sizeof(*h));
+  if (h == NULL) {
+    return -1;
+  }
+  http_parser_init(&h->p, HTTP_REQUEST);
+  h->p.data = c;
+  c->http = h;
+  return 0;
+}
+
+void srv_http_free(srv_conn *c) {
+  if (c->http != NULL) {
+    free(c->http->body);
+    free(c->http);
+    c->http = NULL;
+  }
+}
+
+char *srv_http_remote(srv_conn *c) {
+  return c->http->remote;
+}
+
+static const char *srv_status_text(int status) {
+  switch (status) {
+  case 101:
+    return "Switching Protocols";
+  case 200:
+    return "OK";
+  case 400:
+    return "Bad Request";
+  case 404:
+    return "Not Found";
+  case 405:
+    return "Method Not Allowed";
+  case 413:
+    return "Payload Too Large";
+  case 414:
+    return "URI Too Long";
+  case 426:
+    return "Upgrade Required";
+  case 431:
+    return "Request Header Fields Too Large";
+  case 500:
+    return "Internal Server Error";
+  case 503:
+    return "Service Unavailable";
+  default:
+    return "Error";
+  }
+}
+
+/* Queues one response; |close| ends the connection after it. */
+static void srv_respond(srv_conn *c, int status, const char *ctype,
+                        const char *body, size_t body_len, int close) {
+  char head[256];
+  char *buf;
+  int hl;
+  if (srv_g->shutting_down) {
+    close = 1;
+  }
+  hl = snprintf(head, sizeof(head),
+                "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n"
+                "Content-Length: %zu\r\nCache-Control: no-store\r\n%s\r\n",
+                status, srv_status_text(status), ctype, body_len,
+                close ? "Connection: close\r\n" : "");
+  buf = malloc((size_t)hl + body_len);
+  if (buf == NULL) {
+    srv_conn_drop(c);
+    return;
+  }
+  memcpy(buf, head, (size_t)hl);
+  memcpy(buf + hl, body, body_len);
+  if (srv_conn_queue_own(c, buf, (size_t)hl + body_len) != 0) {
+    free(buf);
+    srv_conn_drop(c);
+    return;
+  }
+  free(buf);
+  if (close) {
+    srv_conn_finish(c);
+  } else {
+    srv_list_push(&srv_g->http_list, c,
+                  srv_now() + srv_g->cfg.handshake_timeout);
+  }
+}
+
+static void srv_respond_json_error(srv_conn *c, int status, const char *msg,
+                                   int close) {
+  char body[256];
+  int n = snprintf(body, sizeof(body), "{\"error\":\"%s\"}", msg);
+  srv_respond(c, status, "application/json", body, (size_t)n, close);
+}
+
+static int srv_token_in(const char *list, const char *tok) {
+  size_t tl = strlen(tok);
+  const char *s = list;
+  while (*s) {
+    while (*s == ' ' || *s == '\t' || *s == ',') {
+      s++;
+    }
+    if (strncasecmp(s, tok, tl) == 0 &&
+        (s[tl] == '\0' || s[tl] == ',' || s[tl] == ' ' || s[tl] == '\t')) {
+      return 1;
+    }
+    while (*s && *s != ',') {
+      s++;
+    }
+  }
+  return 0;
+}
+
+static void srv_path(const srv_http *h, char *path, size_t cap) {
+  size_t n = strcspn(h->url, "?#");
+  if (n >= cap) {
+    n = cap - 1;
+  }
+  memcpy(path, h->url, n);
+  path[n] = '\0';
+}
+
+/* The RFC 6455 handshake.  |rest| are bytes after the request (already
+   WebSocket frames), borrowed. */
+static void srv_upgrade(srv_conn *c, const uint8_t *rest, size_t rest_len) {
+  static const char guid[] = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+  srv_http *h = c->http;
+  char path[512];
+  char kbuf[64 + sizeof(guid)];
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int mdlen = 0;
+  char accept[64];
+  char resp[256];
+  int n;
+  hub_conn_id id = 0;
+  int rc;
+
+  srv_path(h, path, sizeof(path));
+  if (h->p.method != HTTP_GET) {
+    srv_respond_json_error(c, 405, "method not allowed", 1);
+    return;
+  }
+  if (strcmp(path, "/ws") != 0) {
+    srv_respond_json_error(c, 404, "not found", 1);
+    return;
+  }
+  if (strcasecmp(h->upgrade, "websocket") != 0 ||
+      !srv_token_in(h->connection, "upgrade") || h->key_len == 0 ||
+      h->key_len > 32) {
+    srv_respond_json_error(c, 400, "bad websocket upgrade", 1);
+    return;
+  }
+  if (strcmp(h->version, "13") != 0) {
+    static const char r426[] =
+      "HTTP/1.1 426 Upgrade Required\r\nSec-WebSocket-Version: 13\r\n"
+      "Content-Length: 0\r\nConnection: close\r\n\r\n";
+    if (srv_conn_queue_own(c, r426, sizeof(r426) - 1) == 0) {
+      srv_conn_finish(c);
+    } else {
+      srv_conn_drop(c);
+    }
+    return;
+  }
+  if (srv_g->shutting_down) {
+    srv_respond_json_error(c, 503, "shutting down", 1);
+    return;
+  }
+  if (srv_g->conns_ws >= srv_g->max_conns) {
+    srv_g->upgrades_rejected++;
+    srv_respond_json_error(c, 503, "too many connections", 1);
+    return;
+  }
+  memcpy(kbuf, h->key, h->key_len);
+  memcpy(kbuf + h->key_len, guid, sizeof(guid) - 1);
+  if (EVP_Digest(kbuf, h->key_len + sizeof(guid) - 1, md, &mdlen, EVP_sha1(),
+                 NULL) != 1 ||
+      mdlen != 20) {
+    srv_respond_json_error(c, 500, "internal error", 1);
+    return;
+  }
+  EVP_EncodeBlock((unsigned char *)accept, md, 20);
+  rc = hub_on_conn_open(srv_g->h, &id, h->remote, c, srv_now());
+  if (rc != 0) {
+    srv_respond_json_error(c, rc == HUB_ERR_SHUT_DOWN ? 503 : 500,
+                           hub_strerror(rc), 1);
+    srv_pump();
+    return;
+  }
+  n = snprintf(resp, sizeof(resp),
+               "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+               "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n",
+               accept);
+  c->id = id;
+  c->state = SRV_WS;
+  srv_g->conns_ws++;
+  srv_list_remove(c);
+  srv_http_free(c);
+  if (srv_conn_queue_own(c, resp, (size_t)n) != 0) {
+    /* Tell the hub and give up on this one connection. */
+    c->id = 0;
+    srv_g->conns_ws--;
+    hub_on_conn_closed(srv_g->h, id, srv_now());
+    srv_conn_drop(c);
+    srv_pump();
+    return;
+  }
+  srv_pump();
+  srv_conn_ws_start(c, rest, rest_len);
+}
+
+static void srv_handle_request(srv_conn *c) {
+  srv_http *h = c->http;
+  char path[512];
+  int keep = http_should_keep_alive(&h->p) ? 1 : 0;
+  int close = !keep;
+  int method = h->p.method;
+
+  srv_g->http_requests++;
+  srv_path(h, path, sizeof(path));
+  if (strcmp(path, "/publish") == 0) {
+    const char *err = NULL;
+    int rc;
+    if (method != HTTP_POST) {
+      srv_respond_json_error(c, 405, "method not allowed", close);
+      return;
+    }
+    rc = hub_publish(srv_g->h, h->body ? h->body : (const uint8_t *)"",
+                     h->body_len, &err, srv_now());
+    h->body_len = 0;
+    if (rc == 0) {
+      static const char ok[] = "{\"ok\":true}";
+      srv_respond(c, 200, "application/json", ok, sizeof(ok) - 1, close);
+    } else if (rc == HUB_ERR_BAD_REQUEST) {
+      char body[256];
+      char esc[160];
+      size_t i, j = 0;
+      const char *m = err ? err : "bad request";
+      for (i = 0; m[i] && j + 2 < sizeof(esc); i++) {
+        if (m[i] == '"' || m[i] == '\\') {
+          esc[j++] = '\\';
+        }
+        esc[j++] = m[i];
+      }
+      esc[j] = '\0';
+      snprintf(body, sizeof(body), "%s", esc);
+      srv_respond_json_error(c, 400, body, close);
+    } else if (rc == HUB_ERR_SHUT_DOWN) {
+      srv_respond_json_error(c, 503, "shutting down", 1);
+    } else {
+      srv_respond_json_error(c, 500, hub_strerror(rc), close);
+    }
+    srv_pump();
+    return;
+  }
+  if (method != HTTP_GET && method != HTTP_HEAD) {
+    srv_respond_json_error(c, 405, "method not allowed", close);
+    return;
+  }
+  if (strcmp(path, "/healthz") == 0) {
+    if (srv_g->shutting_down) {
+      srv_respond(c, 503, "text/plain", "shutting down\n", 14, 1);
+    } else if (srv_g->bp != NULL && !hub_bp_is_up(srv_g->h)) {
+      srv_respond(c, 503, "text/plain", "backplane down\n", 15, close);
+    } else {
+      srv_respond(c, 200, "text/plain", "ok", 2, close);
+    }
+  } else if (strcmp(path, "/metrics") == 0) {
+    char buf[8192];
+    size_t len = 0;
+    srv_metrics(buf, sizeof(buf), &len);
+    srv_respond(c, 200, "text/plain; version=0.0.4", buf, len, close);
+  } else if (strcmp(path, "/") == 0) {
+    srv_respond(c, 200, "text/html; charset=utf-8", srv_demo_page,
+                sizeof(srv_demo_page) - 1, close);
+  } else if (strcmp(path, "/ws") == 0) {
+    srv_respond_json_error(c, 426, "websocket upgrade required", close);
+  } else {
+    srv_respond_json_error(c, 404, "not found", close);
+  }
+}
+
+void srv_http_feed(srv_conn *c, const uint8_t *data, size_t len) {
+  while (len > 0 && c->state == SRV_HTTP) {
+    srv_http *h = c->http;
+    if (c->outq != NULL && c->outq->bytes > SRV_HTTP_OUT_MAX) {
+      /* A client that sends requests but does not read the answers. */
+      srv_conn_abort(c);
+      return;
+    }
+    size_t n =
+      http_parser_execute(&h->p, &srv_http_settings, (const char *)data, len);
+    enum http_errno err = HTTP_PARSER_ERRNO(&h->p);
+    if (n > len) {
+      n = len;
+    }
+    if (h->p.upgrade && (err == HPE_OK || err == HPE_PAUSED)) {
+      srv_upgrade(c, data + n, len - n);
+      return;
+    }
+    if (err == HPE_PAUSED) {
+      http_parser_pause(&h->p, 0);
+      data += n;
+      len -= n;
+      srv_handle_request(c);
+      continue;
+    }
+    if (err != HPE_OK) {
+      int status = h->error_status ? h->error_status : 400;
+      srv_respond_json_error(c, status, http_errno_name(err), 1);
+      return;
+    }
+    data += n;
+    len -= n;
+  }
+}

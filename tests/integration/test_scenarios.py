@@ -1,0 +1,121 @@
+"""The simulator's scenarios played against real processes: the same
+files, the same `expect` lines (see scenario_player.py for how each
+statement maps onto real wshub processes and a real redis-server)."""
+import asyncio
+import os
+
+import pytest
+
+from conftest import ROOT
+from scenario_player import Player, ScenarioError
+
+# The four the server issue names, then the other scenarios/ files that
+# real processes can play in a few seconds of real time.
+SCENARIOS = ["lazy_subscribe", "cross_instance_fanout",
+             "slow_client_eviction", "graceful_shutdown",
+             "protocol_errors", "redis_direct_publish", "redis_partition",
+             "subscribe_ack_race", "unsubscribe_last"]
+# Not in the default run:
+# - instance_crash waits for real TTLs (30 s and 120 s): about 2.5 minutes.
+#   WSHUB_LONG_SCENARIOS=1 runs it.
+# - contract_statements expects a read-rate 0 client to be evicted after 6
+#   small messages with max-queue-msgs 4 and no `config sndbuf`: the
+#   simulator models no kernel buffer by default, a real socket always has
+#   one (hundreds of KB on loopback), so those messages never reach the
+#   hub's queue limit.  A known gap between the model and real TCP.
+LONG_SCENARIOS = ["instance_crash"]
+
+
+def _play(name, redis_server, tmp_path):
+    path = os.path.join(ROOT, "scenarios", name + ".scn")
+    assert os.path.exists(path), path
+
+    async def play():
+        p = Player(path, redis_server, str(tmp_path))
+        try:
+            await p.run_file()
+        finally:
+            p.close()
+    asyncio.run(asyncio.wait_for(play(), 240))
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_scenario_on_real_processes(name, redis_server, tmp_path):
+    _play(name, redis_server, tmp_path)
+
+
+@pytest.mark.parametrize("name", LONG_SCENARIOS)
+def test_long_scenario_on_real_processes(name, redis_server, tmp_path):
+    if not os.environ.get("WSHUB_LONG_SCENARIOS"):
+        pytest.skip("real TTLs take minutes; set WSHUB_LONG_SCENARIOS=1")
+    _play(name, redis_server, tmp_path)
+
+
+# The player must be able to fail: each of these scenarios states
+# something false about real behaviour.
+FALSE_SCENARIOS = {
+    "wrong_data": """
+instances 1
+client a on 0
+a subscribe news
+expect redis-subscribed 0 news yes within 1s
+a publish news {"x":1}
+expect a received news {"x":2} within 300ms
+""",
+    "double_subscribe": """
+instances 2
+client a on 0
+a subscribe news
+expect redis-subscribed 1 news yes within 300ms
+""",
+    "not_closed": """
+instances 1
+client a on 0
+run 50ms
+expect a closed within 300ms
+""",
+    "wrong_close_code": """
+instances 1
+client a on 0
+run 50ms
+shutdown 0
+expect a closed 1008 within 1s
+""",
+    "key_present": """
+instances 1
+client a on 0
+expect redis-key ws:conn:0:2 present within 300ms
+""",
+    "never_violated": """
+instances 1
+client a on 0
+a subscribe news
+expect redis-subscribed 0 news yes within 1s
+a publish news {"n":1}
+expect never a received news {"n":1} for 500ms
+""",
+    "count": """
+instances 1
+client a on 0
+a subscribe news
+expect redis-subscribed 0 news yes within 1s
+a publish news {"n":1}
+a publish news {"n":2}
+expect a received-count news 3 within 300ms
+""",
+}
+
+
+@pytest.mark.parametrize("name", sorted(FALSE_SCENARIOS))
+def test_player_reports_false_expectations(name, redis_server, tmp_path):
+    path = tmp_path / (name + ".scn")
+    path.write_text(FALSE_SCENARIOS[name])
+
+    async def play():
+        p = Player(str(path), redis_server, str(tmp_path))
+        try:
+            await p.run_file()
+        finally:
+            p.close()
+    with pytest.raises(ScenarioError):
+        asyncio.run(asyncio.wait_for(play(), 30))
