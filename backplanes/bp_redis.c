@@ -260,7 +260,9 @@ static void bp_redis_retry_cb(struct ev_loop *loop, ev_timer *w, int revents) {
 
 /* ------------------------------------------------------------ ops */
 
-static int bp_redis_subscribe(bp *b, const char *channel, size_t len) {
+/* SUBSCRIBE or UNSUBSCRIBE one channel on the subscriber connection. */
+static int bp_redis_sub_command(bp *b, const char *cmd, redisCallbackFn *cb,
+                                const char *channel, size_t len) {
   bp_redis *r = (bp_redis *)b;
   size_t n;
   const char *name;
@@ -272,30 +274,19 @@ static int bp_redis_subscribe(bp *b, const char *channel, size_t len) {
   if (name == NULL) {
     return HUB_ERR_NOMEM;
   }
-  if (redisAsyncCommand(r->sub, bp_redis_sub_cb, r, "SUBSCRIBE %b", name, n) !=
-      REDIS_OK) {
+  if (redisAsyncCommand(r->sub, cb, cb != NULL ? r : NULL, "%s %b", cmd, name,
+                        n) != REDIS_OK) {
     return HUB_ERR_NOMEM;
   }
   return 0;
 }
 
+static int bp_redis_subscribe(bp *b, const char *channel, size_t len) {
+  return bp_redis_sub_command(b, "SUBSCRIBE", bp_redis_sub_cb, channel, len);
+}
+
 static int bp_redis_unsubscribe(bp *b, const char *channel, size_t len) {
-  bp_redis *r = (bp_redis *)b;
-  size_t n;
-  const char *name;
-  if (!r->up || r->sub == NULL) {
-    return HUB_ERR_INVALID_ARGUMENT;
-  }
-  name =
-    bp_redis_prefixed(r, r->chan_prefix, r->chan_prefix_len, channel, len, &n);
-  if (name == NULL) {
-    return HUB_ERR_NOMEM;
-  }
-  if (redisAsyncCommand(r->sub, NULL, NULL, "UNSUBSCRIBE %b", name, n) !=
-      REDIS_OK) {
-    return HUB_ERR_NOMEM;
-  }
-  return 0;
+  return bp_redis_sub_command(b, "UNSUBSCRIBE", NULL, channel, len);
 }
 
 static int bp_redis_publish(bp *b, const char *channel, size_t len,
