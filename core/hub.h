@@ -187,6 +187,26 @@ typedef struct hub_config {
 
 void hub_config_default(hub_config *cfg);
 
+/*
+ * hub_config_set sets the field of |cfg| named by the server flag |name|
+ * (CONTRACT.md, without "--"): max-queue-msgs, max-queue-bytes,
+ * max-message-bytes, ping-interval, pong-timeout, write-timeout,
+ * heartbeat-interval (durations as hub_parse_duration reads them, not 0)
+ * and registry (on|off).  Both strings are borrowed.  Returns 0,
+ * HUB_ERR_INVALID_ARGUMENT for a bad value (|cfg| unchanged), or 1 when
+ * |name| is not a hub setting (the caller's to handle).
+ */
+int hub_config_set(hub_config *cfg, const char *name, const char *value);
+
+/* A duration: a decimal number of seconds ("54", "1.5") or one with a
+   unit ("250ms", "2s", "500us", "10ns", "1m").  Returns 0 or
+   HUB_ERR_INVALID_ARGUMENT. */
+int hub_parse_duration(const char *s, hub_tstamp *out);
+
+/* A decimal unsigned integer, nothing else.  Returns 0 or
+   HUB_ERR_INVALID_ARGUMENT. */
+int hub_parse_u64(const char *s, uint64_t *out);
+
 typedef struct hub hub; /* opaque */
 
 /*

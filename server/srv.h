@@ -28,14 +28,9 @@ typedef struct srv_config {
   const char *redis_url; /* NULL: embedded backplane */
   const char *redis_prefix;
   char instance_id[129];
-  int registry; /* -1: default (on with --redis) */
-  uint32_t max_queue_msgs;
-  uint64_t max_queue_bytes;
-  uint64_t max_message_bytes;
-  hub_tstamp ping_interval;
-  hub_tstamp pong_timeout;
-  hub_tstamp write_timeout;
-  hub_tstamp heartbeat_interval;
+  /* The hub's settings, set by flag name through hub_config_set;
+     hub.registry is -1 until given (then: on with --redis). */
+  hub_config hub;
   hub_tstamp shutdown_timeout;
   hub_tstamp handshake_timeout;
   uint64_t max_connections; /* 0: from the open-file limit */

@@ -580,7 +580,7 @@ static uint64_t srv_frame_hdr_len(uint64_t len, int mask) {
  */
 static void srv_conn_too_big(srv_conn *c) {
   hub_on_conn_msg(srv_g->h, c->id, 0, NULL,
-                  (size_t)srv_g->cfg.max_message_bytes + 1, srv_now());
+                  (size_t)srv_g->cfg.hub.max_message_bytes + 1, srv_now());
   srv_pump();
   if (c->state == SRV_WS) {
     /* The hub did not close it; the limit is ours to keep anyway. */
@@ -595,8 +595,8 @@ static void srv_on_control(srv_conn *c, srv_rx *rx) {
     /* Pongs are not counted by the hub; a peer that pings without
        reading must not grow the queue without bound. */
     if (c->outq != NULL &&
-        (c->outq->tail - c->outq->head > 2 * srv_g->cfg.max_queue_msgs + 64 ||
-         c->outq->bytes > 2 * srv_g->cfg.max_queue_bytes)) {
+        (c->outq->tail - c->outq->head > 2 * srv_g->cfg.hub.max_queue_msgs + 64 ||
+         c->outq->bytes > 2 * srv_g->cfg.hub.max_queue_bytes)) {
       srv_conn_proto_close(c, 1008, "slow consumer");
       break;
     }
@@ -672,7 +672,7 @@ static int srv_on_chunk(srv_conn *c, srv_rx *rx,
     }
     if (!wslay_is_ctrl_frame(io->opcode)) {
       uint64_t want = (uint64_t)rx->msg_len + rx->f_len;
-      if (want > srv_g->cfg.max_message_bytes) {
+      if (want > srv_g->cfg.hub.max_message_bytes) {
         srv_conn_too_big(c);
         return -1;
       }

@@ -406,57 +406,30 @@ static const struct option srv_longopts[] = {
   {"help", no_argument, NULL, O_HELP},
   {NULL, 0, NULL, 0}};
 
-static int srv_parse_u64(const char *s, uint64_t *out) {
-  char *end;
-  unsigned long long v;
-  if (s == NULL || *s == '\0' || *s == '-') {
-    return -1;
-  }
-  errno = 0;
-  v = strtoull(s, &end, 10);
-  if (errno != 0 || *end != '\0') {
-    return -1;
-  }
-  *out = v;
-  return 0;
-}
-
-/* "1.5", "1.5s", "250ms", "2m" -> ns. */
-static int srv_parse_duration(const char *s, hub_tstamp *out) {
-  char *end;
-  double v;
-  double mul = 1e9;
-  if (s == NULL || *s == '\0' || *s == '-') {
-    return -1;
-  }
-  errno = 0;
-  v = strtod(s, &end);
-  if (errno != 0 || end == s) {
-    return -1;
-  }
-  if (strcmp(end, "ms") == 0) {
-    mul = 1e6;
-  } else if (strcmp(end, "m") == 0) {
-    mul = 60e9;
-  } else if (*end != '\0' && strcmp(end, "s") != 0) {
-    return -1;
-  }
-  if (v < 0 || v * mul > 1e18) {
-    return -1;
-  }
-  *out = (hub_tstamp)(v * mul);
-  return 0;
-}
-
 static int srv_set_option(srv_config *cfg, int opt, const char *val,
                           const char *name) {
   uint64_t u = 0;
   hub_tstamp *dur = NULL;
+  const struct option *o;
+
+  /* The hub's own settings are parsed by the hub, as the simulator's
+     `config` statements are. */
+  for (o = srv_longopts; o->name != NULL && o->val != opt; o++) {
+  }
+  if (o->name != NULL) {
+    int rc = hub_config_set(&cfg->hub, o->name, val);
+    if (rc == 0) {
+      return 0;
+    }
+    if (rc < 0) {
+      goto bad;
+    }
+  }
   switch (opt) {
   case O_LISTEN: {
     const char *colon = strrchr(val, ':');
     size_t hl;
-    if (colon == NULL || srv_parse_u64(colon + 1, &u) != 0 || u > 65535) {
+    if (colon == NULL || hub_parse_u64(colon + 1, &u) != 0 || u > 65535) {
       goto bad;
     }
     hl = (size_t)(colon - val);
@@ -480,62 +453,25 @@ static int srv_set_option(srv_config *cfg, int opt, const char *val,
     cfg->redis_prefix = val;
     return 0;
   case O_INSTANCE:
-    if (*val == '\0' || strlen(val) > 128) {
+    /* It appears unescaped in Redis keys and JSON values: the channel
+       name alphabet, 1..128 bytes. */
+    if (!hub_channel_valid(val, strlen(val))) {
       goto bad;
     }
     strcpy(cfg->instance_id, val);
     return 0;
-  case O_REGISTRY:
-    if (strcmp(val, "on") == 0) {
-      cfg->registry = 1;
-    } else if (strcmp(val, "off") == 0) {
-      cfg->registry = 0;
-    } else {
-      goto bad;
-    }
-    return 0;
-  case O_MAXQM:
-    if (srv_parse_u64(val, &u) != 0 || u == 0 || u > UINT32_MAX) {
-      goto bad;
-    }
-    cfg->max_queue_msgs = (uint32_t)u;
-    return 0;
-  case O_MAXQB:
-    if (srv_parse_u64(val, &u) != 0 || u == 0) {
-      goto bad;
-    }
-    cfg->max_queue_bytes = u;
-    return 0;
-  case O_MAXMSG:
-    if (srv_parse_u64(val, &u) != 0 || u == 0 || u > (1u << 30)) {
-      goto bad;
-    }
-    cfg->max_message_bytes = u;
-    return 0;
   case O_MAXCONN:
-    if (srv_parse_u64(val, &u) != 0) {
+    if (hub_parse_u64(val, &u) != 0) {
       goto bad;
     }
     cfg->max_connections = u;
     return 0;
   case O_SNDBUF:
-    if (srv_parse_u64(val, &u) != 0 || u > (1u << 30)) {
+    if (hub_parse_u64(val, &u) != 0 || u > (1u << 30)) {
       goto bad;
     }
     cfg->sndbuf = (int)u;
     return 0;
-  case O_PING:
-    dur = &cfg->ping_interval;
-    break;
-  case O_PONG:
-    dur = &cfg->pong_timeout;
-    break;
-  case O_WRITE:
-    dur = &cfg->write_timeout;
-    break;
-  case O_HEARTBEAT:
-    dur = &cfg->heartbeat_interval;
-    break;
   case O_SHUTDOWN:
     dur = &cfg->shutdown_timeout;
     break;
@@ -545,7 +481,7 @@ static int srv_set_option(srv_config *cfg, int opt, const char *val,
   default:
     goto bad;
   }
-  if (srv_parse_duration(val, dur) != 0 || (*dur == 0 && opt != O_SHUTDOWN)) {
+  if (hub_parse_duration(val, dur) != 0 || (*dur == 0 && opt != O_SHUTDOWN)) {
     goto bad;
   }
   return 0;
@@ -559,14 +495,8 @@ static void srv_config_default(srv_config *cfg) {
   strcpy(cfg->listen_host, "127.0.0.1");
   cfg->listen_port = 8080;
   cfg->redis_prefix = "ws:";
-  cfg->registry = -1;
-  cfg->max_queue_msgs = 256;
-  cfg->max_queue_bytes = 4194304;
-  cfg->max_message_bytes = 65536;
-  cfg->ping_interval = 54 * HUB_NS_PER_S;
-  cfg->pong_timeout = 60 * HUB_NS_PER_S;
-  cfg->write_timeout = 10 * HUB_NS_PER_S;
-  cfg->heartbeat_interval = 10 * HUB_NS_PER_S;
+  hub_config_default(&cfg->hub);
+  cfg->hub.registry = -1;
   cfg->shutdown_timeout = 10 * HUB_NS_PER_S;
   cfg->handshake_timeout = 10 * HUB_NS_PER_S;
 }
@@ -704,10 +634,10 @@ int main(int argc, char **argv) {
     snprintf(s->cfg.instance_id, sizeof(s->cfg.instance_id), "%s-%d-%08x", host,
              (int)getpid(), (unsigned)(srv_random() & 0xffffffffu));
   }
-  if (s->cfg.registry < 0) {
-    s->cfg.registry = s->cfg.redis_url != NULL;
+  if (s->cfg.hub.registry < 0) {
+    s->cfg.hub.registry = s->cfg.redis_url != NULL;
   }
-  if (s->cfg.registry && s->cfg.redis_url == NULL) {
+  if (s->cfg.hub.registry && s->cfg.redis_url == NULL) {
     fprintf(stderr, "wshub: --registry on needs --redis\n");
     return 2;
   }
@@ -730,22 +660,14 @@ int main(int argc, char **argv) {
   }
   srv_conn_init();
 
-  hub_config_default(&hc);
+  hc = s->cfg.hub;
   hc.instance_id = s->cfg.instance_id;
   hc.backplane = s->cfg.redis_url != NULL;
-  hc.registry = s->cfg.registry;
-  hc.max_queue_msgs = s->cfg.max_queue_msgs;
-  hc.max_queue_bytes = s->cfg.max_queue_bytes;
-  hc.max_message_bytes = s->cfg.max_message_bytes;
-  hc.ping_interval = s->cfg.ping_interval;
-  hc.pong_timeout = s->cfg.pong_timeout;
-  hc.write_timeout = s->cfg.write_timeout;
-  hc.heartbeat_interval = s->cfg.heartbeat_interval;
   hc.unix_time_s = (int64_t)time(NULL);
   hc.seed = srv_random();
   s->started_unix = hc.unix_time_s;
-  s->urgent_msgs = s->cfg.max_queue_msgs / 4 ? s->cfg.max_queue_msgs / 4 : 1;
-  s->urgent_bytes = s->cfg.max_queue_bytes / 4 ? s->cfg.max_queue_bytes / 4 : 1;
+  s->urgent_msgs = s->cfg.hub.max_queue_msgs / 4 ? s->cfg.hub.max_queue_msgs / 4 : 1;
+  s->urgent_bytes = s->cfg.hub.max_queue_bytes / 4 ? s->cfg.hub.max_queue_bytes / 4 : 1;
   rc = hub_new(&s->h, &hc, NULL, srv_now());
   if (rc != 0) {
     fprintf(stderr, "wshub: %s\n", hub_strerror(rc));

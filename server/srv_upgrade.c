@@ -188,8 +188,8 @@ static int srv_on_header_value(http_parser *p, const char *at, size_t n) {
 
 static int srv_on_body(http_parser *p, const char *at, size_t n) {
   srv_http *h = srv_h(p);
-  size_t max = srv_g->cfg.max_message_bytes > SRV_BODY_MIN
-                 ? (size_t)srv_g->cfg.max_message_bytes
+  size_t max = srv_g->cfg.hub.max_message_bytes > SRV_BODY_MIN
+                 ? (size_t)srv_g->cfg.hub.max_message_bytes
                  : SRV_BODY_MIN;
   if (h->body_len + n > max) {
     h->error_status = 413;

@@ -94,16 +94,11 @@ typedef struct sim_redis sim_redis;
 
 /* Server flags, as `config NAME VALUE` sets them. */
 typedef struct sim_config {
-  uint32_t max_queue_msgs;
-  uint64_t max_queue_bytes;
-  uint64_t max_message_bytes;
-  uint64_t ping_interval_ns;
-  uint64_t pong_timeout_ns;
-  uint64_t write_timeout_ns;
-  uint64_t heartbeat_interval_ns;
+  /* The hub's own settings, set by name through hub_config_set;
+     instance_id and backplane are filled in per instance. */
+  hub_config hub;
   uint64_t shutdown_timeout_ns;
   uint64_t sndbuf;
-  int registry;
   char prefix[64]; /* --redis-prefix */
 } sim_config;
 

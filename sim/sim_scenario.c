@@ -135,44 +135,12 @@ static char *rest(char **p) {
 }
 
 static int parse_u64(const char *s, uint64_t *out) {
-  char *end;
-  unsigned long long v;
-  if (s == NULL || !isdigit((unsigned char)*s)) {
-    return -1;
-  }
-  errno = 0;
-  v = strtoull(s, &end, 10);
-  if (errno || *end) {
-    return -1;
-  }
-  *out = v;
-  return 0;
+  return hub_parse_u64(s, out) == 0 ? 0 : -1;
 }
 
 /* "250ms", "2s", "1.5s", "100us"; a bare number is seconds. */
 static int parse_dur(const char *s, uint64_t *out) {
-  char *end;
-  double v;
-  if (s == NULL || !(isdigit((unsigned char)*s) || *s == '.')) {
-    return -1;
-  }
-  v = strtod(s, &end);
-  if (strcmp(end, "ms") == 0) {
-    v *= 1e6;
-  } else if (strcmp(end, "s") == 0 || *end == '\0') {
-    v *= 1e9;
-  } else if (strcmp(end, "us") == 0) {
-    v *= 1e3;
-  } else if (strcmp(end, "ns") == 0) {
-    v *= 1;
-  } else {
-    return -1;
-  }
-  if (v < 0 || v > 1e18) {
-    return -1;
-  }
-  *out = (uint64_t)(v + 0.5);
-  return 0;
+  return hub_parse_duration(s, out) == 0 ? 0 : -1;
 }
 
 /* ------------------------------------------------------ statements */
@@ -220,9 +188,13 @@ static int set_config(runner *rn, const char *name, const char *val) {
       return 0;
     }
   }
-  if (strcmp(name, "registry") == 0) {
-    c->registry = strcmp(val, "on") == 0;
+  switch (hub_config_set(&c->hub, name, val)) {
+  case 0:
     return 0;
+  case 1:
+    break; /* not the hub's: one of the simulator's own */
+  default:
+    return fail(rn, "bad value for %s: %s", name, val);
   }
   if (strcmp(name, "redis-prefix") == 0) {
     if (strlen(val) >= sizeof(c->prefix)) {
@@ -231,30 +203,15 @@ static int set_config(runner *rn, const char *name, const char *val) {
     strcpy(c->prefix, val);
     return 0;
   }
-  if (strstr(name, "interval") || strstr(name, "timeout")) {
-    if (parse_dur(val, &v) != 0 || v == 0) {
+  if (strcmp(name, "shutdown-timeout") == 0) {
+    if (parse_dur(val, &v) != 0) {
       return fail(rn, "bad duration %s", val);
     }
-  } else if (parse_u64(val, &v) != 0) {
-    return fail(rn, "bad number %s", val);
-  }
-  if (strcmp(name, "max-queue-msgs") == 0 && v > 0 && v <= UINT32_MAX) {
-    c->max_queue_msgs = (uint32_t)v;
-  } else if (strcmp(name, "max-queue-bytes") == 0 && v > 0) {
-    c->max_queue_bytes = v;
-  } else if (strcmp(name, "max-message-bytes") == 0 && v > 0) {
-    c->max_message_bytes = v;
-  } else if (strcmp(name, "ping-interval") == 0) {
-    c->ping_interval_ns = v;
-  } else if (strcmp(name, "pong-timeout") == 0) {
-    c->pong_timeout_ns = v;
-  } else if (strcmp(name, "write-timeout") == 0) {
-    c->write_timeout_ns = v;
-  } else if (strcmp(name, "heartbeat-interval") == 0) {
-    c->heartbeat_interval_ns = v;
-  } else if (strcmp(name, "shutdown-timeout") == 0) {
     c->shutdown_timeout_ns = v;
   } else if (strcmp(name, "sndbuf") == 0) {
+    if (parse_u64(val, &v) != 0) {
+      return fail(rn, "bad number %s", val);
+    }
     c->sndbuf = v;
   } else {
     return fail(rn, "unknown config %s", name);

@@ -781,19 +781,11 @@ static void on_msg(void *user, const char *channel, size_t len,
 }
 
 void sim_config_default(sim_config *c) {
-  hub_config hc;
-  hub_config_default(&hc);
   memset(c, 0, sizeof(*c));
-  c->max_queue_msgs = hc.max_queue_msgs;
-  c->max_queue_bytes = hc.max_queue_bytes;
-  c->max_message_bytes = hc.max_message_bytes;
-  c->ping_interval_ns = hc.ping_interval;
-  c->pong_timeout_ns = hc.pong_timeout;
-  c->write_timeout_ns = hc.write_timeout;
-  c->heartbeat_interval_ns = hc.heartbeat_interval;
+  hub_config_default(&c->hub);
+  c->hub.registry = 1;
   c->shutdown_timeout_ns = 10 * SIM_S;
   c->sndbuf = 0;
-  c->registry = 1;
   strcpy(c->prefix, "ws:");
 }
 
@@ -808,17 +800,9 @@ int sim_inst_start(sim_world *w, sim_inst *in) {
   } else {
     snprintf(in->id, sizeof(in->id), "%d", in->idx);
   }
-  hub_config_default(&hc);
+  hc = w->cfg.hub;
   hc.instance_id = in->id;
   hc.backplane = 1;
-  hc.registry = w->cfg.registry;
-  hc.max_queue_msgs = w->cfg.max_queue_msgs;
-  hc.max_queue_bytes = w->cfg.max_queue_bytes;
-  hc.max_message_bytes = w->cfg.max_message_bytes;
-  hc.ping_interval = w->cfg.ping_interval_ns;
-  hc.pong_timeout = w->cfg.pong_timeout_ns;
-  hc.write_timeout = w->cfg.write_timeout_ns;
-  hc.heartbeat_interval = w->cfg.heartbeat_interval_ns;
   hc.unix_time_s = 1700000000 + (int64_t)(w->now / SIM_S);
   hc.seed = w->seed ^ (in->gen * 0x9e3779b97f4a7c15ULL) ^ (uint64_t)in->idx;
   rv = hub_new(&in->h, &hc, NULL, w->now);

@@ -1,0 +1,128 @@
+/*
+ * hub_config.c - the server flags that configure the hub, parsed in one
+ * place for the production server (--max-queue-msgs 64) and the
+ * simulator's scenario files (config max-queue-msgs 64).
+ */
+#include "hub_int.h"
+
+#include <string.h>
+
+int hub_parse_u64(const char *s, uint64_t *out) {
+  uint64_t v = 0;
+
+  if (s == NULL || *s == '\0') {
+    return HUB_ERR_INVALID_ARGUMENT;
+  }
+  for (; *s != '\0'; s++) {
+    unsigned d = (unsigned)(*s - '0');
+    if (d > 9 || v > (UINT64_MAX - d) / 10) {
+      return HUB_ERR_INVALID_ARGUMENT;
+    }
+    v = v * 10 + d;
+  }
+  *out = v;
+  return 0;
+}
+
+int hub_parse_duration(const char *s, hub_tstamp *out) {
+  uint64_t whole = 0, frac = 0, frac_scale = 1, unit = HUB_NS_PER_S;
+  const char *p = s;
+  int digits = 0;
+
+  if (s == NULL) {
+    return HUB_ERR_INVALID_ARGUMENT;
+  }
+  for (; *p >= '0' && *p <= '9'; p++, digits++) {
+    if (whole > (UINT64_MAX - 9) / 10) {
+      return HUB_ERR_INVALID_ARGUMENT;
+    }
+    whole = whole * 10 + (uint64_t)(*p - '0');
+  }
+  if (*p == '.') {
+    for (p++; *p >= '0' && *p <= '9'; p++, digits++) {
+      if (frac_scale < UINT64_C(1000000000)) {
+        frac = frac * 10 + (uint64_t)(*p - '0');
+        frac_scale *= 10;
+      }
+    }
+  }
+  if (digits == 0) {
+    return HUB_ERR_INVALID_ARGUMENT;
+  }
+  if (strcmp(p, "ms") == 0) {
+    unit = HUB_NS_PER_MS;
+  } else if (strcmp(p, "us") == 0) {
+    unit = 1000;
+  } else if (strcmp(p, "ns") == 0) {
+    unit = 1;
+  } else if (strcmp(p, "m") == 0) {
+    unit = 60 * HUB_NS_PER_S;
+  } else if (*p != '\0' && strcmp(p, "s") != 0) {
+    return HUB_ERR_INVALID_ARGUMENT;
+  }
+  if (whole > UINT64_C(1000000000000000000) / unit) {
+    return HUB_ERR_INVALID_ARGUMENT;
+  }
+  *out = whole * unit + frac * unit / frac_scale;
+  return 0;
+}
+
+int hub_config_set(hub_config *cfg, const char *name, const char *value) {
+  static const struct {
+    const char *name;
+    size_t off;
+  } durations[] = {
+    {"ping-interval", offsetof(hub_config, ping_interval)},
+    {"pong-timeout", offsetof(hub_config, pong_timeout)},
+    {"write-timeout", offsetof(hub_config, write_timeout)},
+    {"heartbeat-interval", offsetof(hub_config, heartbeat_interval)},
+  };
+  uint64_t v;
+  size_t i;
+
+  if (name == NULL || value == NULL) {
+    return HUB_ERR_INVALID_ARGUMENT;
+  }
+  for (i = 0; i < sizeof(durations) / sizeof(durations[0]); i++) {
+    if (strcmp(name, durations[i].name) == 0) {
+      hub_tstamp d;
+      if (hub_parse_duration(value, &d) != 0 || d == 0) {
+        return HUB_ERR_INVALID_ARGUMENT;
+      }
+      memcpy((char *)cfg + durations[i].off, &d, sizeof(d));
+      return 0;
+    }
+  }
+  if (strcmp(name, "registry") == 0) {
+    if (strcmp(value, "on") == 0) {
+      cfg->registry = 1;
+    } else if (strcmp(value, "off") == 0) {
+      cfg->registry = 0;
+    } else {
+      return HUB_ERR_INVALID_ARGUMENT;
+    }
+    return 0;
+  }
+  if (strcmp(name, "max-queue-msgs") == 0) {
+    if (hub_parse_u64(value, &v) != 0 || v == 0 || v > UINT32_MAX) {
+      return HUB_ERR_INVALID_ARGUMENT;
+    }
+    cfg->max_queue_msgs = (uint32_t)v;
+    return 0;
+  }
+  if (strcmp(name, "max-queue-bytes") == 0) {
+    if (hub_parse_u64(value, &v) != 0 || v == 0) {
+      return HUB_ERR_INVALID_ARGUMENT;
+    }
+    cfg->max_queue_bytes = v;
+    return 0;
+  }
+  if (strcmp(name, "max-message-bytes") == 0) {
+    if (hub_parse_u64(value, &v) != 0 || v == 0 || v > (UINT64_C(1) << 30)) {
+      return HUB_ERR_INVALID_ARGUMENT;
+    }
+    cfg->max_message_bytes = v;
+    return 0;
+  }
+  return 1;
+}
