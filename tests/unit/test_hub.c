@@ -296,6 +296,84 @@ static void test_hub_check_through_churn(void **state) {
   th_fini(&t);
 }
 
+/* Flags by name, as the server and the simulator's `config` pass them. */
+static void test_hub_config_set_by_flag_name(void **state) {
+  hub_config cfg, before;
+
+  (void)state;
+  hub_config_default(&cfg);
+  assert_int_equal(hub_config_set(&cfg, "max-queue-msgs", "4"), 0);
+  assert_int_equal(cfg.max_queue_msgs, 4);
+  assert_int_equal(hub_config_set(&cfg, "max-queue-bytes", "65536"), 0);
+  assert_int_equal(cfg.max_queue_bytes, 65536);
+  assert_int_equal(hub_config_set(&cfg, "max-message-bytes", "1024"), 0);
+  assert_int_equal(cfg.max_message_bytes, 1024);
+  assert_int_equal(hub_config_set(&cfg, "ping-interval", "1.5"), 0);
+  assert_int_equal(cfg.ping_interval, 1500 * HUB_NS_PER_MS);
+  assert_int_equal(hub_config_set(&cfg, "pong-timeout", "250ms"), 0);
+  assert_int_equal(cfg.pong_timeout, 250 * HUB_NS_PER_MS);
+  assert_int_equal(hub_config_set(&cfg, "write-timeout", "2s"), 0);
+  assert_int_equal(cfg.write_timeout, 2 * HUB_NS_PER_S);
+  assert_int_equal(hub_config_set(&cfg, "heartbeat-interval", "1m"), 0);
+  assert_int_equal(cfg.heartbeat_interval, 60 * HUB_NS_PER_S);
+  assert_int_equal(hub_config_set(&cfg, "registry", "on"), 0);
+  assert_int_equal(cfg.registry, 1);
+  assert_int_equal(hub_config_set(&cfg, "registry", "off"), 0);
+  assert_int_equal(cfg.registry, 0);
+
+  /* Bad values change nothing. */
+  before = cfg;
+  assert_int_equal(hub_config_set(&cfg, "max-queue-msgs", "0"),
+                   HUB_ERR_INVALID_ARGUMENT);
+  assert_int_equal(hub_config_set(&cfg, "max-queue-msgs", "4294967296"),
+                   HUB_ERR_INVALID_ARGUMENT);
+  assert_int_equal(hub_config_set(&cfg, "max-queue-bytes", "-1"),
+                   HUB_ERR_INVALID_ARGUMENT);
+  assert_int_equal(hub_config_set(&cfg, "max-queue-bytes", "12k"),
+                   HUB_ERR_INVALID_ARGUMENT);
+  assert_int_equal(hub_config_set(&cfg, "ping-interval", "0"),
+                   HUB_ERR_INVALID_ARGUMENT);
+  assert_int_equal(hub_config_set(&cfg, "ping-interval", "5h"),
+                   HUB_ERR_INVALID_ARGUMENT);
+  assert_int_equal(hub_config_set(&cfg, "ping-interval", ""),
+                   HUB_ERR_INVALID_ARGUMENT);
+  assert_int_equal(hub_config_set(&cfg, "registry", "yes"),
+                   HUB_ERR_INVALID_ARGUMENT);
+  assert_int_equal(hub_config_set(&cfg, "max-message-bytes", NULL),
+                   HUB_ERR_INVALID_ARGUMENT);
+  assert_memory_equal(&cfg, &before, sizeof(cfg));
+
+  /* Not the hub's. */
+  assert_int_equal(hub_config_set(&cfg, "listen", "127.0.0.1:1"), 1);
+  assert_int_equal(hub_config_set(&cfg, "sndbuf", "4096"), 1);
+}
+
+static void test_hub_parse_duration_and_u64(void **state) {
+  hub_tstamp d;
+  uint64_t u;
+
+  (void)state;
+  assert_int_equal(hub_parse_duration("54", &d), 0);
+  assert_int_equal(d, 54 * HUB_NS_PER_S);
+  assert_int_equal(hub_parse_duration(".5s", &d), 0);
+  assert_int_equal(d, 500 * HUB_NS_PER_MS);
+  assert_int_equal(hub_parse_duration("100us", &d), 0);
+  assert_int_equal(d, 100000);
+  assert_int_equal(hub_parse_duration("7ns", &d), 0);
+  assert_int_equal(d, 7);
+  assert_int_equal(hub_parse_duration("0.0000000019", &d), 0);
+  assert_int_equal(d, 1);
+  assert_int_not_equal(hub_parse_duration("s", &d), 0);
+  assert_int_not_equal(hub_parse_duration("1.5.5", &d), 0);
+  assert_int_not_equal(hub_parse_duration("-1", &d), 0);
+  assert_int_not_equal(hub_parse_duration("99999999999999999999", &d), 0);
+  assert_int_equal(hub_parse_u64("18446744073709551615", &u), 0);
+  assert_true(u == UINT64_MAX);
+  assert_int_not_equal(hub_parse_u64("18446744073709551616", &u), 0);
+  assert_int_not_equal(hub_parse_u64("", &u), 0);
+  assert_int_not_equal(hub_parse_u64("1 ", &u), 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_hub_config_defaults_match_contract),
@@ -308,6 +386,8 @@ int main(void) {
     cmocka_unit_test(test_hub_deterministic),
     cmocka_unit_test(test_hub_seed_does_not_change_effects),
     cmocka_unit_test(test_hub_check_through_churn),
+    cmocka_unit_test(test_hub_config_set_by_flag_name),
+    cmocka_unit_test(test_hub_parse_duration_and_u64),
   };
 
   return cmocka_run_group_tests(tests, 0, 0);
