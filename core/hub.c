@@ -1269,8 +1269,13 @@ static int do_unsubscribe(hub *h, hub_conn *c, const hub_req *req) {
        first, so every request gets exactly one reply. */
     for (i = 1; i < s->nframes; i += 2) {
       conn_send(h, c, s->frames[i], NULL);
+      if (c->closing) {
+        /* Evicted by that reply: the eviction released (and freed) |s|. */
+        s = NULL;
+        break;
+      }
     }
-    if (!c->closing) {
+    if (s != NULL) {
       sub_release(h, s);
     }
   }

@@ -191,10 +191,22 @@ static size_t json_esc_len(unsigned char ch) {
   return ch < 0x20 ? 6 : 1;
 }
 
+/* Bytes that are not valid UTF-8 become U+FFFD, so that what comes out
+   is always valid in a text frame (RFC 6455 5.6) whatever came in. */
+static const uint8_t replacement_char[3] = {0xEF, 0xBF, 0xBD};
+
 size_t hub_json_str_len(const char *s, size_t len) {
-  size_t n = 2, i;
-  for (i = 0; i < len; i++) {
-    n += json_esc_len((unsigned char)s[i]);
+  size_t n = 2, i = 0;
+  while (i < len) {
+    unsigned char ch = (unsigned char)s[i];
+    if (ch < 0x80) {
+      n += json_esc_len(ch);
+      i++;
+    } else {
+      size_t k = hub_utf8_seq((const uint8_t *)s + i, len - i);
+      n += k ? k : sizeof(replacement_char);
+      i += k ? k : 1;
+    }
   }
   return n;
 }
@@ -207,6 +219,16 @@ void hub_wr_json_str(hub_wr *w, const char *s, size_t len) {
   for (i = 0; i < len; i++) {
     unsigned char ch = (unsigned char)s[i];
     char esc[6];
+    if (ch >= 0x80) {
+      size_t k = hub_utf8_seq((const uint8_t *)s + i, len - i);
+      if (k == 0) {
+        hub_wr_mem(w, replacement_char, sizeof(replacement_char));
+      } else {
+        hub_wr_mem(w, s + i, k);
+        i += k - 1;
+      }
+      continue;
+    }
     switch (ch) {
     case '"':
       hub_wr_mem(w, "\\\"", 2);

@@ -28,9 +28,8 @@ static void skip_ws(json_cur *c) {
   }
 }
 
-/* Length of the UTF-8 sequence at |s| (at most |len| bytes), 0 if
-   invalid.  Follows the table in RFC 3629, section 4. */
-static size_t utf8_seq(const unsigned char *s, size_t len) {
+/* Follows the table in RFC 3629, section 4. */
+size_t hub_utf8_seq(const uint8_t *s, size_t len) {
   unsigned char b0 = s[0];
   unsigned char lo = 0x80, hi = 0xBF;
   size_t n, i;
@@ -80,7 +79,7 @@ int hub_utf8_valid(const uint8_t *s, size_t len) {
       i++;
       continue;
     }
-    n = utf8_seq(s + i, len - i);
+    n = hub_utf8_seq(s + i, len - i);
     if (n == 0) {
       return 0;
     }
@@ -136,7 +135,7 @@ static int parse_string(json_cur *c) {
     if (ch < 0x80) {
       c->pos++;
     } else {
-      size_t n = utf8_seq(c->s + c->pos, c->len - c->pos);
+      size_t n = hub_utf8_seq(c->s + c->pos, c->len - c->pos);
       if (n == 0) {
         return -1;
       }

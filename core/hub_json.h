@@ -50,6 +50,10 @@ int hub_json_parse(const char *s, size_t len, hub_json_kind *kind,
                    const char *const *keys, size_t nkeys,
                    hub_json_member *found);
 
+/* Length of the UTF-8 sequence at |s| (|len| > 0 bytes available), 0 if
+   it is not a valid one. */
+size_t hub_utf8_seq(const uint8_t *s, size_t len);
+
 /* 1 if |s| is valid UTF-8 (no overlongs, no surrogates, <= U+10FFFF). */
 int hub_utf8_valid(const uint8_t *s, size_t len);
 

@@ -439,7 +439,42 @@ static void test_topic_non_json_backplane_data(void **state) {
   th_expect_message(&t, a, "raw", "\"{\\\"cut\\\":\"");
   th_bp_msg(&t, "raw", "{\"ok\":1}");
   th_expect_message(&t, a, "raw", "{\"ok\":1}");
+  /* Bytes that are not UTF-8 become U+FFFD: a text frame must be valid
+     UTF-8 whatever anyone PUBLISHed into Redis. */
+  th_bp_msg(&t, "raw", "\xff\xfe\xc3\xa9\xe2\x82");
+  th_expect_message(&t, a, "raw",
+                    "\"\xef\xbf\xbd\xef\xbf\xbd\xc3\xa9\xef\xbf\xbd"
+                    "\xef\xbf\xbd\"");
   th_expect_none(&t);
+  th_fini(&t);
+}
+
+/* An unsubscribe whose "cancelled" reply evicts the connection: the
+   eviction releases the subscription, and nothing touches it after.
+   (Found in review; ASan reported a use after free.) */
+static void test_topic_unsubscribe_pending_reply_evicts(void **state) {
+  th t;
+  hub_conn_id a;
+
+  (void)state;
+  th_init(&t);
+  t.cfg.backplane = 1;
+  t.cfg.max_queue_msgs = 1;
+  th_start(&t);
+  th_bp_up(&t);
+  th_clear(&t);
+  a = th_open(&t);
+  th_msg(&t, a, PUB("foo", "1"));
+  th_expect_bp_pub(&t, "foo", "1");
+  th_expect_reply(&t, a, "published", "\"foo\"", NULL);
+  th_msg(&t, a, SUB("news", "1"));
+  th_expect_bp_sub(&t, "news");
+  th_expect_none(&t);
+  th_msg(&t, a, UNSUB("news", "2"));
+  th_expect_close(&t, a, 1008, HUB_CLOSE_SLOW_MSGS);
+  th_expect_bp_unsub(&t, "news");
+  th_expect_none(&t);
+  th_check(&t);
   th_fini(&t);
 }
 
@@ -884,6 +919,7 @@ int main(void) {
     cmocka_unit_test(test_topic_publish_through_backplane),
     cmocka_unit_test(test_topic_hub_publish),
     cmocka_unit_test(test_topic_non_json_backplane_data),
+    cmocka_unit_test(test_topic_unsubscribe_pending_reply_evicts),
     cmocka_unit_test(test_topic_backplane_down_and_up),
     cmocka_unit_test(test_topic_backplane_starts_down),
     cmocka_unit_test(test_topic_embedded_has_no_backplane_effects),
