@@ -102,6 +102,9 @@ static void bp_redis_check_quit(bp_redis *r) {
 static void bp_redis_lost(bp_redis *r) {
   int was_up = r->up;
   r->up = 0;
+  /* This attempt is over; the next one arms its own timeout (libev
+     forbids re-setting an active timer). */
+  ev_timer_stop(r->loop, &r->connect_timeout);
   if (r->sub != NULL && !(r->sub->c.flags & REDIS_DISCONNECTING)) {
     redisAsyncDisconnect(r->sub);
   }
@@ -240,15 +243,21 @@ static void bp_redis_connect_timeout_cb(struct ev_loop *loop, ev_timer *w,
   if (r->up || r->quitting) {
     return;
   }
-  /* Each free runs the disconnect callback, which forgets the context
-     and asks the other to disconnect; a context still connecting would
-     wait for its replies forever, so it is freed too. */
-  if (r->sub != NULL) {
-    redisAsyncFree(r->sub);
+  /* hiredis runs the disconnect callback only for a context that had
+     connected, so forget both contexts here, before freeing them: no
+     callback may see a freed sibling, and a retry must find none. */
+  {
+    redisAsyncContext *sub = r->sub, *pub = r->pub;
+    r->sub = r->pub = NULL;
+    r->sub_ok = r->pub_ok = 0;
+    if (sub != NULL) {
+      redisAsyncFree(sub);
+    }
+    if (pub != NULL) {
+      redisAsyncFree(pub);
+    }
   }
-  if (r->pub != NULL) {
-    redisAsyncFree(r->pub);
-  }
+  bp_redis_lost(r);
 }
 
 static void bp_redis_retry_cb(struct ev_loop *loop, ev_timer *w, int revents) {

@@ -417,3 +417,41 @@ def test_sigterm_while_redis_is_down(wshub, redis_server):
     assert c.recv_until_closed() == 1001
     assert w.wait(10) == 0
     assert time.monotonic() - t0 < 3
+
+
+def test_redis_connect_timeout_then_recovers(wshub, redis_server):
+    """A Redis that accepts no connections (SYNs dropped: a full backlog)
+    makes the connect attempt time out; the server must give up on it
+    cleanly, keep retrying, come up once Redis answers, and still shut
+    down cleanly (this used to leave freed hiredis contexts behind)."""
+    redis_server.kill()
+    port = redis_server.port
+    hole = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    hole.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    hole.bind(("127.0.0.1", port))
+    hole.listen(0)
+    fillers = []
+    for _ in range(4):  # fill the accept queue; later SYNs are dropped
+        f = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        f.setblocking(False)
+        f.connect_ex(("127.0.0.1", port))
+        fillers.append(f)
+    try:
+        w = start(wshub, redis_server, "hole")
+        assert w.http("GET", "/healthz")[0] == 503
+        time.sleep(3.0)  # past the 2 s connect timeout
+        assert w.proc.poll() is None
+        assert w.http("GET", "/healthz")[0] == 503
+    finally:
+        for f in fillers:
+            f.close()
+        hole.close()
+    redis_server.start()  # same port
+    wait_for(lambda: w.http("GET", "/healthz")[0] == 200, 10,
+             what="backplane up after the timed-out attempt")
+    c = RawWS(w.port)
+    sub(c, "news")
+    wait_for(lambda: redis_server.numsub("ws:chan:news") == 1, 3,
+             what="subscribed")
+    w.signal(signal.SIGTERM)
+    assert w.wait(10) == 0
