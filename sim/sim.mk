@@ -54,7 +54,7 @@ scenarios: $(SIM_BIN)
 	$(Q)mkdir -p $(BUILD)/repro && \
 	  $(SIM_BIN) --explore --seeds $(SIM_EXPLORE_SEEDS) --repro-dir $(BUILD)/repro
 
-TEST_RELEASE += scenarios
+TEST_RELEASE += scenarios mutants
 TEST_ASAN += scenarios
 
 MUTANTS := 1 2 3 4 5 6
