@@ -47,43 +47,58 @@ enum {
   SRV_DEAD         /* fd closed; freed by srv_reap */
 };
 
-/* One queued write: a shared SEND frame (hb set; p and len point into it)
-   or bytes of our own (owned: free p when done; else p is static). */
+/*
+ * One queued write:
+ * - SRV_OUT_SPAN: small SEND frames, copied once per message (not per
+ *   delivery) into a shared batch (owner, an srv_batch) and queued as
+ *   spans of it: consecutive messages to one connection that lie back to
+ *   back in the batch share one entry (nmsgs frames) and leave as one
+ *   iovec;
+ * - SRV_OUT_HB: a large shared SEND frame (owner is the hub_buf);
+ * - SRV_OUT_OWNED: bytes of our own (free p when done);
+ * - SRV_OUT_STATIC: static bytes.
+ */
 typedef struct srv_out {
   const uint8_t *p;
-  hub_buf *hb;
+  void *owner;
   uint32_t len;
-  uint32_t owned;
+  uint16_t kind;
+  uint16_t nmsgs; /* SPAN: frames in it */
 } srv_out;
 
-/* The outbound queue; allocated only while something waits. */
-typedef struct srv_outq {
-  uint32_t head; /* first unsent entry */
-  uint32_t tail; /* one past the last entry */
-  uint32_t cap;
-  size_t head_off; /* bytes of ent[head] already written */
-  size_t bytes;    /* bytes not yet written */
-  srv_out ent[];
-} srv_outq;
+enum { SRV_OUT_STATIC = 0, SRV_OUT_OWNED, SRV_OUT_HB, SRV_OUT_SPAN };
 
 typedef struct srv_rx srv_rx;     /* a lent frame parser, srv_conn.c */
 typedef struct srv_http srv_http; /* HTTP request state, srv_upgrade.c */
 
 typedef struct srv_conn {
+  /*
+   * The fields srv_conn_send touches per delivery come first, together,
+   * so that a delivery costs one miss on the connection: the outbound
+   * queue's bookkeeping lives here, not behind its pointer.  The queue
+   * (oq, an array of oq_cap entries, [oq_head, oq_tail) unsent) is
+   * allocated only while something waits.
+   */
+  srv_out *oq;
+  uint64_t oq_bytes;           /* bytes not yet written */
+  struct srv_conn *dirty_next; /* the flush list */
+  uint32_t oq_tail;            /* one past the last entry */
+  uint32_t oq_cap;
+  uint32_t oq_msgs; /* SEND frames not yet fully written */
+  uint8_t state;
+  uint8_t dirty;
+  uint8_t urgent;               /* on the write-now list */
+  uint8_t want_write;           /* io watches EV_WRITE */
+  uint8_t in_list;              /* on a timed list */
+  uint32_t oq_head;             /* first unsent entry */
+  uint32_t oq_head_off;         /* bytes of oq[oq_head] already written */
+  struct srv_conn *urgent_next; /* the write-now list (srv_pump) */
   ev_io io;
   struct srv_conn *prev, *next; /* the timed list (HTTP or close-wait) */
-  struct srv_conn *dirty_next;  /* the flush list */
-  struct srv_conn *urgent_next; /* the write-now list (srv_pump) */
   hub_tstamp deadline;          /* for the timed list */
   hub_conn_id id;               /* 0 unless known to the hub */
   srv_http *http;               /* only while in SRV_HTTP */
   srv_rx *rx;                   /* only while a frame is partly read */
-  srv_outq *outq;               /* only while bytes wait */
-  uint8_t state;
-  uint8_t dirty;
-  uint8_t want_write; /* io watches EV_WRITE */
-  uint8_t in_list;    /* on a timed list */
-  uint8_t urgent;     /* on the write-now list */
 } srv_conn;
 
 /* The process-wide server state (srv_main.c). */
@@ -98,6 +113,8 @@ typedef struct srv {
   hub_tstamp hub_timer_at;
   ev_timer tick; /* handshake and close-wait deadlines */
   ev_prepare prepare;
+  ev_idle flush_idle; /* active while a flush is deferred: poll, no wait */
+  int flush_deferred;
   ev_signal sigterm, sigint;
   ev_timer shutdown_timer;
   int shutting_down;
@@ -138,7 +155,8 @@ void srv_metrics(char *buf, size_t cap, size_t *len);
 void srv_conn_init(void);
 void srv_conn_fini(void);
 void srv_accept_cb(struct ev_loop *loop, ev_io *w, int revents);
-void srv_conn_send(srv_conn *c, hub_buf *hb); /* takes a new reference */
+void srv_conn_send(srv_conn *c, hub_buf *hb); /* copies or references */
+void srv_conn_send_end(void); /* srv_pump: the effects are drained */
 void srv_conn_ping(srv_conn *c);
 void srv_conn_hub_close(srv_conn *c, uint16_t code, const char *reason);
 int srv_conn_queue_own(srv_conn *c, const void *data, size_t len);

@@ -188,112 +188,296 @@ static void srv_mark_dirty(srv_conn *c) {
 }
 
 /*
- * Out-queues of the initial size are recycled: at a low message rate
- * every delivery empties and refills a queue, and a malloc/free pair per
- * delivery is what the delivery path must not cost.
+ * Queue arrays come in capacities SRV_OQ_CAP0 << k and are recycled
+ * through one free list per capacity, up to SRV_OQ_POOL_BYTES in all.
+ * At a high message rate every connection fills and empties its queue
+ * once per loop iteration; without the pool each iteration would
+ * malloc, grow by realloc (8, 16, 32, 64 entries) and free every queue.
+ * A new queue takes the largest pooled array, so a connection usually
+ * starts its round with room for what the last round needed.
  */
-#define SRV_OUTQ_CAP0 8
-#define SRV_OUTQ_POOL_MAX 4096
+#define SRV_OQ_CAP0 8
+#define SRV_OQ_CLASSES 8 /* pooled capacities 8 .. 1024 entries */
+#define SRV_OQ_POOL_BYTES ((size_t)16 << 20)
 
-static srv_outq *srv_outq_pool;
-static size_t srv_outq_pool_n;
+static srv_out *srv_oq_pool[SRV_OQ_CLASSES];
+static size_t srv_oq_pool_bytes;
 
-static srv_outq *srv_outq_new(void) {
-  srv_outq *q = srv_outq_pool;
-  if (q != NULL) {
-    srv_outq_pool = (srv_outq *)(void *)q->ent[0].hb;
-    srv_outq_pool_n--;
-    return q;
+/* The class of capacity |cap|, or SRV_OQ_CLASSES if it is not pooled. */
+static int srv_oq_class(uint32_t cap) {
+  int k = 0;
+  while (k < SRV_OQ_CLASSES && ((uint32_t)SRV_OQ_CAP0 << k) != cap) {
+    k++;
   }
-  q = malloc(sizeof(*q) + SRV_OUTQ_CAP0 * sizeof(srv_out));
-  if (q != NULL) {
-    q->cap = SRV_OUTQ_CAP0;
-  }
-  return q;
+  return k;
 }
 
-/* Frees or recycles an empty queue (its entries already released). */
-static void srv_outq_recycle(srv_conn *c) {
-  srv_outq *q = c->outq;
-  c->outq = NULL;
-  srv_g->outqs--;
-  if (q->cap != SRV_OUTQ_CAP0 || srv_outq_pool_n >= SRV_OUTQ_POOL_MAX) {
-    free(q);
+static srv_out *srv_oq_pool_take(int k) {
+  srv_out *a = srv_oq_pool[k];
+  srv_oq_pool[k] = a[0].owner; /* the free link */
+  srv_oq_pool_bytes -= ((size_t)SRV_OQ_CAP0 << k) * sizeof(srv_out);
+  return a;
+}
+
+static void srv_oq_pool_put(srv_out *a, uint32_t cap) {
+  int k = srv_oq_class(cap);
+  size_t sz = (size_t)cap * sizeof(srv_out);
+  if (k == SRV_OQ_CLASSES || srv_oq_pool_bytes + sz > SRV_OQ_POOL_BYTES) {
+    free(a);
     return;
   }
-  q->ent[0].hb = (hub_buf *)(void *)srv_outq_pool; /* the free link */
-  srv_outq_pool = q;
-  srv_outq_pool_n++;
+  a[0].owner = srv_oq_pool[k];
+  srv_oq_pool[k] = a;
+  srv_oq_pool_bytes += sz;
 }
 
-static int srv_outq_push(srv_conn *c, const uint8_t *p, size_t len, hub_buf *hb,
-                         int owned) {
-  srv_outq *q = c->outq;
-  if (q == NULL) {
-    q = srv_outq_new();
-    if (q == NULL) {
+/* Gives |c| an empty queue. */
+static int srv_oq_new(srv_conn *c) {
+  int k;
+  for (k = SRV_OQ_CLASSES - 1; k >= 0; k--) {
+    if (srv_oq_pool[k] != NULL) {
+      c->oq = srv_oq_pool_take(k);
+      c->oq_cap = (uint32_t)SRV_OQ_CAP0 << k;
+      break;
+    }
+  }
+  if (k < 0) {
+    c->oq = malloc(SRV_OQ_CAP0 * sizeof(srv_out));
+    if (c->oq == NULL) {
       return -1;
     }
-    q->head = q->tail = 0;
-    q->head_off = 0;
-    q->bytes = 0;
-    c->outq = q;
-    srv_g->outqs++;
+    c->oq_cap = SRV_OQ_CAP0;
   }
-  if (q->tail == q->cap) {
-    if (q->head > 0) {
-      memmove(q->ent, q->ent + q->head, (q->tail - q->head) * sizeof(srv_out));
-      q->tail -= q->head;
-      q->head = 0;
-    } else {
-      srv_outq *nq =
-        realloc(q, sizeof(*q) + (size_t)q->cap * 2 * sizeof(srv_out));
-      if (nq == NULL) {
-        return -1;
-      }
-      q = nq;
-      q->cap *= 2;
-      c->outq = q;
-    }
-  }
-  q->ent[q->tail].p = p;
-  q->ent[q->tail].hb = hb;
-  q->ent[q->tail].len = (uint32_t)len;
-  q->ent[q->tail].owned = (uint32_t)owned;
-  q->tail++;
-  q->bytes += len;
+  c->oq_head = c->oq_tail = 0;
+  c->oq_head_off = 0;
+  c->oq_bytes = 0;
+  srv_g->outqs++;
   return 0;
 }
 
+/* Frees or recycles an empty queue (its entries already released). */
+static void srv_oq_recycle(srv_conn *c) {
+  srv_oq_pool_put(c->oq, c->oq_cap);
+  c->oq = NULL;
+  c->oq_head = c->oq_tail = c->oq_cap = 0;
+  c->oq_head_off = 0;
+  c->oq_bytes = 0;
+  c->oq_msgs = 0;
+  srv_g->outqs--;
+}
+
+/* Makes room for one more entry at the tail. */
+static int srv_oq_grow(srv_conn *c) {
+  uint32_t n = c->oq_tail - c->oq_head;
+  uint32_t cap;
+  srv_out *a;
+  int k;
+  if (c->oq_head > 0) {
+    memmove(c->oq, c->oq + c->oq_head, n * sizeof(srv_out));
+    c->oq_head = 0;
+    c->oq_tail = n;
+    return 0;
+  }
+  if (c->oq_cap > UINT32_MAX / 2) {
+    return -1;
+  }
+  cap = c->oq_cap * 2;
+  k = srv_oq_class(cap);
+  if (k < SRV_OQ_CLASSES && srv_oq_pool[k] != NULL) {
+    a = srv_oq_pool_take(k);
+    memcpy(a, c->oq, n * sizeof(srv_out));
+    srv_oq_pool_put(c->oq, c->oq_cap);
+  } else if (srv_oq_class(c->oq_cap) < SRV_OQ_CLASSES) {
+    /* A pooled size: keep the old array for the pool. */
+    a = malloc((size_t)cap * sizeof(srv_out));
+    if (a == NULL) {
+      return -1;
+    }
+    memcpy(a, c->oq, n * sizeof(srv_out));
+    srv_oq_pool_put(c->oq, c->oq_cap);
+  } else {
+    a = realloc(c->oq, (size_t)cap * sizeof(srv_out));
+    if (a == NULL) {
+      return -1;
+    }
+  }
+  c->oq = a;
+  c->oq_cap = cap;
+  return 0;
+}
+
+static int srv_outq_push(srv_conn *c, const void *p, void *owner, size_t len,
+                         int kind) {
+  srv_out *o;
+  if (c->oq == NULL) {
+    if (srv_oq_new(c) != 0) {
+      return -1;
+    }
+  } else if (c->oq_tail == c->oq_cap && srv_oq_grow(c) != 0) {
+    return -1;
+  }
+  o = &c->oq[c->oq_tail++];
+  o->p = p;
+  o->owner = owner;
+  o->len = (uint32_t)len;
+  o->kind = (uint16_t)kind;
+  o->nmsgs = kind == SRV_OUT_HB || kind == SRV_OUT_SPAN;
+  c->oq_bytes += len;
+  return 0;
+}
+
+/*
+ * Batches.  A small SEND frame is copied, once per message, into the
+ * current batch; every connection it goes to queues a span of the batch.
+ * A connection that receives consecutive messages (the common case: a
+ * busy channel) has one span that grows by each frame, so the frames
+ * leave in one iovec and a delivery costs no queue entry and no
+ * reference count.  A batch is freed when the last span of it is
+ * written.  Batches are small so that a slow reader pins little.
+ */
+#define SRV_BATCH_BYTES 8192
+#define SRV_BATCH_MSGS 256
+#define SRV_SPAN_MAX_FRAME 1024
+
+typedef struct srv_batch {
+  uint32_t ref;
+  uint32_t used;
+  uint32_t nmsgs;
+  uint32_t ends[SRV_BATCH_MSGS]; /* where each message ends in data[] */
+  uint8_t data[SRV_BATCH_BYTES];
+} srv_batch;
+
+static srv_batch *srv_batch_cur; /* takes new messages; holds a reference */
+static hub_buf *srv_batch_hb;    /* the message last copied (a reference) */
+static const uint8_t *srv_batch_hb_p; /* ... and where it is */
+
+static void srv_batch_unref(srv_batch *b) {
+  if (--b->ref == 0) {
+    free(b);
+  }
+}
+
+/* Copies |hb| into the current batch; returns where, or NULL. */
+static const uint8_t *srv_batch_add(hub_buf *hb) {
+  srv_batch *b = srv_batch_cur;
+  uint8_t *p;
+  if (b == NULL || b->used + hb->len > SRV_BATCH_BYTES ||
+      b->nmsgs == SRV_BATCH_MSGS) {
+    b = malloc(sizeof(*b));
+    if (b == NULL) {
+      return NULL;
+    }
+    b->ref = 1;
+    b->used = 0;
+    b->nmsgs = 0;
+    if (srv_batch_cur != NULL) {
+      srv_batch_unref(srv_batch_cur);
+    }
+    srv_batch_cur = b;
+  }
+  p = b->data + b->used;
+  memcpy(p, hb->data, hb->len);
+  b->used += (uint32_t)hb->len;
+  b->ends[b->nmsgs++] = b->used;
+  if (srv_batch_hb != NULL) {
+    hub_buf_unref(srv_batch_hb);
+  }
+  hub_buf_ref(hb);
+  srv_batch_hb = hb;
+  srv_batch_hb_p = p;
+  return p;
+}
+
+void srv_conn_send_end(void) {
+  if (srv_batch_hb != NULL) {
+    hub_buf_unref(srv_batch_hb);
+    srv_batch_hb = NULL;
+    srv_batch_hb_p = NULL;
+  }
+}
+
+/* Messages of |b| that end at or before |off|. */
+static uint32_t srv_batch_ends_upto(const srv_batch *b, uint32_t off) {
+  uint32_t lo = 0, hi = b->nmsgs;
+  while (lo < hi) {
+    uint32_t mid = lo + (hi - lo) / 2;
+    if (b->ends[mid] <= off) {
+      lo = mid + 1;
+    } else {
+      hi = mid;
+    }
+  }
+  return lo;
+}
+
+/* Frames of the SEND entry |o| complete within its first |off| bytes. */
+static uint32_t srv_out_done(const srv_out *o, uint32_t off) {
+  const srv_batch *b = o->owner;
+  uint32_t s;
+  if (o->kind != SRV_OUT_SPAN) {
+    return off == o->len ? o->nmsgs : 0;
+  }
+  s = (uint32_t)(o->p - b->data);
+  return srv_batch_ends_upto(b, s + off) - srv_batch_ends_upto(b, s);
+}
+
 static void srv_out_release(srv_out *o) {
-  if (o->hb != NULL) {
-    hub_buf_unref(o->hb);
-  } else if (o->owned) {
-    free((void *)o->p);
+  if (o->kind == SRV_OUT_SPAN) {
+    srv_batch_unref(o->owner);
+  } else if (o->kind == SRV_OUT_HB) {
+    hub_buf_unref(o->owner);
+  } else if (o->kind == SRV_OUT_OWNED) {
+    free((void *)(uintptr_t)o->p);
   }
 }
 
 static void srv_outq_free(srv_conn *c) {
-  srv_outq *q = c->outq;
   uint32_t i;
-  if (q == NULL) {
+  if (c->oq == NULL) {
     return;
   }
-  for (i = q->head; i < q->tail; i++) {
-    srv_out_release(&q->ent[i]);
+  for (i = c->oq_head; i < c->oq_tail; i++) {
+    srv_out_release(&c->oq[i]);
   }
-  srv_outq_recycle(c);
+  srv_oq_recycle(c);
 }
 
 void srv_conn_send(srv_conn *c, hub_buf *hb) {
+  const uint8_t *p;
   if (c->state != SRV_WS) {
     return;
   }
+  if (hb->len > SRV_SPAN_MAX_FRAME) {
+    goto by_ref;
+  }
+  if (hb == srv_batch_hb) {
+    p = srv_batch_hb_p;
+  } else if ((p = srv_batch_add(hb)) == NULL) {
+    goto by_ref;
+  }
+  if (c->oq_tail > c->oq_head) {
+    srv_out *last = &c->oq[c->oq_tail - 1];
+    if (last->kind == SRV_OUT_SPAN && last->owner == srv_batch_cur &&
+        last->p + last->len == p && last->nmsgs < UINT16_MAX) {
+      last->len += (uint32_t)hb->len;
+      last->nmsgs++;
+      c->oq_bytes += hb->len;
+      goto queued;
+    }
+  }
+  if (srv_outq_push(c, p, srv_batch_cur, hb->len, SRV_OUT_SPAN) != 0) {
+    return;
+  }
+  srv_batch_cur->ref++;
+  goto queued;
+by_ref:
   hub_buf_ref(hb);
-  if (srv_outq_push(c, hb->data, hb->len, hb, 0) != 0) {
+  if (srv_outq_push(c, hb->data, hb, hb->len, SRV_OUT_HB) != 0) {
     hub_buf_unref(hb);
     return;
   }
+queued:
+  c->oq_msgs++;
   srv_mark_dirty(c);
   /*
    * Writes are corked until the end of the loop iteration, but the hub
@@ -302,8 +486,8 @@ void srv_conn_send(srv_conn *c, hub_buf *hb) {
    * is keeping up.  Past a quarter of a limit the connection is written
    * before the next event.
    */
-  if (!c->urgent && (c->outq->tail - c->outq->head >= srv_g->urgent_msgs ||
-                     c->outq->bytes >= srv_g->urgent_bytes)) {
+  if (!c->urgent && (c->oq_msgs >= srv_g->urgent_msgs ||
+                     c->oq_bytes >= srv_g->urgent_bytes)) {
     c->urgent = 1;
     c->urgent_next = srv_g->urgent;
     srv_g->urgent = c;
@@ -316,7 +500,7 @@ int srv_conn_queue_own(srv_conn *c, const void *data, size_t len) {
     return -1;
   }
   memcpy(p, data, len);
-  if (srv_outq_push(c, p, len, NULL, 1) != 0) {
+  if (srv_outq_push(c, p, NULL, len, SRV_OUT_OWNED) != 0) {
     free(p);
     return -1;
   }
@@ -329,7 +513,7 @@ void srv_conn_ping(srv_conn *c) {
   if (c->state != SRV_WS) {
     return;
   }
-  if (srv_outq_push(c, ping, sizeof(ping), NULL, 0) == 0) {
+  if (srv_outq_push(c, ping, NULL, sizeof(ping), SRV_OUT_STATIC) == 0) {
     srv_mark_dirty(c);
   }
 }
@@ -343,18 +527,22 @@ void srv_conn_ping(srv_conn *c) {
 static int srv_flush(srv_conn *c, size_t *msgs, size_t *bytes) {
   *msgs = 0;
   *bytes = 0;
-  while (c->outq != NULL && c->outq->head < c->outq->tail) {
-    srv_outq *q = c->outq;
+  while (c->oq != NULL && c->oq_head < c->oq_tail) {
+    srv_out *q = c->oq;
     struct iovec iov[SRV_IOV_MAX];
     int n = 0;
-    uint32_t i;
+    uint32_t i, end = c->oq_tail;
     ssize_t w;
     size_t left;
-    for (i = q->head; i < q->tail && n < SRV_IOV_MAX; i++, n++) {
-      size_t off = i == q->head ? q->head_off : 0;
-      iov[n].iov_base = (void *)(q->ent[i].p + off);
-      iov[n].iov_len = q->ent[i].len - off;
+    if (end - c->oq_head > SRV_IOV_MAX) {
+      end = c->oq_head + SRV_IOV_MAX;
     }
+    for (i = c->oq_head; i < end; i++, n++) {
+      iov[n].iov_base = (void *)(uintptr_t)q[i].p;
+      iov[n].iov_len = q[i].len;
+    }
+    iov[0].iov_base = (uint8_t *)iov[0].iov_base + c->oq_head_off;
+    iov[0].iov_len -= c->oq_head_off;
     w = writev(c->io.fd, iov, n);
     srv_g->writev_calls++;
     if (w < 0) {
@@ -367,37 +555,43 @@ static int srv_flush(srv_conn *c, size_t *msgs, size_t *bytes) {
       return -1;
     }
     left = (size_t)w;
+    c->oq_bytes -= left;
     while (left > 0) {
-      srv_out *o = &q->ent[q->head];
-      size_t rest = o->len - q->head_off;
-      size_t take = left < rest ? left : rest;
-      if (o->hb != NULL) {
-        *bytes += take;
-      }
-      left -= take;
-      q->head_off += take;
-      q->bytes -= take;
-      if (q->head_off == o->len) {
-        if (o->hb != NULL) {
-          (*msgs)++;
-          srv_g->frames_written++;
+      srv_out *o = &q[c->oq_head];
+      size_t rest = o->len - c->oq_head_off;
+      int send = o->kind == SRV_OUT_SPAN || o->kind == SRV_OUT_HB;
+      if (left < rest) {
+        if (send) {
+          *bytes += left;
+          *msgs += srv_out_done(o, c->oq_head_off + (uint32_t)left) -
+                   srv_out_done(o, c->oq_head_off);
         }
-        srv_out_release(o);
-        q->head++;
-        q->head_off = 0;
+        c->oq_head_off += (uint32_t)left;
+        break;
       }
+      left -= rest;
+      if (send) {
+        *bytes += rest;
+        *msgs +=
+          o->nmsgs - (c->oq_head_off > 0 ? srv_out_done(o, c->oq_head_off) : 0);
+      }
+      srv_out_release(o);
+      c->oq_head++;
+      c->oq_head_off = 0;
     }
-    if (n == SRV_IOV_MAX && q->head < q->tail) {
+    if (n == SRV_IOV_MAX && c->oq_head < c->oq_tail) {
       continue; /* more than one writev's worth */
     }
-    if (q->head < q->tail) {
+    if (c->oq_head < c->oq_tail) {
       break; /* the socket took less than offered */
     }
   }
-  if (c->outq != NULL && c->outq->head == c->outq->tail) {
-    srv_outq_recycle(c);
+  srv_g->frames_written += *msgs;
+  c->oq_msgs -= (uint32_t)*msgs;
+  if (c->oq != NULL && c->oq_head == c->oq_tail) {
+    srv_oq_recycle(c);
   }
-  srv_io_update(c, c->outq != NULL);
+  srv_io_update(c, c->oq != NULL);
   return 0;
 }
 
@@ -490,7 +684,7 @@ void srv_conn_finish(srv_conn *c) {
     srv_conn_drop(c);
     return;
   }
-  if (c->outq == NULL) {
+  if (c->oq == NULL) {
     srv_conn_close_wait(c);
   }
 }
@@ -533,7 +727,7 @@ static void srv_conn_close_now(srv_conn *c, uint16_t code, const char *reason) {
     return;
   }
   c->state = SRV_FLUSH_CLOSE;
-  if (srv_flush(c, &msgs, &bytes) != 0 || c->outq != NULL) {
+  if (srv_flush(c, &msgs, &bytes) != 0 || c->oq != NULL) {
     srv_conn_abort(c);
     return;
   }
@@ -594,9 +788,9 @@ static void srv_on_control(srv_conn *c, srv_rx *rx) {
     uint8_t f[127];
     /* Pongs are not counted by the hub; a peer that pings without
        reading must not grow the queue without bound. */
-    if (c->outq != NULL &&
-        (c->outq->tail - c->outq->head > 2 * srv_g->cfg.hub.max_queue_msgs + 64 ||
-         c->outq->bytes > 2 * srv_g->cfg.hub.max_queue_bytes)) {
+    if (c->oq != NULL &&
+        (c->oq_tail - c->oq_head > 2 * srv_g->cfg.hub.max_queue_msgs + 64 ||
+         c->oq_bytes > 2 * srv_g->cfg.hub.max_queue_bytes)) {
       srv_conn_proto_close(c, 1008, "slow consumer");
       break;
     }
@@ -771,7 +965,7 @@ void srv_conn_ws_start(srv_conn *c, const uint8_t *rest, size_t rest_len) {
 }
 
 static void srv_conn_io_cb(struct ev_loop *loop, ev_io *w, int revents) {
-  srv_conn *c = (srv_conn *)w;
+  srv_conn *c = (srv_conn *)(void *)((char *)w - offsetof(srv_conn, io));
   int i;
   (void)loop;
   if ((revents & EV_WRITE) && c->state != SRV_DEAD) {
@@ -848,7 +1042,7 @@ void srv_flush_all(void) {
     if (c->state == SRV_WS && (msgs > 0 || bytes > 0)) {
       srv_report_written(c, msgs, bytes);
       srv_pump();
-    } else if (c->state == SRV_FLUSH_CLOSE && c->outq == NULL) {
+    } else if (c->state == SRV_FLUSH_CLOSE && c->oq == NULL) {
       srv_conn_close_wait(c);
     }
   }
@@ -887,7 +1081,7 @@ void srv_tick(void) {
     srv_conn *s = lists[i];
     while (s->next != s && s->next->deadline <= now) {
       srv_conn *c = s->next;
-      if (c->state == SRV_HTTP && c->outq == NULL) {
+      if (c->state == SRV_HTTP && c->oq == NULL) {
         srv_conn_drop(c); /* handshake timeout: nothing to lose */
       } else if (c->state == SRV_FLUSH_CLOSE || c->state == SRV_CLOSE_WAIT ||
                  c->state == SRV_HTTP) {
@@ -988,10 +1182,17 @@ void srv_conn_fini(void) {
     free(rx);
   }
   srv_rx_free_n = 0;
-  while (srv_outq_pool != NULL) {
-    srv_outq *q = srv_outq_pool;
-    srv_outq_pool = (srv_outq *)(void *)q->ent[0].hb;
-    free(q);
+  srv_conn_send_end();
+  if (srv_batch_cur != NULL) {
+    srv_batch_unref(srv_batch_cur);
+    srv_batch_cur = NULL;
   }
-  srv_outq_pool_n = 0;
+  {
+    int k;
+    for (k = 0; k < SRV_OQ_CLASSES; k++) {
+      while (srv_oq_pool[k] != NULL) {
+        free(srv_oq_pool_take(k));
+      }
+    }
+  }
 }

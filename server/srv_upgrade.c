@@ -512,7 +512,7 @@ static void srv_handle_request(srv_conn *c) {
 void srv_http_feed(srv_conn *c, const uint8_t *data, size_t len) {
   while (len > 0 && c->state == SRV_HTTP) {
     srv_http *h = c->http;
-    if (c->outq != NULL && c->outq->bytes > SRV_HTTP_OUT_MAX) {
+    if (c->oq_bytes > SRV_HTTP_OUT_MAX) {
       /* A client that sends requests but does not read the answers. */
       srv_conn_abort(c);
       return;
