@@ -807,11 +807,19 @@ static void srv_on_control(srv_conn *c, srv_rx *rx) {
     srv_pump();
     break;
   case WSLAY_CONNECTION_CLOSE: {
-    /* Echo the peer's status code, tell the hub, close. */
+    /* Echo the peer's status code, tell the hub, close.  A one-byte
+       payload or a code that may not appear on the wire is a protocol
+       error (RFC 6455 5.5.1, 7.4). */
     hub_conn_id id = c->id;
     uint16_t code = 0;
     if (rx->ctl_len >= 2) {
       code = (uint16_t)((rx->ctl[0] << 8) | rx->ctl[1]);
+    }
+    if (rx->ctl_len == 1 ||
+        (rx->ctl_len >= 2 && !((code >= 1000 && code <= 1003) ||
+                               (code >= 1007 && code <= 1014) ||
+                               (code >= 3000 && code <= 4999)))) {
+      code = 1002;
     }
     srv_conn_close_now(c, code, NULL);
     hub_on_conn_closed(srv_g->h, id, srv_now());

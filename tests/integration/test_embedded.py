@@ -322,6 +322,22 @@ def test_client_close_handshake(wshub):
              what="connection released")
 
 
+def test_client_close_with_invalid_code_gets_1002(wshub):
+    """RFC 6455 7.4: 1005, 1006, 1015, codes below 1000 and unassigned
+    ones never appear on the wire, and a close payload of one byte is
+    malformed; the server answers 1002 instead of echoing them."""
+    w = wshub()
+    for payload in (b"\x03\xed", b"\x03\xee", b"\x03\xf7", b"\x00\x01",
+                    b"\x07\xd0", b"\x03"):
+        c = RawWS(w.port)
+        c.send_frame(8, payload)
+        assert c.recv_until_closed(3) == 1002, payload
+        c.close()
+    c = RawWS(w.port)  # a private-use code is echoed
+    c.send_frame(8, b"\x0f\xa0")
+    assert c.recv_until_closed(3) == 4000
+
+
 def test_messages_arrive_in_publish_order(wshub):
     w = wshub()
 
