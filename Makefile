@@ -143,7 +143,7 @@ coverage:
 	$(Q)tail -n 25 build/cov/coverage.txt
 
 # ---------------------------------------------------------- the parts
-TEST_RELEASE := unit check-core-purity
+TEST_RELEASE := format-check unit check-core-purity
 TEST_ASAN := unit
 TEST_LATE :=
 BINS :=

@@ -816,9 +816,9 @@ static void srv_on_control(srv_conn *c, srv_rx *rx) {
       code = (uint16_t)((rx->ctl[0] << 8) | rx->ctl[1]);
     }
     if (rx->ctl_len == 1 ||
-        (rx->ctl_len >= 2 && !((code >= 1000 && code <= 1003) ||
-                               (code >= 1007 && code <= 1014) ||
-                               (code >= 3000 && code <= 4999)))) {
+        (rx->ctl_len >= 2 &&
+         !((code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1014) ||
+           (code >= 3000 && code <= 4999)))) {
       code = 1002;
     }
     srv_conn_close_now(c, code, NULL);

@@ -686,8 +686,10 @@ int main(int argc, char **argv) {
   hc.unix_time_s = (int64_t)time(NULL);
   hc.seed = srv_random();
   s->started_unix = hc.unix_time_s;
-  s->urgent_msgs = s->cfg.hub.max_queue_msgs / 4 ? s->cfg.hub.max_queue_msgs / 4 : 1;
-  s->urgent_bytes = s->cfg.hub.max_queue_bytes / 4 ? s->cfg.hub.max_queue_bytes / 4 : 1;
+  s->urgent_msgs =
+    s->cfg.hub.max_queue_msgs / 4 ? s->cfg.hub.max_queue_msgs / 4 : 1;
+  s->urgent_bytes =
+    s->cfg.hub.max_queue_bytes / 4 ? s->cfg.hub.max_queue_bytes / 4 : 1;
   rc = hub_new(&s->h, &hc, NULL, srv_now());
   if (rc != 0) {
     fprintf(stderr, "wshub: %s\n", hub_strerror(rc));

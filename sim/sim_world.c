@@ -1139,9 +1139,9 @@ static void client_frame(sim_world *w, sim_client *c, const hub_buf *b,
        when the first came while Redis was down (the core holds that
        answer until Redis confirms the re-subscribe).  An open window is
        not reopened. */
-    if (cs->pending_unsubs == 0 && cs->must_from == UINT64_MAX &&
-        (flags & 1) && in->gen == c->inst_gen && in->bp != NULL &&
-        bp_sim_connected(in->bp) && (flags >> 1) == bp_sim_epoch(in->bp)) {
+    if (cs->pending_unsubs == 0 && cs->must_from == UINT64_MAX && (flags & 1) &&
+        in->gen == c->inst_gen && in->bp != NULL && bp_sim_connected(in->bp) &&
+        (flags >> 1) == bp_sim_epoch(in->bp)) {
       cs->must_from = w->now;
       cs->must_epoch = flags >> 1;
     }
