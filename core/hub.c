@@ -200,6 +200,10 @@ struct hub_conn {
   size_t nsubs;
   hub_buf *key;   /* registry key "conn:<instance>:<n>" */
   hub_buf *value; /* registry value */
+  /* 1 + the sequence number of the last SEND, PING or CLOSE queued for
+     this connection (0: none), so that a close only searches the queue
+     when something for it may still be there. */
+  uint64_t eff_last;
   int closing;
   int reg_live;
   /* Deferred eviction during a fan-out: the reason + 1, and the next
@@ -247,6 +251,9 @@ struct hub {
   size_t eff_head;
   size_t eff_tail;
   size_t eff_cap;
+  /* The absolute sequence number of effs[0]: effects are numbered in the
+     order they are queued, across compactions. */
+  uint64_t eff_base;
   hub_stats st;
 };
 
@@ -336,6 +343,7 @@ static int eff_reserve(hub *h, size_t n) {
     memmove(h->effs, h->effs + h->eff_head,
             (h->eff_tail - h->eff_head) * sizeof(*h->effs));
     h->eff_tail -= h->eff_head;
+    h->eff_base += h->eff_head;
     h->eff_head = 0;
     if (h->eff_tail + n <= h->eff_cap) {
       return 0;
@@ -378,6 +386,7 @@ const hub_effect *hub_effect_peek(hub *h) {
     h->eff_head++;
   }
   if (h->eff_head == h->eff_tail) {
+    h->eff_base += h->eff_tail;
     h->eff_head = h->eff_tail = 0;
     return NULL;
   }
@@ -391,8 +400,18 @@ void hub_effect_pop(hub *h) {
   eff_release(&h->effs[h->eff_head]);
   h->eff_head++;
   if (h->eff_head == h->eff_tail) {
+    h->eff_base += h->eff_tail;
     h->eff_head = h->eff_tail = 0;
   }
+}
+
+/* A SEND, PING or CLOSE for |c|. */
+static hub_effect *eff_push_conn(hub *h, hub_effect_type type, hub_conn *c) {
+  hub_effect *e = eff_push(h, type);
+  e->conn = c->id;
+  e->conn_user = c->user;
+  c->eff_last = h->eff_base + h->eff_tail; /* 1 + this one's number */
+  return e;
 }
 
 static void eff_name(hub *h, hub_effect_type type, hub_buf *name) {
@@ -732,9 +751,7 @@ static void conn_close(hub *h, hub_conn *c, hub_close_kind kind) {
   hub_effect *e;
 
   HUB_ASSERT(!c->closing);
-  e = eff_push(h, HUB_EFF_CLOSE);
-  e->conn = c->id;
-  e->conn_user = c->user;
+  e = eff_push_conn(h, HUB_EFF_CLOSE, c);
   e->close_kind = kind;
   e->close_code = close_code(kind);
   e->reason = close_reason(kind);
@@ -772,9 +789,7 @@ static void conn_send(hub *h, hub_conn *c, hub_buf *frame,
   }
   c->q_msgs++;
   c->q_bytes += frame->len;
-  e = eff_push(h, HUB_EFF_SEND);
-  e->conn = c->id;
-  e->conn_user = c->user;
+  e = eff_push_conn(h, HUB_EFF_SEND, c);
   hub_buf_ref(frame);
   e->buf = frame;
   return;
@@ -1470,8 +1485,12 @@ int hub_on_conn_closed(hub *h, hub_conn_id id, hub_tstamp now) {
     }
     conn_retire(h, c, 1);
   }
-  /* Nothing queued may reach a connection that is gone. */
-  for (i = h->eff_head; i < h->eff_tail; i++) {
+  /* Nothing queued may reach a connection that is gone.  The queue is
+     searched only while this connection's last effect is still in it, so
+     a transport that pops a CLOSE before reporting the close (the usual
+     order) searches nothing. */
+  for (i = h->eff_head;
+       c->eff_last > h->eff_base + h->eff_head && i < h->eff_tail; i++) {
     hub_effect *e = &h->effs[i];
     if (e->conn == id && (e->type == HUB_EFF_SEND || e->type == HUB_EFF_PING ||
                           e->type == HUB_EFF_CLOSE)) {
@@ -1700,16 +1719,13 @@ int hub_handle_expiry(hub *h, hub_tstamp now) {
   }
   while (!link_empty(&h->pings)) {
     hub_conn *c = CONTAINER_OF(h->pings.next, hub_conn, ping_link);
-    hub_effect *e;
     if (c->next_ping > h->now) {
       break;
     }
     if (eff_reserve(h, 1) != 0) {
       return HUB_ERR_NOMEM;
     }
-    e = eff_push(h, HUB_EFF_PING);
-    e->conn = c->id;
-    e->conn_user = c->user;
+    (void)eff_push_conn(h, HUB_EFF_PING, c);
     c->next_ping = h->now + h->cfg.ping_interval;
     link_move_tail(&h->pings, &c->ping_link);
   }

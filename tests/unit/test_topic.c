@@ -764,6 +764,58 @@ static void test_topic_closed_discards_queued_effects(void **state) {
   th_fini(&t);
 }
 
+/* The usual transport order: the CLOSE is popped, then the close is
+   reported; the effects queued behind it for others stay. */
+static void test_topic_closed_after_pop_keeps_others(void **state) {
+  th t;
+  hub_conn_id a, b, c;
+  const hub_effect *e;
+  const char *m = PUB("d", "1");
+  int i;
+
+  (void)state;
+  th_init(&t);
+  th_start(&t);
+  a = th_open(&t);
+  b = th_open(&t);
+  c = th_open(&t);
+  th_sub(&t, a, "d");
+  th_sub(&t, b, "d");
+  th_clear(&t);
+  for (i = 0; i < 3; i++) { /* more than one round of the queue */
+    assert_int_equal(
+      hub_on_conn_msg(t.h, c, 0, (const uint8_t *)m, strlen(m), t.now), 0);
+    while ((e = hub_effect_peek(t.h)) != NULL) {
+      hub_effect_pop(t.h);
+    }
+  }
+  assert_int_equal(
+    hub_on_conn_msg(t.h, c, 0, (const uint8_t *)m, strlen(m), t.now), 0);
+  e = hub_effect_peek(t.h); /* "published" to c */
+  assert_int_equal(e->conn, c);
+  hub_effect_pop(t.h);
+  e = hub_effect_peek(t.h); /* the message to a */
+  assert_int_equal(e->conn, a);
+  hub_effect_pop(t.h);
+  assert_int_equal(hub_on_conn_closed(t.h, a, t.now), 0);
+  e = hub_effect_peek(t.h);
+  assert_non_null(e);
+  assert_int_equal(e->type, HUB_EFF_SEND);
+  assert_int_equal(e->conn, b);
+  hub_effect_pop(t.h);
+  assert_null(hub_effect_peek(t.h));
+  /* A close with its own effects still queued discards them. */
+  assert_int_equal(
+    hub_on_conn_msg(t.h, c, 0, (const uint8_t *)m, strlen(m), t.now), 0);
+  assert_int_equal(hub_on_conn_closed(t.h, b, t.now), 0);
+  e = hub_effect_peek(t.h);
+  assert_non_null(e);
+  assert_int_equal(e->conn, c);
+  hub_effect_pop(t.h);
+  assert_null(hub_effect_peek(t.h));
+  th_fini(&t);
+}
+
 /* hub_del with effects still queued frees them all. */
 static void test_topic_del_with_queued_effects(void **state) {
   th t;
@@ -928,6 +980,7 @@ int main(void) {
     cmocka_unit_test(test_topic_non_json_data_escaped),
     cmocka_unit_test(test_topic_late_confirmation_after_all_left),
     cmocka_unit_test(test_topic_closed_discards_queued_effects),
+    cmocka_unit_test(test_topic_closed_after_pop_keeps_others),
     cmocka_unit_test(test_topic_del_with_queued_effects),
     cmocka_unit_test(test_topic_embedded_ignores_bp_up),
     cmocka_unit_test(test_topic_repeat_subscribe_waits_for_resubscribe),
