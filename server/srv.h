@@ -155,7 +155,9 @@ void srv_metrics(char *buf, size_t cap, size_t *len);
 void srv_conn_init(void);
 void srv_conn_fini(void);
 void srv_accept_cb(struct ev_loop *loop, ev_io *w, int revents);
-void srv_conn_send(srv_conn *c, hub_buf *hb); /* copies or references */
+/* Queues a SEND frame (a new reference, or a copy into the current batch);
+   -1 when out of memory (nothing queued). */
+int srv_conn_send(srv_conn *c, hub_buf *hb);
 void srv_conn_send_end(void); /* srv_pump: the effects are drained */
 void srv_conn_ping(srv_conn *c);
 void srv_conn_hub_close(srv_conn *c, uint16_t code, const char *reason);

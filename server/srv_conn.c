@@ -442,10 +442,10 @@ static void srv_outq_free(srv_conn *c) {
   srv_oq_recycle(c);
 }
 
-void srv_conn_send(srv_conn *c, hub_buf *hb) {
+int srv_conn_send(srv_conn *c, hub_buf *hb) {
   const uint8_t *p;
   if (c->state != SRV_WS) {
-    return;
+    return 0;
   }
   if (hb->len > SRV_SPAN_MAX_FRAME) {
     goto by_ref;
@@ -466,7 +466,7 @@ void srv_conn_send(srv_conn *c, hub_buf *hb) {
     }
   }
   if (srv_outq_push(c, p, srv_batch_cur, hb->len, SRV_OUT_SPAN) != 0) {
-    return;
+    return -1;
   }
   srv_batch_cur->ref++;
   goto queued;
@@ -474,7 +474,7 @@ by_ref:
   hub_buf_ref(hb);
   if (srv_outq_push(c, hb->data, hb, hb->len, SRV_OUT_HB) != 0) {
     hub_buf_unref(hb);
-    return;
+    return -1;
   }
 queued:
   c->oq_msgs++;
@@ -492,6 +492,7 @@ queued:
     c->urgent_next = srv_g->urgent;
     srv_g->urgent = c;
   }
+  return 0;
 }
 
 int srv_conn_queue_own(srv_conn *c, const void *data, size_t len) {

@@ -66,7 +66,12 @@ again:
     srv_conn *c = e->conn_user;
     switch (e->type) {
     case HUB_EFF_SEND:
-      srv_conn_send(c, e->buf);
+      if (srv_conn_send(c, e->buf) != 0) {
+        /* Out of memory for its queue: the frame cannot be delivered,
+           and a lost frame must not pass silently.  Close it (1011). */
+        srv_conn_hub_close(c, 1011, "internal error");
+        closed = e->conn;
+      }
       break;
     case HUB_EFF_PING:
       srv_conn_ping(c);
