@@ -153,9 +153,53 @@ static void srv_bp_subscribed(void *user, const char *channel,
 
 void srv_metrics(char *buf, size_t cap, size_t *len) {
   hub_stats st;
-  size_t n = 0;
+  size_t n = 0, i;
   int k;
   hub_get_stats(srv_g->h, &st);
+  {
+    const struct {
+      const char *name;
+      const char *type;
+      const char *help;
+      unsigned long long value;
+    } ms[] = {
+      {"wshub_connections", "gauge", "Open WebSocket connections.", st.conns},
+      {"wshub_subscriptions", "gauge", "(connection, channel) subscriptions.",
+       st.subscriptions},
+      {"wshub_channels", "gauge", "Channels with local subscribers.",
+       st.channels},
+      {"wshub_backplane_subscriptions", "gauge",
+       "Channels subscribed on the backplane.", st.bp_subscriptions},
+      {"wshub_messages_in_total", "counter", "Client messages received.",
+       st.msgs_in},
+      {"wshub_messages_out_total", "counter",
+       "Message frames queued to clients.", st.msgs_out},
+      {"wshub_publishes_total", "counter", "Publishes accepted.", st.publishes},
+      {"wshub_backplane_up", "gauge",
+       "1 while the Redis backplane is connected.",
+       srv_g->bp != NULL ? (unsigned long long)hub_bp_is_up(srv_g->h) : 0},
+      {"wshub_backplane_reconnects_total", "counter",
+       "Times the backplane came back.", srv_g->bp_reconnects},
+      {"wshub_upgrades_rejected_total", "counter",
+       "Upgrades answered 503 (--max-connections).", srv_g->upgrades_rejected},
+      {"wshub_protocol_errors_total", "counter",
+       "Connections closed for a WebSocket protocol error.",
+       srv_g->proto_errors},
+      {"wshub_http_requests_total", "counter", "Plain HTTP requests served.",
+       srv_g->http_requests},
+      {"wshub_frames_written_total", "counter",
+       "Message frames written to sockets.", srv_g->frames_written},
+      {"wshub_writev_calls_total", "counter", "writev() calls.",
+       srv_g->writev_calls},
+      {"wshub_frame_parsers_lent", "gauge",
+       "wslay frame contexts lent to connections that have a frame partly "
+       "read.",
+       srv_g->rx_lent},
+      {"wshub_out_queues", "gauge",
+       "Connections with bytes waiting to be written.", srv_g->outqs},
+      {"wshub_sockets", "gauge", "Sockets held (HTTP, WebSocket, closing).",
+       srv_g->conns_total},
+    };
 #define M(...)                                                                 \
   do {                                                                         \
     int w_ = snprintf(buf + n, cap - n, __VA_ARGS__);                          \
@@ -163,29 +207,11 @@ void srv_metrics(char *buf, size_t cap, size_t *len) {
       n += (size_t)w_;                                                         \
     }                                                                          \
   } while (0)
-  M("# HELP wshub_connections Open WebSocket connections.\n"
-    "# TYPE wshub_connections gauge\nwshub_connections %llu\n",
-    (unsigned long long)st.conns);
-  M("# HELP wshub_subscriptions (connection, channel) subscriptions.\n"
-    "# TYPE wshub_subscriptions gauge\nwshub_subscriptions %llu\n",
-    (unsigned long long)st.subscriptions);
-  M("# HELP wshub_channels Channels with local subscribers.\n"
-    "# TYPE wshub_channels gauge\nwshub_channels %llu\n",
-    (unsigned long long)st.channels);
-  M("# HELP wshub_backplane_subscriptions Channels subscribed on the "
-    "backplane.\n# TYPE wshub_backplane_subscriptions gauge\n"
-    "wshub_backplane_subscriptions %llu\n",
-    (unsigned long long)st.bp_subscriptions);
-  M("# HELP wshub_messages_in_total Client messages received.\n"
-    "# TYPE wshub_messages_in_total counter\nwshub_messages_in_total %llu\n",
-    (unsigned long long)st.msgs_in);
-  M("# HELP wshub_messages_out_total Message frames queued to clients.\n"
-    "# TYPE wshub_messages_out_total counter\n"
-    "wshub_messages_out_total %llu\n",
-    (unsigned long long)st.msgs_out);
-  M("# HELP wshub_publishes_total Publishes accepted.\n"
-    "# TYPE wshub_publishes_total counter\nwshub_publishes_total %llu\n",
-    (unsigned long long)st.publishes);
+    for (i = 0; i < sizeof(ms) / sizeof(ms[0]); i++) {
+      M("# HELP %s %s\n# TYPE %s %s\n%s %llu\n", ms[i].name, ms[i].help,
+        ms[i].name, ms[i].type, ms[i].name, ms[i].value);
+    }
+  }
   M("# HELP wshub_evictions_total Connections closed by the hub, by "
     "reason.\n# TYPE wshub_evictions_total counter\n");
   for (k = 0; k < HUB_CLOSE_KIND_MAX; k++) {
@@ -193,43 +219,6 @@ void srv_metrics(char *buf, size_t cap, size_t *len) {
       hub_close_kind_name((hub_close_kind)k),
       (unsigned long long)st.evictions[k]);
   }
-  M("# HELP wshub_backplane_up 1 while the Redis backplane is connected.\n"
-    "# TYPE wshub_backplane_up gauge\nwshub_backplane_up %d\n",
-    srv_g->bp != NULL ? hub_bp_is_up(srv_g->h) : 0);
-  M("# HELP wshub_backplane_reconnects_total Times the backplane came back."
-    "\n# TYPE wshub_backplane_reconnects_total counter\n"
-    "wshub_backplane_reconnects_total %llu\n",
-    (unsigned long long)srv_g->bp_reconnects);
-  M("# HELP wshub_upgrades_rejected_total Upgrades answered 503 "
-    "(--max-connections).\n# TYPE wshub_upgrades_rejected_total counter\n"
-    "wshub_upgrades_rejected_total %llu\n",
-    (unsigned long long)srv_g->upgrades_rejected);
-  M("# HELP wshub_protocol_errors_total Connections closed for a "
-    "WebSocket protocol error.\n# TYPE wshub_protocol_errors_total "
-    "counter\nwshub_protocol_errors_total %llu\n",
-    (unsigned long long)srv_g->proto_errors);
-  M("# HELP wshub_http_requests_total Plain HTTP requests served.\n"
-    "# TYPE wshub_http_requests_total counter\n"
-    "wshub_http_requests_total %llu\n",
-    (unsigned long long)srv_g->http_requests);
-  M("# HELP wshub_frames_written_total Message frames written to sockets.\n"
-    "# TYPE wshub_frames_written_total counter\n"
-    "wshub_frames_written_total %llu\n",
-    (unsigned long long)srv_g->frames_written);
-  M("# HELP wshub_writev_calls_total writev() calls.\n"
-    "# TYPE wshub_writev_calls_total counter\nwshub_writev_calls_total "
-    "%llu\n",
-    (unsigned long long)srv_g->writev_calls);
-  M("# HELP wshub_frame_parsers_lent wslay frame contexts lent to "
-    "connections that have a frame partly read.\n"
-    "# TYPE wshub_frame_parsers_lent gauge\nwshub_frame_parsers_lent %llu\n",
-    (unsigned long long)srv_g->rx_lent);
-  M("# HELP wshub_out_queues Connections with bytes waiting to be "
-    "written.\n# TYPE wshub_out_queues gauge\nwshub_out_queues %llu\n",
-    (unsigned long long)srv_g->outqs);
-  M("# HELP wshub_sockets Sockets held (HTTP, WebSocket, closing).\n"
-    "# TYPE wshub_sockets gauge\nwshub_sockets %llu\n",
-    (unsigned long long)srv_g->conns_total);
 #undef M
   *len = n;
 }
