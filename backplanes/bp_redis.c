@@ -269,89 +269,75 @@ static void bp_redis_retry_cb(struct ev_loop *loop, ev_timer *w, int revents) {
 
 /* ------------------------------------------------------------ ops */
 
-/* SUBSCRIBE or UNSUBSCRIBE one channel on the subscriber connection. */
-static int bp_redis_sub_command(bp *b, const char *cmd, redisCallbackFn *cb,
-                                const char *channel, size_t len) {
-  bp_redis *r = (bp_redis *)b;
-  size_t n;
-  const char *name;
-  if (!r->up || r->sub == NULL) {
+/*
+ * Sends `CMD <pre><name> [args...]` on |ac| (the subscriber or the command
+ * connection).  Every operation is one of these: the name gets its
+ * prefix ("ws:chan:" for channels, "ws:" for keys), the extra arguments
+ * go as they are.  At most three extra arguments.
+ */
+static int bp_redis_cmd(bp_redis *r, redisAsyncContext *ac, redisCallbackFn *cb,
+                        const char *cmd, const char *pre, size_t pre_len,
+                        const char *name, size_t name_len, int nextra,
+                        const char *const *extra, const size_t *extra_len) {
+  const char *argv[5];
+  size_t lens[5];
+  int i;
+  if (!r->up || ac == NULL || nextra > 3) {
     return HUB_ERR_INVALID_ARGUMENT;
   }
-  name =
-    bp_redis_prefixed(r, r->chan_prefix, r->chan_prefix_len, channel, len, &n);
-  if (name == NULL) {
+  argv[0] = cmd;
+  lens[0] = strlen(cmd);
+  argv[1] = bp_redis_prefixed(r, pre, pre_len, name, name_len, &lens[1]);
+  if (argv[1] == NULL) {
     return HUB_ERR_NOMEM;
   }
-  if (redisAsyncCommand(r->sub, cb, cb != NULL ? r : NULL, "%s %b", cmd, name,
-                        n) != REDIS_OK) {
+  for (i = 0; i < nextra; i++) {
+    argv[2 + i] = extra[i];
+    lens[2 + i] = extra_len[i];
+  }
+  if (redisAsyncCommandArgv(ac, cb, cb != NULL ? r : NULL, 2 + nextra, argv,
+                            lens) != REDIS_OK) {
     return HUB_ERR_NOMEM;
   }
   return 0;
 }
 
 static int bp_redis_subscribe(bp *b, const char *channel, size_t len) {
-  return bp_redis_sub_command(b, "SUBSCRIBE", bp_redis_sub_cb, channel, len);
+  bp_redis *r = (bp_redis *)b;
+  return bp_redis_cmd(r, r->sub, bp_redis_sub_cb, "SUBSCRIBE", r->chan_prefix,
+                      r->chan_prefix_len, channel, len, 0, NULL, NULL);
 }
 
 static int bp_redis_unsubscribe(bp *b, const char *channel, size_t len) {
-  return bp_redis_sub_command(b, "UNSUBSCRIBE", NULL, channel, len);
+  bp_redis *r = (bp_redis *)b;
+  return bp_redis_cmd(r, r->sub, NULL, "UNSUBSCRIBE", r->chan_prefix,
+                      r->chan_prefix_len, channel, len, 0, NULL, NULL);
 }
 
 static int bp_redis_publish(bp *b, const char *channel, size_t len,
                             const uint8_t *data, size_t data_len) {
   bp_redis *r = (bp_redis *)b;
-  size_t n;
-  const char *name;
-  if (!r->up || r->pub == NULL) {
-    return HUB_ERR_INVALID_ARGUMENT;
-  }
-  name =
-    bp_redis_prefixed(r, r->chan_prefix, r->chan_prefix_len, channel, len, &n);
-  if (name == NULL) {
-    return HUB_ERR_NOMEM;
-  }
-  if (redisAsyncCommand(r->pub, NULL, NULL, "PUBLISH %b %b", name, n, data,
-                        data_len) != REDIS_OK) {
-    return HUB_ERR_NOMEM;
-  }
-  return 0;
+  const char *extra[1] = {(const char *)data};
+  size_t extra_len[1] = {data_len};
+  return bp_redis_cmd(r, r->pub, NULL, "PUBLISH", r->chan_prefix,
+                      r->chan_prefix_len, channel, len, 1, extra, extra_len);
 }
 
 static int bp_redis_set(bp *b, const char *key, size_t key_len,
                         const uint8_t *val, size_t val_len, uint32_t ttl_s) {
   bp_redis *r = (bp_redis *)b;
-  size_t n;
-  const char *name;
-  if (!r->up || r->pub == NULL) {
-    return HUB_ERR_INVALID_ARGUMENT;
-  }
-  name = bp_redis_prefixed(r, r->prefix, r->prefix_len, key, key_len, &n);
-  if (name == NULL) {
-    return HUB_ERR_NOMEM;
-  }
-  if (redisAsyncCommand(r->pub, NULL, NULL, "SET %b %b EX %u", name, n, val,
-                        val_len, (unsigned)ttl_s) != REDIS_OK) {
-    return HUB_ERR_NOMEM;
-  }
-  return 0;
+  char ttl[16];
+  int tl = snprintf(ttl, sizeof(ttl), "%u", (unsigned)ttl_s);
+  const char *extra[3] = {(const char *)val, "EX", ttl};
+  size_t extra_len[3] = {val_len, 2, (size_t)tl};
+  return bp_redis_cmd(r, r->pub, NULL, "SET", r->prefix, r->prefix_len, key,
+                      key_len, 3, extra, extra_len);
 }
 
 static int bp_redis_del(bp *b, const char *key, size_t key_len) {
   bp_redis *r = (bp_redis *)b;
-  size_t n;
-  const char *name;
-  if (!r->up || r->pub == NULL) {
-    return HUB_ERR_INVALID_ARGUMENT;
-  }
-  name = bp_redis_prefixed(r, r->prefix, r->prefix_len, key, key_len, &n);
-  if (name == NULL) {
-    return HUB_ERR_NOMEM;
-  }
-  if (redisAsyncCommand(r->pub, NULL, NULL, "DEL %b", name, n) != REDIS_OK) {
-    return HUB_ERR_NOMEM;
-  }
-  return 0;
+  return bp_redis_cmd(r, r->pub, NULL, "DEL", r->prefix, r->prefix_len, key,
+                      key_len, 0, NULL, NULL);
 }
 
 static void bp_redis_free(bp *b) {
