@@ -926,10 +926,10 @@ void hub_config_default(hub_config *cfg) {
   cfg->max_queue_bytes = 4194304;
   cfg->max_message_bytes = 65536;
   cfg->max_subs_per_conn = 4096;
-  cfg->ping_interval = 54 * HUB_NS_PER_S;
-  cfg->pong_timeout = 60 * HUB_NS_PER_S;
-  cfg->write_timeout = 10 * HUB_NS_PER_S;
-  cfg->heartbeat_interval = 10 * HUB_NS_PER_S;
+  cfg->ping_interval_ns = 54 * HUB_NS_PER_S;
+  cfg->pong_timeout_ns = 60 * HUB_NS_PER_S;
+  cfg->write_timeout_ns = 10 * HUB_NS_PER_S;
+  cfg->heartbeat_interval_ns = 10 * HUB_NS_PER_S;
   cfg->instance_ttl_s = 30;
   cfg->conn_ttl_s = 120;
   cfg->unix_time_s = 0;
@@ -941,8 +941,8 @@ static int config_valid(const hub_config *cfg) {
          hub_channel_valid(cfg->instance_id, strlen(cfg->instance_id)) &&
          cfg->max_queue_msgs > 0 && cfg->max_queue_bytes > 0 &&
          cfg->max_message_bytes > 0 && cfg->max_subs_per_conn > 0 &&
-         cfg->ping_interval > 0 && cfg->pong_timeout > 0 &&
-         cfg->write_timeout > 0 && cfg->heartbeat_interval > 0 &&
+         cfg->ping_interval_ns > 0 && cfg->pong_timeout_ns > 0 &&
+         cfg->write_timeout_ns > 0 && cfg->heartbeat_interval_ns > 0 &&
          cfg->instance_ttl_s > 0 && cfg->conn_ttl_s > 0 &&
          (!cfg->registry || cfg->backplane);
 }
@@ -1012,7 +1012,7 @@ int hub_new(hub **out, const hub_config *cfg, const hub_mem *mem,
   h->next_conn_id = 1;
   h->now = now;
   h->t_start = now;
-  h->next_heartbeat = now + cfg->heartbeat_interval;
+  h->next_heartbeat = now + cfg->heartbeat_interval_ns;
 
   if (htab_init(mem, &h->conn_tab) != 0 || htab_init(mem, &h->topic_tab) != 0 ||
       eff_reserve(h, 64) != 0) {
@@ -1124,7 +1124,7 @@ int hub_on_conn_open(hub *h, hub_conn_id *id, const char *remote_addr,
   c->hnode.hash = mix64(cid ^ h->cfg.seed);
   htab_insert(h->mem, &h->conn_tab, &c->hnode);
   link_push_tail(&h->conns, &c->all);
-  c->next_ping = h->now + h->cfg.ping_interval;
+  c->next_ping = h->now + h->cfg.ping_interval_ns;
   link_push_tail(&h->pings, &c->ping_link);
   c->last_pong = h->now;
   link_push_tail(&h->pongs, &c->pong_link);
@@ -1580,7 +1580,7 @@ int hub_on_bp_up(hub *h, hub_tstamp now) {
     if (heartbeat(h) != 0) {
       return HUB_ERR_NOMEM;
     }
-    h->next_heartbeat = h->now + h->cfg.heartbeat_interval;
+    h->next_heartbeat = h->now + h->cfg.heartbeat_interval_ns;
     orphans_delete(h);
   }
   h->bp_up = 1;
@@ -1670,12 +1670,12 @@ hub_tstamp hub_get_expiry(const hub *h) {
   }
   if (!link_empty(&h->pongs)) {
     x = CONTAINER_OF(h->pongs.next, hub_conn, pong_link)->last_pong +
-        h->cfg.pong_timeout;
+        h->cfg.pong_timeout_ns;
     t = x < t ? x : t;
   }
   if (!link_empty(&h->writes)) {
     x = CONTAINER_OF(h->writes.next, hub_conn, write_link)->last_progress +
-        h->cfg.write_timeout;
+        h->cfg.write_timeout_ns;
     t = x < t ? x : t;
   }
   if (!link_empty(&h->pings)) {
@@ -1699,7 +1699,7 @@ int hub_handle_expiry(hub *h, hub_tstamp now) {
   }
   while (!link_empty(&h->pongs)) {
     hub_conn *c = CONTAINER_OF(h->pongs.next, hub_conn, pong_link);
-    if (c->last_pong + h->cfg.pong_timeout > h->now) {
+    if (c->last_pong + h->cfg.pong_timeout_ns > h->now) {
       break;
     }
     if (eff_reserve(h, close_cost(c)) != 0) {
@@ -1709,7 +1709,7 @@ int hub_handle_expiry(hub *h, hub_tstamp now) {
   }
   while (!link_empty(&h->writes)) {
     hub_conn *c = CONTAINER_OF(h->writes.next, hub_conn, write_link);
-    if (c->last_progress + h->cfg.write_timeout > h->now) {
+    if (c->last_progress + h->cfg.write_timeout_ns > h->now) {
       break;
     }
     if (eff_reserve(h, close_cost(c)) != 0) {
@@ -1726,14 +1726,14 @@ int hub_handle_expiry(hub *h, hub_tstamp now) {
       return HUB_ERR_NOMEM;
     }
     (void)eff_push_conn(h, HUB_EFF_PING, c);
-    c->next_ping = h->now + h->cfg.ping_interval;
+    c->next_ping = h->now + h->cfg.ping_interval_ns;
     link_move_tail(&h->pings, &c->ping_link);
   }
   if (registry_on(h) && h->next_heartbeat <= h->now) {
     if (eff_reserve(h, 1 + h->nconns_open) != 0 || heartbeat(h) != 0) {
       return HUB_ERR_NOMEM;
     }
-    h->next_heartbeat = h->now + h->cfg.heartbeat_interval;
+    h->next_heartbeat = h->now + h->cfg.heartbeat_interval_ns;
   }
   return 0;
 }

@@ -172,10 +172,10 @@ typedef struct hub_config {
   uint64_t max_queue_bytes;
   uint64_t max_message_bytes;
   uint32_t max_subs_per_conn;
-  hub_tstamp ping_interval;
-  hub_tstamp pong_timeout;
-  hub_tstamp write_timeout;
-  hub_tstamp heartbeat_interval;
+  hub_tstamp ping_interval_ns;
+  hub_tstamp pong_timeout_ns;
+  hub_tstamp write_timeout_ns;
+  hub_tstamp heartbeat_interval_ns;
   uint32_t instance_ttl_s;
   uint32_t conn_ttl_s;
   /* Unix time, in seconds, at the |now| given to hub_new; used only for

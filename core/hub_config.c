@@ -72,10 +72,10 @@ int hub_config_set(hub_config *cfg, const char *name, const char *value) {
     const char *name;
     size_t off;
   } durations[] = {
-    {"ping-interval", offsetof(hub_config, ping_interval)},
-    {"pong-timeout", offsetof(hub_config, pong_timeout)},
-    {"write-timeout", offsetof(hub_config, write_timeout)},
-    {"heartbeat-interval", offsetof(hub_config, heartbeat_interval)},
+    {"ping-interval", offsetof(hub_config, ping_interval_ns)},
+    {"pong-timeout", offsetof(hub_config, pong_timeout_ns)},
+    {"write-timeout", offsetof(hub_config, write_timeout_ns)},
+    {"heartbeat-interval", offsetof(hub_config, heartbeat_interval_ns)},
   };
   uint64_t v;
   size_t i;

@@ -31,8 +31,8 @@ typedef struct srv_config {
   /* The hub's settings, set by flag name through hub_config_set;
      hub.registry is -1 until given (then: on with --redis). */
   hub_config hub;
-  hub_tstamp shutdown_timeout;
-  hub_tstamp handshake_timeout;
+  hub_tstamp shutdown_timeout_ns;
+  hub_tstamp handshake_timeout_ns;
   uint64_t max_connections; /* 0: from the open-file limit */
   int sndbuf;               /* SO_SNDBUF for client sockets, 0 = default */
 } srv_config;

@@ -1172,7 +1172,7 @@ void srv_accept_cb(struct ev_loop *loop, ev_io *w, int revents) {
       snprintf(addr, 64, "%s:%d", host, port);
     }
     srv_list_push(&srv_g->http_list, c,
-                  srv_now() + srv_g->cfg.handshake_timeout);
+                  srv_now() + srv_g->cfg.handshake_timeout_ns);
     ev_io_start(loop, &c->io);
   }
 }

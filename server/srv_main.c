@@ -293,7 +293,7 @@ static void srv_begin_shutdown(void) {
   hub_shutdown(srv_g->h, srv_now());
   srv_pump();
   ev_timer_init(&srv_g->shutdown_timer, srv_shutdown_timer_cb,
-                (double)srv_g->cfg.shutdown_timeout / 1e9, 0.0);
+                (double)srv_g->cfg.shutdown_timeout_ns / 1e9, 0.0);
   ev_timer_start(srv_g->loop, &srv_g->shutdown_timer);
   srv_check_done();
 }
@@ -487,10 +487,10 @@ static int srv_set_option(srv_config *cfg, int opt, const char *val,
     cfg->sndbuf = (int)u;
     return 0;
   case O_SHUTDOWN:
-    dur = &cfg->shutdown_timeout;
+    dur = &cfg->shutdown_timeout_ns;
     break;
   case O_HANDSHAKE:
-    dur = &cfg->handshake_timeout;
+    dur = &cfg->handshake_timeout_ns;
     break;
   default:
     goto bad;
@@ -511,8 +511,8 @@ static void srv_config_default(srv_config *cfg) {
   cfg->redis_prefix = "ws:";
   hub_config_default(&cfg->hub);
   cfg->hub.registry = -1;
-  cfg->shutdown_timeout = 10 * HUB_NS_PER_S;
-  cfg->handshake_timeout = 10 * HUB_NS_PER_S;
+  cfg->shutdown_timeout_ns = 10 * HUB_NS_PER_S;
+  cfg->handshake_timeout_ns = 10 * HUB_NS_PER_S;
 }
 
 static int srv_parse_args(srv_config *cfg, int argc, char **argv) {

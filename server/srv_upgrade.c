@@ -312,7 +312,7 @@ static void srv_respond(srv_conn *c, int status, const char *ctype,
     srv_conn_finish(c);
   } else {
     srv_list_push(&srv_g->http_list, c,
-                  srv_now() + srv_g->cfg.handshake_timeout);
+                  srv_now() + srv_g->cfg.handshake_timeout_ns);
   }
 }
 

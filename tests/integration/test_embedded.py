@@ -444,17 +444,29 @@ def test_slow_consumer_evicted_fast_client_gets_everything(wshub):
             await fast.send('{"type":"subscribe","channel":"s"}')
             await recv_json(fast)
             got = []
+            progress = asyncio.Event()
 
             async def reader():
                 while len(got) < n:
                     m = await recv_json(fast, 10)
                     got.append(m["data"]["n"])
+                    progress.set()
             task = asyncio.ensure_future(reader())
+            # Flow control, as a real publisher of a reliable feed would
+            # have: never more than |window| messages ahead of the fast
+            # reader.  The window is far below --max-queue-msgs (64) and
+            # its bytes far below the 16 KiB socket buffer, so however
+            # slowly this loop's reader is scheduled the fast client
+            # cannot be a slow consumer; the non-reader still is, since
+            # it falls behind by all n messages.
+            window = 16
             for i in range(n):
+                while i - len(got) >= window:
+                    progress.clear()
+                    await asyncio.wait_for(progress.wait(), 10)
                 await pub.send(json.dumps(
                     {"type": "publish", "channel": "s",
                      "data": {"n": i, "pad": pad}}))
-                await asyncio.sleep(0)  # let the reader run, as a client would
             await task
             assert got == list(range(n))
             # The fast client stays open.

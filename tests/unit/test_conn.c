@@ -258,8 +258,8 @@ static void test_conn_ping_interval(void **state) {
 
   (void)state;
   th_init(&t);
-  t.cfg.ping_interval = TH_S(5);
-  t.cfg.pong_timeout = TH_S(8);
+  t.cfg.ping_interval_ns = TH_S(5);
+  t.cfg.pong_timeout_ns = TH_S(8);
   th_start(&t);
   th_advance(&t, TH_MS(300));
   t_open = t.now;
@@ -289,8 +289,8 @@ static void test_conn_pong_timeout_from_open(void **state) {
 
   (void)state;
   th_init(&t);
-  t.cfg.ping_interval = TH_S(5);
-  t.cfg.pong_timeout = TH_S(8);
+  t.cfg.ping_interval_ns = TH_S(5);
+  t.cfg.pong_timeout_ns = TH_S(8);
   th_start(&t);
   t_open = t.now;
   a = th_open(&t);
@@ -317,8 +317,8 @@ static void test_conn_pong_timeout_from_last_pong(void **state) {
 
   (void)state;
   th_init(&t);
-  t.cfg.ping_interval = TH_S(5);
-  t.cfg.pong_timeout = TH_S(8);
+  t.cfg.ping_interval_ns = TH_S(5);
+  t.cfg.pong_timeout_ns = TH_S(8);
   th_start(&t);
   t_open = t.now;
   a = th_open(&t);
@@ -347,9 +347,9 @@ static void test_conn_write_timeout(void **state) {
 
   (void)state;
   th_init(&t);
-  t.cfg.write_timeout = TH_S(10);
-  t.cfg.ping_interval = TH_S(1000);
-  t.cfg.pong_timeout = TH_S(1000);
+  t.cfg.write_timeout_ns = TH_S(10);
+  t.cfg.ping_interval_ns = TH_S(1000);
+  t.cfg.pong_timeout_ns = TH_S(1000);
   th_start(&t);
   pub = th_open(&t);
   sub = th_open(&t);
@@ -382,9 +382,9 @@ static void test_conn_write_timeout_stops_when_drained(void **state) {
 
   (void)state;
   th_init(&t);
-  t.cfg.write_timeout = TH_S(10);
-  t.cfg.ping_interval = TH_S(1000);
-  t.cfg.pong_timeout = TH_S(1000);
+  t.cfg.write_timeout_ns = TH_S(10);
+  t.cfg.ping_interval_ns = TH_S(1000);
+  t.cfg.pong_timeout_ns = TH_S(1000);
   th_start(&t);
   pub = th_open(&t);
   sub = th_open(&t);
@@ -417,7 +417,7 @@ static void test_conn_expiry_none_when_idle(void **state) {
   a = th_open(&t);
   assert_true(hub_get_expiry(t.h) != HUB_TSTAMP_NONE);
   assert_true(hub_get_expiry(t.h) > t.now);
-  assert_true(hub_get_expiry(t.h) <= t.now + t.cfg.ping_interval);
+  assert_true(hub_get_expiry(t.h) <= t.now + t.cfg.ping_interval_ns);
   th_closed(&t, a);
   assert_int_equal(hub_get_expiry(t.h), HUB_TSTAMP_NONE);
   /* Handling an expiry early does nothing. */

@@ -19,10 +19,10 @@ static void test_hub_config_defaults_match_contract(void **state) {
   assert_int_equal(cfg.max_queue_msgs, 256);
   assert_int_equal(cfg.max_queue_bytes, 4194304);
   assert_int_equal(cfg.max_message_bytes, 65536);
-  assert_int_equal(cfg.ping_interval, TH_S(54));
-  assert_int_equal(cfg.pong_timeout, TH_S(60));
-  assert_int_equal(cfg.write_timeout, TH_S(10));
-  assert_int_equal(cfg.heartbeat_interval, TH_S(10));
+  assert_int_equal(cfg.ping_interval_ns, TH_S(54));
+  assert_int_equal(cfg.pong_timeout_ns, TH_S(60));
+  assert_int_equal(cfg.write_timeout_ns, TH_S(10));
+  assert_int_equal(cfg.heartbeat_interval_ns, TH_S(10));
   assert_int_equal(cfg.instance_ttl_s, 30);
   assert_int_equal(cfg.conn_ttl_s, 120);
   assert_int_equal(cfg.backplane, 0);
@@ -145,8 +145,8 @@ static void test_hub_conn_user_in_effects(void **state) {
 
   (void)state;
   th_init(&t);
-  t.cfg.ping_interval = TH_S(1);
-  t.cfg.pong_timeout = TH_S(3);
+  t.cfg.ping_interval_ns = TH_S(1);
+  t.cfg.pong_timeout_ns = TH_S(3);
   th_start(&t);
   assert_int_equal(hub_on_conn_open(t.h, &a, "h", &tag, t.now), 0);
   th_drain(&t);
@@ -177,9 +177,9 @@ static char *session(uint64_t seed, size_t *len) {
   t.cfg.backplane = 1;
   t.cfg.registry = 1;
   t.cfg.max_queue_msgs = 5;
-  t.cfg.ping_interval = TH_S(2);
-  t.cfg.pong_timeout = TH_S(5);
-  t.cfg.heartbeat_interval = TH_S(3);
+  t.cfg.ping_interval_ns = TH_S(2);
+  t.cfg.pong_timeout_ns = TH_S(5);
+  t.cfg.heartbeat_interval_ns = TH_S(3);
   th_start(&t);
   th_bp_up(&t);
   for (i = 0; i < 6; i++) {
@@ -309,13 +309,13 @@ static void test_hub_config_set_by_flag_name(void **state) {
   assert_int_equal(hub_config_set(&cfg, "max-message-bytes", "1024"), 0);
   assert_int_equal(cfg.max_message_bytes, 1024);
   assert_int_equal(hub_config_set(&cfg, "ping-interval", "1.5"), 0);
-  assert_int_equal(cfg.ping_interval, 1500 * HUB_NS_PER_MS);
+  assert_int_equal(cfg.ping_interval_ns, 1500 * HUB_NS_PER_MS);
   assert_int_equal(hub_config_set(&cfg, "pong-timeout", "250ms"), 0);
-  assert_int_equal(cfg.pong_timeout, 250 * HUB_NS_PER_MS);
+  assert_int_equal(cfg.pong_timeout_ns, 250 * HUB_NS_PER_MS);
   assert_int_equal(hub_config_set(&cfg, "write-timeout", "2s"), 0);
-  assert_int_equal(cfg.write_timeout, 2 * HUB_NS_PER_S);
+  assert_int_equal(cfg.write_timeout_ns, 2 * HUB_NS_PER_S);
   assert_int_equal(hub_config_set(&cfg, "heartbeat-interval", "1m"), 0);
-  assert_int_equal(cfg.heartbeat_interval, 60 * HUB_NS_PER_S);
+  assert_int_equal(cfg.heartbeat_interval_ns, 60 * HUB_NS_PER_S);
   assert_int_equal(hub_config_set(&cfg, "registry", "on"), 0);
   assert_int_equal(cfg.registry, 1);
   assert_int_equal(hub_config_set(&cfg, "registry", "off"), 0);

@@ -99,9 +99,9 @@ static void config(th *t) {
   t->cfg.registry = 1;
   t->cfg.instance_id = "m";
   t->cfg.max_queue_msgs = 6;
-  t->cfg.ping_interval = TH_S(5);
-  t->cfg.pong_timeout = TH_S(12);
-  t->cfg.heartbeat_interval = TH_S(4);
+  t->cfg.ping_interval_ns = TH_S(5);
+  t->cfg.pong_timeout_ns = TH_S(12);
+  t->cfg.heartbeat_interval_ns = TH_S(4);
 }
 
 /* A run through most of the core's paths. */
@@ -449,8 +449,8 @@ static void many(th *t, hub_conn_id *ids, size_t n) {
 
   th_init(t);
   t->cfg.backplane = 1;
-  t->cfg.ping_interval = TH_S(5);
-  t->cfg.pong_timeout = TH_S(1000);
+  t->cfg.ping_interval_ns = TH_S(5);
+  t->cfg.pong_timeout_ns = TH_S(1000);
   th_start(t);
   th_bp_up(t);
   for (i = 0; i < n; i++) {
@@ -507,8 +507,8 @@ static void test_mem_expiry_retried_after_nomem(void **state) {
   /* Plain connections: nothing grows the effect queue before the pings
      all fall due together. */
   th_init(&t);
-  t.cfg.ping_interval = TH_S(5);
-  t.cfg.pong_timeout = TH_S(1000);
+  t.cfg.ping_interval_ns = TH_S(5);
+  t.cfg.pong_timeout_ns = TH_S(1000);
   th_start(&t);
   for (i = 0; i < N; i++) {
     ids[i] = th_open(&t);

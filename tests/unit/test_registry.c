@@ -16,11 +16,11 @@ static void start_registry(th *t, const char *instance) {
   t->cfg.instance_id = instance;
   t->cfg.backplane = 1;
   t->cfg.registry = 1;
-  t->cfg.heartbeat_interval = TH_S(10);
+  t->cfg.heartbeat_interval_ns = TH_S(10);
   t->cfg.instance_ttl_s = 30;
   t->cfg.conn_ttl_s = 120;
-  t->cfg.ping_interval = TH_S(1000);
-  t->cfg.pong_timeout = TH_S(1000);
+  t->cfg.ping_interval_ns = TH_S(1000);
+  t->cfg.pong_timeout_ns = TH_S(1000);
   th_start(t);
 }
 
@@ -174,7 +174,7 @@ static void test_registry_off_emits_nothing(void **state) {
   th_init(&t);
   t.cfg.backplane = 1;
   t.cfg.registry = 0;
-  t.cfg.heartbeat_interval = TH_S(1);
+  t.cfg.heartbeat_interval_ns = TH_S(1);
   th_start(&t);
   th_bp_up(&t);
   a = th_open(&t);
