@@ -1,6 +1,7 @@
 # wshub - one non-recursive Makefile.
 #
 #   make deps          install the Debian packages the project needs
+#   make deps-build    only those building and running need (make run)
 #   make               build/wshub and build/wshub-sim
 #   make test          every check (the README's test command)
 #   make MODE=asan ... build into build/asan/ with ASan + UBSan
@@ -52,38 +53,105 @@ LDFLAGS := $(LDFLAGS_MODE) $(EXTRA_LDFLAGS)
 export UBSAN_OPTIONS := print_stacktrace=1:halt_on_error=1
 export ASAN_OPTIONS := detect_leaks=1:abort_on_error=0
 
-# Debian 12 packages.  `make deps` installs the missing ones (as root).
-DEB_PKGS := build-essential pkg-config libcmocka-dev libwslay-dev \
-  libhiredis-dev libev-dev libjsmn-dev libhttp-parser-dev libssl-dev \
-  redis-server redis-tools python3 python3-pytest python3-websockets \
-  python3-redis gcovr clang-format binutils
+# Debian 12 packages.  Building needs DEB_BUILD_PKGS; `make test` and the
+# other checks need DEB_TEST_PKGS too.  Nothing is installed unless asked:
+#   make deps         installs every missing package (apt-get, as root or
+#                     through sudo); .ci/run calls it
+#   make deps-build   installs only what building and running need
+#                     (`make run` calls it)
+# Every other target only checks, once per build directory, that the
+# headers and tools it needs are there, and names the missing packages.
+DEB_BUILD_PKGS := build-essential pkg-config libwslay-dev libhiredis-dev \
+  libev-dev libhttp-parser-dev libssl-dev
+DEB_TEST_PKGS := libcmocka-dev libjsmn-dev redis-server redis-tools python3 \
+  python3-pytest python3-websockets python3-redis gcovr clang-format binutils
+DEB_PKGS := $(DEB_BUILD_PKGS) $(DEB_TEST_PKGS)
 
 PYTHON := /usr/bin/python3
 
-.PHONY: all deps test unit check-core-purity coverage clean format \
-  format-check run scenarios integration bench mutants
+.PHONY: all deps deps-build test unit check-core-purity coverage clean \
+  format format-check run scenarios integration bench mutants
 .DEFAULT_GOAL := all
 
-deps:
-	$(Q)missing=""; \
-	for p in $(DEB_PKGS); do \
+# $(call deb_install,PACKAGES): apt-get install the ones not installed.
+define deb_install
+	$(Q)if ! command -v dpkg-query >/dev/null 2>&1; then \
+	  echo "deps: not a Debian system; install the equivalents of: $(1)"; \
+	  exit 1; \
+	fi; \
+	missing=""; \
+	for p in $(1); do \
 	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | \
 	    grep -q 'install ok installed' || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "deps: installing$$missing"; \
-	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; \
+	  elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; \
+	  else echo "deps: need root or sudo to install$$missing"; exit 1; fi; \
 	  $$SUDO apt-get update && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y \
 	    --no-install-recommends $$missing; \
+	else echo "deps: every package is installed"; fi
+endef
+
+deps:
+	$(call deb_install,$(DEB_PKGS))
+
+deps-build:
+	$(call deb_install,$(DEB_BUILD_PKGS))
+
+# The checks: a header the compiler cannot find, or a tool not on PATH,
+# is reported with the package that provides it.  A stamp file keeps
+# them to one run per build directory.
+BUILD_NEEDS := wslay/wslay.h:libwslay-dev hiredis/hiredis.h:libhiredis-dev \
+  ev.h:libev-dev http_parser.h:libhttp-parser-dev openssl/sha.h:libssl-dev
+TEST_NEEDS := cmocka.h:libcmocka-dev jsmn.h:libjsmn-dev
+TEST_TOOLS := redis-server:redis-server redis-cli:redis-tools \
+  clang-format:clang-format nm:binutils
+
+# $(call need_headers,HEADER:PKG ...)
+define need_headers
+	missing=""; \
+	for hp in $(1); do \
+	  h=$${hp%%:*}; p=$${hp##*:}; \
+	  printf '#include <%s>\n' "$$h" | $(CC) -E -x c - >/dev/null 2>&1 || \
+	    missing="$$missing $$p"; \
+	done
+endef
+
+$(BUILD)/.build-deps-ok:
+	$(Q)$(call need_headers,$(BUILD_NEEDS)); \
+	if ! command -v $(CC) >/dev/null 2>&1; then missing="build-essential $$missing"; fi; \
+	if [ -n "$$missing" ]; then \
+	  echo "missing packages:$$missing"; \
+	  echo "run 'make deps-build' (build only) or 'make deps' (build and tests) to install them"; \
+	  exit 1; \
 	fi
+	@mkdir -p $(dir $@) && touch $@
+
+$(BUILD)/.test-deps-ok: | $(BUILD)/.build-deps-ok
+	$(Q)$(call need_headers,$(TEST_NEEDS)); \
+	for tp in $(TEST_TOOLS); do \
+	  t=$${tp%%:*}; p=$${tp##*:}; \
+	  command -v $$t >/dev/null 2>&1 || missing="$$missing $$p"; \
+	done; \
+	for m in pytest:python3-pytest websockets:python3-websockets redis:python3-redis; do \
+	  $(PYTHON) -c "import $${m%%:*}" >/dev/null 2>&1 || missing="$$missing $${m##*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "missing packages:$$missing"; \
+	  echo "run 'make deps' to install them"; \
+	  exit 1; \
+	fi
+	@mkdir -p $(dir $@) && touch $@
 
 # ---------------------------------------------------------------- core
 CORE_SRC := $(wildcard core/*.c)
 CORE_OBJ := $(CORE_SRC:%.c=$(OBJ)/%.o)
 CORE_LIB := $(BUILD)/libhubcore.a
 
-$(OBJ)/core/%.o: core/%.c | deps
+$(OBJ)/core/%.o: core/%.c | $(BUILD)/.build-deps-ok
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  CC      $<")
 	$(Q)$(CC) $(CORE_CFLAGS) -c -o $@ $<
@@ -93,7 +161,7 @@ $(CORE_LIB): $(CORE_OBJ)
 	$(Q)rm -f $@ && ar rcs $@ $^
 
 # Generic rule for everything outside core/.
-$(OBJ)/%.o: %.c | deps
+$(OBJ)/%.o: %.c | $(BUILD)/.build-deps-ok
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  CC      $<")
 	$(Q)$(CC) $(CFLAGS) -c -o $@ $<
@@ -107,6 +175,8 @@ UNIT_HELPER_OBJ := $(UNIT_HELPERS:%.c=$(OBJ)/%.o)
 $(BUILD)/tests/%: $(OBJ)/tests/unit/%.o $(UNIT_HELPER_OBJ) $(CORE_LIB)
 	@mkdir -p $(dir $@)
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ -lcmocka
+
+$(UNIT_SRC:%.c=$(OBJ)/%.o) $(UNIT_HELPER_OBJ): | $(BUILD)/.test-deps-ok
 
 unit: $(UNIT_BIN)
 	$(Q)fail=0; for t in $(UNIT_BIN); do \
@@ -151,11 +221,11 @@ BINS :=
 include $(sort $(wildcard sim/*.mk backplanes/*.mk server/*.mk bench/*.mk \
   tests/integration/*.mk))
 
-all: $(BINS) | deps
+all: $(BINS)
 
 # `make test`: release checks, then the sanitizer build, then the
 # integration tests, each step stopping the run on failure.
-test: | deps
+test: | $(BUILD)/.test-deps-ok
 	$(Q)$(MAKE) --no-print-directory all $(TEST_RELEASE)
 	$(Q)$(MAKE) --no-print-directory MODE=asan $(TEST_ASAN)
 	$(Q)$(if $(strip $(TEST_LATE)),$(MAKE) --no-print-directory $(TEST_LATE),true)
@@ -174,4 +244,4 @@ clean:
 # Keep object files make would treat as intermediates.
 .SECONDARY:
 
--include $(shell find build -name '*.d' 2>/dev/null)
+-include $(wildcard $(OBJ)/*/*.d $(OBJ)/*/*/*.d)

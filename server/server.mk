@@ -14,6 +14,10 @@ $(WSHUB): $(SERVER_OBJ) $(CORE_LIB)
 
 BINS += $(WSHUB)
 
-# `make run`: the embedded backplane on 127.0.0.1:8080, in the foreground.
-run: $(WSHUB)
+# `make run`: installs what building and running need (only what is
+# missing), builds both binaries, and runs the server with the embedded
+# backplane on 127.0.0.1:8080 in the foreground.
+run:
+	$(Q)$(MAKE) --no-print-directory deps-build
+	$(Q)$(MAKE) --no-print-directory all
 	$(WSHUB) --listen 127.0.0.1:8080
