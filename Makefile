@@ -64,7 +64,8 @@ export ASAN_OPTIONS := detect_leaks=1:abort_on_error=0
 DEB_BUILD_PKGS := build-essential pkg-config libwslay-dev libhiredis-dev \
   libev-dev libhttp-parser-dev libssl-dev
 DEB_TEST_PKGS := libcmocka-dev libjsmn-dev redis-server redis-tools python3 \
-  python3-pytest python3-websockets python3-redis gcovr clang-format binutils
+  python3-pytest python3-websockets python3-redis gcovr clang-format binutils \
+  clang libclang-rt-14-dev
 DEB_PKGS := $(DEB_BUILD_PKGS) $(DEB_TEST_PKGS)
 
 PYTHON := /usr/bin/python3
@@ -218,7 +219,7 @@ TEST_ASAN := unit
 TEST_LATE :=
 BINS :=
 
-include $(sort $(wildcard sim/*.mk backplanes/*.mk server/*.mk bench/*.mk \
+include $(sort $(wildcard sim/*.mk backplanes/*.mk server/*.mk bench/*.mk fuzz/*.mk \
   tests/integration/*.mk))
 
 all: $(BINS)
@@ -232,7 +233,7 @@ test: | $(BUILD)/.test-deps-ok
 	@echo "make test: all checks passed"
 
 FORMAT_SRC = $(wildcard core/*.[ch] backplanes/*.[ch] sim/*.[ch] \
-  server/*.[ch] tests/unit/*.[ch] bench/*.[ch])
+  server/*.[ch] tests/unit/*.[ch] bench/*.[ch] fuzz/*.[ch])
 format:
 	clang-format -i $(FORMAT_SRC)
 format-check:

@@ -1,0 +1,47 @@
+# fuzz/fuzz.mk - libFuzzer targets (clang, -fsanitize=fuzzer,address,undefined).
+#
+#   make fuzz             every target for FUZZ_SECONDS each (default 60)
+#   make fuzz-smoke       every target briefly (part of make test)
+#   make fuzz-client FUZZ_SECONDS=600   one target
+#
+# Each target is built from the sources themselves with clang into
+# build/fuzz/.  Seed corpora live in fuzz/corpus/<target>/ (read only);
+# what a run finds goes to build/fuzz/corpus-<target>/, and a crashing
+# input to build/fuzz/crash-<target>-*, which the run prints.
+
+FUZZ_CC ?= clang
+FUZZ_DIR := build/fuzz
+FUZZ_CFLAGS := -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -g -O1 \
+  -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+  -Wall -Wextra -Werror -Icore
+FUZZ_TARGETS := client bp
+FUZZ_SECONDS ?= 60
+FUZZ_SMOKE_SECONDS ?= 8
+FUZZ_BINS := $(FUZZ_TARGETS:%=$(FUZZ_DIR)/fuzz_%)
+
+
+$(FUZZ_DIR)/fuzz_client: fuzz/fuzz_client.c fuzz/fuzz_hub.h $(CORE_SRC) \
+  $(wildcard core/*.h) | $(BUILD)/.test-deps-ok
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  FUZZ    $@")
+	$(Q)$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ fuzz/fuzz_client.c $(CORE_SRC)
+
+$(FUZZ_DIR)/fuzz_bp: fuzz/fuzz_bp.c fuzz/fuzz_hub.h $(CORE_SRC) \
+  $(wildcard core/*.h) | $(BUILD)/.test-deps-ok
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  FUZZ    $@")
+	$(Q)$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ fuzz/fuzz_bp.c $(CORE_SRC)
+
+.PHONY: fuzz fuzz-smoke $(FUZZ_TARGETS:%=fuzz-%)
+$(FUZZ_TARGETS:%=fuzz-%): fuzz-%: $(FUZZ_DIR)/fuzz_%
+	$(Q)sh fuzz/run.sh $(FUZZ_DIR) $* $(FUZZ_SECONDS)
+
+fuzz: $(FUZZ_BINS)
+	$(Q)for t in $(FUZZ_TARGETS); do \
+	  sh fuzz/run.sh $(FUZZ_DIR) $$t $(FUZZ_SECONDS) || exit 1; done
+
+fuzz-smoke: $(FUZZ_BINS)
+	$(Q)for t in $(FUZZ_TARGETS); do \
+	  sh fuzz/run.sh $(FUZZ_DIR) $$t $(FUZZ_SMOKE_SECONDS) || exit 1; done
+
+TEST_LATE += fuzz-smoke
