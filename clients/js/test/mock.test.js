@@ -34,7 +34,7 @@ test('tokenExp reads exp without verifying; backoffDelay is full jitter capped a
   assert.equal(backoffDelay(1000, 100, 1000, 2, () => 0.999), 999);
 });
 
-test('the library imports nothing and needs a WebSocket', async () => {
+test('the library imports nothing and takes a WebSocket constructor when there is no global one', async (t) => {
   const fs = await import('node:fs');
   const src = fs.readFileSync(new URL('../wshub.js', import.meta.url), 'utf8');
   assert.doesNotMatch(src, /^\s*import\s/m);
@@ -43,6 +43,20 @@ test('the library imports nothing and needs a WebSocket', async () => {
   try {
     delete globalThis.WebSocket;
     assert.throws(() => new WshubClient('ws://127.0.0.1:1/ws'), /WebSocket/);
+    let made = 0;
+    const Ctor = class extends saved {
+      constructor(url) {
+        super(url);
+        made++;
+      }
+    };
+    const srv = await new MockServer().listen();
+    const c = new WshubClient(srv.url.replace('ws:', 'http:'), { WebSocket: Ctor });
+    t.after(() => srv.close());
+    await c.connect();
+    assert.equal(made, 1);
+    assert.equal((await srv.conn(1)).req.url, '/ws');
+    c.close();
   } finally {
     globalThis.WebSocket = saved;
   }
