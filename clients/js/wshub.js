@@ -158,6 +158,14 @@ export class WshubClient {
     this._state = 'connecting';
     this._emit('connecting', { attempt: this._attempt });
     if (gen !== this._gen) return;
+    if (this._o.connectTimeout > 0) {
+      // Covers getToken and the upgrade.
+      this._timer('connect', this._o.connectTimeout, () => {
+        if (gen !== this._gen) return;
+        if (this._ws) this._detach(this._ws, 1000, 'connect timeout');
+        this._lost(gen, 1006, 'connect timeout');
+      });
+    }
     let token = null;
     if (this._o.getToken) {
       try {
@@ -188,13 +196,6 @@ export class WshubClient {
       this._detach(ws, 1000, 'connection failed');
       this._lost(gen, 1006, 'connection failed');
     };
-    if (this._o.connectTimeout > 0) {
-      this._timer('connect', this._o.connectTimeout, () => {
-        if (gen !== this._gen) return;
-        this._detach(ws, 1000, 'connect timeout');
-        this._lost(gen, 1006, 'connect timeout');
-      });
-    }
   }
 
   _urlWith(token) {

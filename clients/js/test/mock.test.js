@@ -441,3 +441,24 @@ test('a throwing message handler is reported, not fatal', async (t) => {
   assert.equal(e.code, 'ELISTENER');
   assert.equal(e.cause.message, 'boom');
 });
+
+test('a getToken that hangs or throws counts as a failed attempt', async (t) => {
+  let calls = 0;
+  const { srv, c } = await setup(t, {
+    connectTimeout: 30,
+    getToken: () => {
+      calls++;
+      if (calls === 1) return new Promise(() => {}); // never settles
+      if (calls === 2) throw new Error('no session');
+      return 'opaque-token';
+    },
+  });
+  const rec = recorder(c, ['disconnected', 'error']);
+  await c.connect();
+  const d = rec.all('disconnected');
+  assert.deepEqual(d.map((e) => e.reason), ['connect timeout', 'getToken failed']);
+  assert.equal(rec.all('error')[0].code, 'ETOKEN');
+  assert.equal(rec.all('error')[0].cause.message, 'no session');
+  assert.equal((await srv.conn(1)).token, 'opaque-token');
+  assert.equal(srv.attempts, 1);
+});
