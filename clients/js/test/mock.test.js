@@ -443,9 +443,16 @@ test('a throwing message handler is reported, not fatal', async (t) => {
 });
 
 test('a getToken that hangs or throws counts as a failed attempt', async (t) => {
+  const clock = new FakeClock();
   let calls = 0;
   const { srv, c } = await setup(t, {
-    connectTimeout: 30,
+    setTimeout: clock.setTimeout,
+    clearTimeout: clock.clearTimeout,
+    now: clock.now,
+    random: () => 0.5,
+    initialDelay: 100,
+    maxDelay: 1000,
+    connectTimeout: 10000,
     getToken: () => {
       calls++;
       if (calls === 1) return new Promise(() => {}); // never settles
@@ -454,7 +461,11 @@ test('a getToken that hangs or throws counts as a failed attempt', async (t) => 
     },
   });
   const rec = recorder(c, ['disconnected', 'error']);
-  await c.connect();
+  const connected = c.connect();
+  clock.fire(await clock.waitFor((x) => x.ms === 10000, 'the connect timer'));
+  clock.fire(await clock.waitFor((x) => x.ms === 50, 'the first reconnect timer'));
+  clock.fire(await clock.waitFor((x) => x.ms === 100, 'the second reconnect timer'));
+  await connected;
   const d = rec.all('disconnected');
   assert.deepEqual(d.map((e) => e.reason), ['connect timeout', 'getToken failed']);
   assert.equal(rec.all('error')[0].code, 'ETOKEN');
