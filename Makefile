@@ -219,7 +219,7 @@ TEST_ASAN := unit
 TEST_LATE :=
 BINS :=
 
-include $(sort $(wildcard sim/*.mk backplanes/*.mk server/*.mk bench/*.mk fuzz/*.mk \
+include $(sort $(wildcard sim/*.mk backplanes/*.mk server/*.mk bench/*.mk fuzz/*.mk clients/*/*.mk \
   tests/integration/*.mk))
 
 all: $(BINS)
