@@ -243,24 +243,24 @@ int hub_on_conn_msg(hub *h, hub_conn_id id, int binary, const uint8_t *data,
                     size_t len, hub_tstamp now);
 
 /* A pong arrived. */
-int hub_on_conn_pong(hub *h, hub_conn_id id, hub_tstamp now);
+void hub_on_conn_pong(hub *h, hub_conn_id id, hub_tstamp now);
 
 /* The transport wrote |bytes| more bytes of this connection's SEND frames
    to the socket, finishing |msgs| frames. */
-int hub_on_conn_written(hub *h, hub_conn_id id, size_t msgs, size_t bytes,
-                        hub_tstamp now);
+void hub_on_conn_written(hub *h, hub_conn_id id, size_t msgs, size_t bytes,
+                         hub_tstamp now);
 
 /* The connection is gone (peer closed, error, or after a CLOSE effect).
    Queued effects for it are discarded.  The id is invalid afterwards. */
-int hub_on_conn_closed(hub *h, hub_conn_id id, hub_tstamp now);
+void hub_on_conn_closed(hub *h, hub_conn_id id, hub_tstamp now);
 
 /* The backplane delivered |data| on |channel|.  Both borrowed. */
 int hub_on_bp_msg(hub *h, const char *channel, size_t channel_len,
                   const uint8_t *data, size_t len, hub_tstamp now);
 
 /* The backplane confirmed one SUBSCRIBE to |channel|. */
-int hub_on_bp_subscribed(hub *h, const char *channel, size_t channel_len,
-                         hub_tstamp now);
+void hub_on_bp_subscribed(hub *h, const char *channel, size_t channel_len,
+                          hub_tstamp now);
 
 /* The backplane connected: re-subscribes every channel with local
    subscribers (creation order) and refreshes the registry.  A reconnect
@@ -271,7 +271,7 @@ int hub_on_bp_up(hub *h, hub_tstamp now);
 
 /* The backplane went away: its subscriptions are gone; subscribes are
    acknowledged at once and publishes delivered locally until it is up. */
-int hub_on_bp_down(hub *h, hub_tstamp now);
+void hub_on_bp_down(hub *h, hub_tstamp now);
 
 /*
  * A publish from outside the WebSocket protocol (HTTP POST /publish):
@@ -292,7 +292,7 @@ int hub_handle_expiry(hub *h, hub_tstamp now);
 /* Graceful shutdown: CLOSE 1001 to every connection, unsubscribe every
    backplane channel, delete this instance's keys.  Afterwards new
    connections and publishes are refused with HUB_ERR_SHUT_DOWN. */
-int hub_shutdown(hub *h, hub_tstamp now);
+void hub_shutdown(hub *h, hub_tstamp now);
 
 /* The effect queue.  hub_effect_peek returns the oldest effect or NULL;
    it is valid until hub_effect_pop or the next event call on |h|,
