@@ -14,8 +14,6 @@
 MODE ?= release
 ifeq ($(MODE),release)
   BUILD := build
-else ifeq ($(MODE),mutant)
-  BUILD := build/mutant$(MUTANT)
 else
   BUILD := build/$(MODE)
 endif
@@ -41,9 +39,6 @@ endif
 ifeq ($(MODE),cov)
   CFLAGS_OPT := -O0 -g --coverage
   LDFLAGS_MODE := --coverage
-endif
-ifeq ($(MODE),mutant)
-  CFLAGS_OPT += -DHUB_MUTANT=$(MUTANT)
 endif
 CFLAGS := $(CFLAGS_BASE) $(CFLAGS_OPT) $(EXTRA_CFLAGS)
 # core/ is held to a stricter standard.
@@ -221,6 +216,8 @@ BINS :=
 
 include $(sort $(wildcard sim/*.mk backplanes/*.mk server/*.mk bench/*.mk fuzz/*.mk clients/*/*.mk \
   tests/integration/*.mk))
+# After the simulator's rules, whose objects the mutants link with.
+include $(sort $(wildcard mutants/*.mk))
 
 all: $(BINS)
 

@@ -212,8 +212,9 @@ typedef struct hub hub; /* opaque */
 /*
  * hub_new creates a hub.  |mem| may be NULL for hub_mem_default(); it is
  * borrowed for the hub's lifetime.  With the registry on it queues the
- * instance key's REG_SET.  Returns 0, HUB_ERR_INVALID_ARGUMENT or
- * HUB_ERR_NOMEM.
+ * instance key's REG_SET.  Returns 0, HUB_ERR_INVALID_ARGUMENT (|cfg| is
+ * NULL or has a bad field) or HUB_ERR_NOMEM; after an error *out is NULL
+ * and nothing is left allocated.
  */
 int hub_new(hub **out, const hub_config *cfg, const hub_mem *mem,
             hub_tstamp now);
@@ -223,14 +224,32 @@ int hub_new(hub **out, const hub_config *cfg, const hub_mem *mem,
 void hub_del(hub *h);
 
 /*
- * Events.  Each returns 0 or a negative hub_error.  Input from a client
- * that is malformed is never an error: it produces an "error" reply or a
- * CLOSE effect.  After HUB_ERR_NOMEM the hub is consistent: the effects
- * queued describe exactly the changes made.
+ * Events.  Input from a client that is malformed is never an error: it
+ * produces an "error" reply or a CLOSE effect.
+ *
+ * Events that report facts (a pong arrived, bytes were written, a
+ * connection closed, a confirmation arrived, the backplane went down,
+ * shut down) return nothing and cannot fail: the effect-queue space they
+ * need is reserved while the state that needs it is created (per open
+ * connection, per subscription, per waiting subscribe request), and
+ * their replies are built when the request that needs them is accepted.
+ * They allocate nothing.  (hub_on_conn_closed and hub_on_bp_down may try
+ * one small allocation to remember a key whose REG_DEL was emitted while
+ * the backplane is down, so that it is deleted again on reconnect; if it
+ * fails, the key expires by its TTL.)  A fact about an unknown id is the
+ * driver's mistake and is ignored.
+ *
+ * The other events are requests: each returns 0 or a negative hub_error,
+ * and, libuv's rule, one that returns an error has done nothing: no
+ * state changed, no effect queued (hub_handle_expiry excepted, see
+ * there).  Each states the policy its caller applies to HUB_ERR_NOMEM.
  */
 
 /* A connection opened.  |remote_addr| is copied; |user| is returned in
-   this connection's effects.  *id receives the new connection's id. */
+   this connection's effects.  *id receives the new connection's id.
+   Returns 0, HUB_ERR_SHUT_DOWN (after hub_shutdown) or HUB_ERR_NOMEM; on
+   an error there is no connection and *id is unchanged.  NOMEM: the
+   driver refuses the connection. */
 int hub_on_conn_open(hub *h, hub_conn_id *id, const char *remote_addr,
                      void *user, hub_tstamp now);
 
@@ -238,46 +257,62 @@ int hub_on_conn_open(hub *h, hub_conn_id *id, const char *remote_addr,
    |data| is borrowed for the call.  When |len| is over max_message_bytes
    the message is refused by its length alone (CLOSE 1009) and |data| may
    be NULL, so a transport need not buffer an oversize message to report
-   it.  Ignored for a closing connection. */
+   it.  Ignored (returns 0) for a closing connection.  Returns 0,
+   HUB_ERR_UNKNOWN_CONN or HUB_ERR_NOMEM; on an error the message had no
+   effect (it is only counted in hub_stats.msgs_in).  NOMEM: the driver
+   closes that connection with 1011 and reports hub_on_conn_closed. */
 int hub_on_conn_msg(hub *h, hub_conn_id id, int binary, const uint8_t *data,
                     size_t len, hub_tstamp now);
 
-/* A pong arrived. */
-int hub_on_conn_pong(hub *h, hub_conn_id id, hub_tstamp now);
+/* A pong arrived.  A fact: cannot fail. */
+void hub_on_conn_pong(hub *h, hub_conn_id id, hub_tstamp now);
 
 /* The transport wrote |bytes| more bytes of this connection's SEND frames
-   to the socket, finishing |msgs| frames. */
-int hub_on_conn_written(hub *h, hub_conn_id id, size_t msgs, size_t bytes,
-                        hub_tstamp now);
+   to the socket, finishing |msgs| frames.  A fact: cannot fail.  A report
+   of more than the connection has queued (hub_conn_backlog) is ignored,
+   as is one for a closing connection. */
+void hub_on_conn_written(hub *h, hub_conn_id id, size_t msgs, size_t bytes,
+                         hub_tstamp now);
 
 /* The connection is gone (peer closed, error, or after a CLOSE effect).
-   Queued effects for it are discarded.  The id is invalid afterwards. */
-int hub_on_conn_closed(hub *h, hub_conn_id id, hub_tstamp now);
+   Its subscriptions are released (UNSUBSCRIBE, REG_DEL as needed) and
+   queued effects for it are discarded.  The id is invalid afterwards.  A
+   fact: cannot fail; the driver may free its transport object first. */
+void hub_on_conn_closed(hub *h, hub_conn_id id, hub_tstamp now);
 
-/* The backplane delivered |data| on |channel|.  Both borrowed. */
+/* The backplane delivered |data| on |channel|.  Both borrowed.  Returns 0
+   or HUB_ERR_NOMEM (delivered to no one).  NOMEM: the driver forces a
+   backplane reconnect (hub_on_bp_down, then hub_on_bp_up after its
+   backoff), so the subscriptions are renewed. */
 int hub_on_bp_msg(hub *h, const char *channel, size_t channel_len,
                   const uint8_t *data, size_t len, hub_tstamp now);
 
-/* The backplane confirmed one SUBSCRIBE to |channel|. */
-int hub_on_bp_subscribed(hub *h, const char *channel, size_t channel_len,
-                         hub_tstamp now);
+/* The backplane confirmed one SUBSCRIBE to |channel|: its waiting
+   subscribers are acknowledged (their replies were built when they
+   subscribed).  A fact: cannot fail. */
+void hub_on_bp_subscribed(hub *h, const char *channel, size_t channel_len,
+                          hub_tstamp now);
 
 /* The backplane connected: re-subscribes every channel with local
    subscribers (creation order) and refreshes the registry.  A reconnect
    is reported as hub_on_bp_down then hub_on_bp_up; a second up without a
-   down in between changes nothing.  HUB_ERR_INVALID_ARGUMENT on an
-   embedded hub (config.backplane == 0). */
+   down in between changes nothing.  Returns 0, HUB_ERR_INVALID_ARGUMENT
+   on an embedded hub (config.backplane == 0), or HUB_ERR_NOMEM (the
+   backplane still counts as down, nothing emitted).  NOMEM: the driver
+   forces a reconnect (down, then up again after its backoff). */
 int hub_on_bp_up(hub *h, hub_tstamp now);
 
 /* The backplane went away: its subscriptions are gone; subscribes are
-   acknowledged at once and publishes delivered locally until it is up. */
-int hub_on_bp_down(hub *h, hub_tstamp now);
+   acknowledged at once and publishes delivered locally until it is up.
+   A fact: cannot fail. */
+void hub_on_bp_down(hub *h, hub_tstamp now);
 
 /*
  * A publish from outside the WebSocket protocol (HTTP POST /publish):
  * |body| is {"channel":"...","data":<any JSON>}.  Returns 0,
  * HUB_ERR_BAD_REQUEST with *errmsg set to a static reason, HUB_ERR_SHUT_DOWN
- * or HUB_ERR_NOMEM.
+ * or HUB_ERR_NOMEM; on an error nothing was published.  NOMEM: the driver
+ * answers 503.
  */
 int hub_publish(hub *h, const uint8_t *body, size_t len, const char **errmsg,
                 hub_tstamp now);
@@ -286,13 +321,19 @@ int hub_publish(hub *h, const uint8_t *body, size_t len, const char **errmsg,
 hub_tstamp hub_get_expiry(const hub *h);
 
 /* Pings, pong and write timeouts, registry heartbeat: everything due at
-   or before |now|. */
+   or before |now|.  Returns 0 or HUB_ERR_NOMEM.  Unlike the other
+   requests, NOMEM may come after partial progress: each timer's work is
+   done whole or not at all, what was done is in the effects, and the
+   rest is still due (hub_get_expiry stays <= now).  NOMEM: the driver
+   calls it again after a short delay. */
 int hub_handle_expiry(hub *h, hub_tstamp now);
 
 /* Graceful shutdown: CLOSE 1001 to every connection, unsubscribe every
    backplane channel, delete this instance's keys.  Afterwards new
-   connections and publishes are refused with HUB_ERR_SHUT_DOWN. */
-int hub_shutdown(hub *h, hub_tstamp now);
+   connections and publishes are refused with HUB_ERR_SHUT_DOWN.  A fact:
+   cannot fail (the space was reserved as the connections, subscriptions
+   and keys were made); a second call does nothing. */
+void hub_shutdown(hub *h, hub_tstamp now);
 
 /* The effect queue.  hub_effect_peek returns the oldest effect or NULL;
    it is valid until hub_effect_pop or the next event call on |h|,

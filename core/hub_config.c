@@ -126,3 +126,33 @@ int hub_config_set(hub_config *cfg, const char *name, const char *value) {
   }
   return 1;
 }
+
+void hub_config_default(hub_config *cfg) {
+  memset(cfg, 0, sizeof(*cfg));
+  cfg->instance_id = "hub";
+  cfg->backplane = 0;
+  cfg->registry = 0;
+  cfg->max_queue_msgs = 256;
+  cfg->max_queue_bytes = 4194304;
+  cfg->max_message_bytes = 65536;
+  cfg->max_subs_per_conn = 4096;
+  cfg->ping_interval_ns = 54 * HUB_NS_PER_S;
+  cfg->pong_timeout_ns = 60 * HUB_NS_PER_S;
+  cfg->write_timeout_ns = 10 * HUB_NS_PER_S;
+  cfg->heartbeat_interval_ns = 10 * HUB_NS_PER_S;
+  cfg->instance_ttl_s = 30;
+  cfg->conn_ttl_s = 120;
+  cfg->unix_time_s = 0;
+  cfg->seed = 0;
+}
+
+int hub_config_valid(const hub_config *cfg) {
+  return cfg->instance_id != NULL &&
+         hub_channel_valid(cfg->instance_id, strlen(cfg->instance_id)) &&
+         cfg->max_queue_msgs > 0 && cfg->max_queue_bytes > 0 &&
+         cfg->max_message_bytes > 0 && cfg->max_subs_per_conn > 0 &&
+         cfg->ping_interval_ns > 0 && cfg->pong_timeout_ns > 0 &&
+         cfg->write_timeout_ns > 0 && cfg->heartbeat_interval_ns > 0 &&
+         cfg->instance_ttl_s > 0 && cfg->conn_ttl_s > 0 &&
+         (!cfg->registry || cfg->backplane);
+}

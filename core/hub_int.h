@@ -1,5 +1,11 @@
 /*
  * hub_int.h - declarations shared by the files of core/.  Not public.
+ *
+ * The hub's objects are defined here, because several modules walk them;
+ * each module's functions are declared in its own header (hub_effq.h,
+ * hub_frame.h, hub_proto.h, hub_topic.h, hub_conn.h, hub_registry.h),
+ * all included at the end of this one.  README.md beside this file maps
+ * the files and states the reservation rule.
  */
 #ifndef HUB_INT_H
 #define HUB_INT_H
@@ -21,7 +27,10 @@
 
 _Noreturn void hub_assert_fail(const char *cond, const char *file, int line);
 
-/* Allocation through the hub's allocator. */
+#include "hub_list.h"
+#include "hub_map.h"
+
+/* Allocation through the hub's allocator (hub_buf.c). */
 void *hub_mem_malloc(const hub_mem *mem, size_t size);
 void *hub_mem_realloc(const hub_mem *mem, void *ptr, size_t size);
 void hub_mem_free(const hub_mem *mem, void *ptr);
@@ -32,55 +41,129 @@ hub_buf *hub_buf_new(const hub_mem *mem, size_t len);
    counted in len. */
 hub_buf *hub_buf_new_copy(const hub_mem *mem, const void *s, size_t len);
 
-/* Length of the header of a server frame with |payload_len| bytes. */
-size_t hub_frame_header_len(size_t payload_len);
-/* A text frame buffer with room for |payload_len| payload bytes; the
-   header is written, the payload is the caller's to fill. */
-hub_buf *hub_frame_new(const hub_mem *mem, size_t payload_len);
+/* 1 if |cfg| is usable (hub_config.c). */
+int hub_config_valid(const hub_config *cfg);
 
-/* A bounded writer into a buffer sized beforehand. */
-typedef struct hub_wr {
-  uint8_t *p;
-  uint8_t *end;
-} hub_wr;
+/* ---------------------------------------------------------- objects */
 
-void hub_wr_mem(hub_wr *w, const void *s, size_t len);
-void hub_wr_str(hub_wr *w, const char *s);
-void hub_wr_u64(hub_wr *w, uint64_t v);
-void hub_wr_i64(hub_wr *w, int64_t v);
-/* |s| as a JSON string, quotes included; hub_json_str_len gives its
-   length. */
-void hub_wr_json_str(hub_wr *w, const char *s, size_t len);
-size_t hub_json_str_len(const char *s, size_t len);
-size_t hub_u64_len(uint64_t v);
-size_t hub_i64_len(int64_t v);
+typedef struct hub_topic hub_topic;
+typedef struct hub_conn hub_conn;
 
-/* Client requests. */
-typedef enum hub_req_type {
-  HUB_REQ_SUBSCRIBE = 1,
-  HUB_REQ_UNSUBSCRIBE,
-  HUB_REQ_PUBLISH
-} hub_req_type;
+typedef struct hub_sub {
+  hub_link topic_link; /* in topic->acked or topic->pending */
+  hub_link conn_link;  /* in conn->subs */
+  hub_conn *conn;
+  hub_topic *topic;
+  int acked;
+  /* While pending: for every subscribe request waiting on this
+     subscription, its "subscribed" reply and the "error" reply sent
+     instead if the subscription is cancelled, built in advance so that
+     acknowledging never allocates. frames[2i], frames[2i + 1]. */
+  hub_buf **frames;
+  uint32_t nframes;
+} hub_sub;
 
-#define HUB_ID_LEN_MAX 256
+struct hub_topic {
+  hub_hnode hnode;
+  hub_buf *name; /* channel name, NUL-terminated */
+  hub_link all;  /* in hub->topics, creation order */
+  hub_link acked;
+  hub_link pending;
+  size_t nsubs;  /* acked + pending */
+  size_t nacked; /* length of acked */
+  /* Acknowledged subscribers holding repeat subscribe requests that wait
+     for a re-subscribe (after the backplane came back) to be confirmed. */
+  size_t nwaiting;
+  /* SUBSCRIBEs sent whose confirmation has not come back.  A topic with
+     no subscribers lives on while this is nonzero, so that a stale
+     confirmation is not taken for the current one. */
+  uint32_t inflight;
+  int bp_subscribed; /* a SUBSCRIBE is in force (sent, not unsubscribed) */
+  int confirmed;     /* ... and Redis has confirmed it */
+};
 
-typedef struct hub_req {
-  hub_req_type type;
-  const char *channel; /* points into the message */
-  size_t channel_len;
-  const char *data; /* raw JSON text of data (publish) */
-  size_t data_len;
-  const char *id; /* raw JSON text of id, or NULL */
-  size_t id_len;
-} hub_req;
+struct hub_conn {
+  hub_hnode hnode;
+  hub_conn_id id;
+  void *user;
+  hub_link all;        /* in hub->conns while open */
+  hub_link ping_link;  /* ordered by next_ping */
+  hub_link pong_link;  /* ordered by last_pong */
+  hub_link write_link; /* while frames wait, ordered by last_progress */
+  hub_link subs;
+  hub_tstamp next_ping;
+  hub_tstamp last_pong;
+  hub_tstamp last_progress;
+  uint64_t q_msgs;
+  uint64_t q_bytes;
+  size_t nsubs;
+  hub_buf *key;   /* registry key "conn:<instance>:<n>" */
+  hub_buf *value; /* registry value */
+  /* 1 + the sequence number of the last SEND, PING or CLOSE queued for
+     this connection (0: none), so that a close only searches the queue
+     when something for it may still be there. */
+  uint64_t eff_last;
+  int closing;
+  int reg_live;
+  /* Deferred eviction during a fan-out: the reason + 1, and the next
+     connection to evict. */
+  int evict;
+  hub_conn *evict_next;
+};
 
-/*
- * hub_req_parse parses a client message.  Returns 0, or -1 with *err set
- * to a static reason; req->id is set whenever the message was an object
- * with a usable id, so that even errors echo it.  With |publish_body|
- * nonzero it parses a POST /publish body instead ({"channel","data"}).
- */
-int hub_req_parse(const char *s, size_t len, int publish_body, hub_req *req,
-                  const char **err);
+/* A connection key whose REG_DEL was emitted while the backplane was down
+   and so was most likely lost: deleted again on every reconnect and at
+   shutdown, until the key's TTL has surely run out. */
+typedef struct hub_orphan {
+  hub_link link;
+  hub_buf *key;
+  hub_tstamp expires;
+} hub_orphan;
+
+struct hub {
+  const hub_mem *mem;
+  hub_config cfg;
+  char instance_id[129];
+  size_t instance_id_len;
+  hub_htab conn_tab;
+  hub_htab topic_tab;
+  hub_link conns;   /* open connections, open order */
+  hub_link pings;   /* open connections by next ping */
+  hub_link pongs;   /* open connections by last pong */
+  hub_link writes;  /* open connections with frames waiting */
+  hub_link topics;  /* creation order */
+  hub_link orphans; /* hub_orphan, by expiry */
+  size_t norphans;
+  hub_conn_id next_conn_id;
+  size_t nconns_open;
+  size_t ntopics;
+  size_t nsubs;
+  size_t nchannels;
+  size_t nbp;
+  /* Subscribe requests waiting for their reply (frame pairs held by
+     subscriptions): each owns one reserved effect (hub_effq.h). */
+  size_t nreplies;
+  int bp_up;
+  int shut_down;
+  hub_tstamp now;
+  hub_tstamp t_start;
+  hub_tstamp next_heartbeat;
+  hub_buf *instance_key;
+  hub_effect *effs;
+  size_t eff_head;
+  size_t eff_tail;
+  size_t eff_cap;
+  /* The absolute sequence number of effs[0]: effects are numbered in the
+     order they are queued, across compactions. */
+  uint64_t eff_base;
+  hub_stats st;
+};
+
+#include "hub_effq.h"
+#include "hub_frame.h"
+#include "hub_proto.h"
+#include "hub_registry.h"
+#include "hub_conn.h"
+#include "hub_topic.h"
 
 #endif /* HUB_INT_H */

@@ -1,5 +1,7 @@
 /*
- * hub_proto.c - parsing client requests and POST /publish bodies.
+ * hub_proto.c - the client protocol: parsing client requests and POST
+ * /publish bodies, and handling one client message (what closes the
+ * connection, what gets an error reply, which request it is).
  *
  * The JSON is validated in full (hub_json.c) before any field is read, so
  * every span handed on (`data`, `id`) is valid JSON that can be relayed
@@ -110,4 +112,54 @@ int hub_channel_valid(const char *channel, size_t len) {
     }
   }
   return 1;
+}
+
+int hub_proto_on_msg(hub *h, hub_conn *c, int binary, const uint8_t *data,
+                     size_t len) {
+  hub_req req;
+  const char *err;
+  hub_close_kind kind;
+
+  h->st.msgs_in++;
+  if (len > h->cfg.max_message_bytes) {
+    kind = HUB_CLOSE_TOO_BIG;
+    goto close;
+  }
+  if (binary) {
+    kind = HUB_CLOSE_BINARY;
+    goto close;
+  }
+  if (!hub_utf8_valid(data, len)) {
+    kind = HUB_CLOSE_BAD_UTF8;
+    goto close;
+  }
+  if (hub_req_parse((const char *)data, len, 0, &req, &err) != 0) {
+    hub_buf *f;
+    /* The error reply, and an eviction by it. */
+    if (hub_effq_reserve(h, 1 + hub_conn_close_cost(c)) != 0) {
+      return HUB_ERR_NOMEM;
+    }
+    f = hub_frame_error(h, req.id, req.id_len, err);
+    if (f == NULL) {
+      return HUB_ERR_NOMEM;
+    }
+    hub_conn_reply(h, c, f);
+    return 0;
+  }
+  switch (req.type) {
+  case HUB_REQ_SUBSCRIBE:
+    return hub_topic_subscribe(h, c, &req);
+  case HUB_REQ_UNSUBSCRIBE:
+    return hub_topic_unsubscribe(h, c, &req);
+  case HUB_REQ_PUBLISH:
+    return hub_topic_publish(h, c, &req);
+  }
+  return 0;
+
+close:
+  if (hub_effq_reserve(h, hub_conn_close_cost(c)) != 0) {
+    return HUB_ERR_NOMEM;
+  }
+  hub_conn_close(h, c, kind);
+  return 0;
 }

@@ -1019,15 +1019,7 @@ static void srv_conn_io_cb(struct ev_loop *loop, ev_io *w, int revents) {
 /* ------------------------------------------------------------ flushing */
 
 static void srv_report_written(srv_conn *c, size_t msgs, size_t bytes) {
-  int rc = hub_on_conn_written(srv_g->h, c->id, msgs, bytes, srv_now());
-  if (rc != 0) {
-    size_t qm = 0, qb = 0;
-    (void)hub_conn_backlog(srv_g->h, c->id, &qm, &qb);
-    fprintf(stderr,
-            "wshub: hub_on_conn_written(%llu, %zu, %zu): %s (hub backlog "
-            "%zu msgs %zu bytes)\n",
-            (unsigned long long)c->id, msgs, bytes, hub_strerror(rc), qm, qb);
-  }
+  hub_on_conn_written(srv_g->h, c->id, msgs, bytes, srv_now());
 }
 
 /*

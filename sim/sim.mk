@@ -54,30 +54,5 @@ scenarios: $(SIM_BIN)
 	$(Q)mkdir -p $(BUILD)/repro && \
 	  $(SIM_BIN) --explore --seeds $(SIM_EXPLORE_SEEDS) --repro-dir $(BUILD)/repro
 
-TEST_RELEASE += scenarios mutants
+TEST_RELEASE += scenarios
 TEST_ASAN += scenarios
-
-MUTANTS := 1 2 3 4 5 6
-MUTANT_SEEDS ?= 1..400
-
-mutants: $(SIM_BIN)
-	$(Q)fail=0; for k in $(MUTANTS); do \
-	  $(MAKE) --no-print-directory MODE=mutant MUTANT=$$k \
-	    build/mutant$$k/wshub-sim >/dev/null || exit 1; \
-	  rm -rf build/mutant$$k/repro; mkdir -p build/mutant$$k/repro; \
-	  out=$$(build/mutant$$k/wshub-sim --explore --seeds $(MUTANT_SEEDS) \
-	    --repro-dir build/mutant$$k/repro); st=$$?; \
-	  if [ $$st = 0 ]; then \
-	    echo "mutant $$k: NOT caught in seeds $(MUTANT_SEEDS)"; fail=1; continue; \
-	  fi; \
-	  echo "$$out" | sed -n 's/^explore: \(seed .*invariant.*\)/mutant '$$k': \1/p' | head -1; \
-	  echo "$$out" | sed -n 's/^explore: \([0-9]* seeds\).*/mutant '$$k': caught after \1/p'; \
-	  echo "$$out" | sed -n 's/^explore: seed [0-9]*: \(shrunk .*\)/mutant '$$k': \1/p'; \
-	  r=$$(ls build/mutant$$k/repro/explore-seed-*.scn 2>/dev/null | head -1); \
-	  if [ -z "$$r" ]; then echo "mutant $$k: no reproducer"; fail=1; continue; fi; \
-	  if build/mutant$$k/wshub-sim $$r >/dev/null; then \
-	    echo "mutant $$k: reproducer passes on the mutant"; fail=1; continue; fi; \
-	  if ! $(SIM_BIN) $$r >/dev/null; then \
-	    echo "mutant $$k: reproducer fails on the real core:"; $(SIM_BIN) $$r; fail=1; continue; fi; \
-	  echo "mutant $$k: reproducer $$r fails on the mutant, passes on the real core"; \
-	done; exit $$fail

@@ -436,11 +436,9 @@ int th_msg(th *t, hub_conn_id c, const char *json) {
   return th_msgn(t, c, 0, json, strlen(json));
 }
 
-int th_written(th *t, hub_conn_id c, size_t msgs, size_t bytes) {
-  int rc = hub_on_conn_written(t->h, c, msgs, bytes, t->now);
-
+void th_written(th *t, hub_conn_id c, size_t msgs, size_t bytes) {
+  hub_on_conn_written(t->h, c, msgs, bytes, t->now);
   th_drain(t);
-  return rc;
 }
 
 void th_written_all(th *t, hub_conn_id c) {
@@ -448,22 +446,18 @@ void th_written_all(th *t, hub_conn_id c) {
 
   assert_int_equal(hub_conn_backlog(t->h, c, &msgs, &bytes), 0);
   if (msgs > 0 || bytes > 0) {
-    assert_int_equal(th_written(t, c, msgs, bytes), 0);
+    th_written(t, c, msgs, bytes);
   }
 }
 
-int th_closed(th *t, hub_conn_id c) {
-  int rc = hub_on_conn_closed(t->h, c, t->now);
-
+void th_closed(th *t, hub_conn_id c) {
+  hub_on_conn_closed(t->h, c, t->now);
   th_drain(t);
-  return rc;
 }
 
-int th_pong(th *t, hub_conn_id c) {
-  int rc = hub_on_conn_pong(t->h, c, t->now);
-
+void th_pong(th *t, hub_conn_id c) {
+  hub_on_conn_pong(t->h, c, t->now);
   th_drain(t);
-  return rc;
 }
 
 int th_bp_msg(th *t, const char *channel, const char *data) {
@@ -474,11 +468,9 @@ int th_bp_msg(th *t, const char *channel, const char *data) {
   return rc;
 }
 
-int th_bp_subscribed(th *t, const char *channel) {
-  int rc = hub_on_bp_subscribed(t->h, channel, strlen(channel), t->now);
-
+void th_bp_subscribed(th *t, const char *channel) {
+  hub_on_bp_subscribed(t->h, channel, strlen(channel), t->now);
   th_drain(t);
-  return rc;
 }
 
 int th_bp_up(th *t) {
@@ -488,11 +480,9 @@ int th_bp_up(th *t) {
   return rc;
 }
 
-int th_bp_down(th *t) {
-  int rc = hub_on_bp_down(t->h, t->now);
-
+void th_bp_down(th *t) {
+  hub_on_bp_down(t->h, t->now);
   th_drain(t);
-  return rc;
 }
 
 int th_publish(th *t, const char *body, const char **errmsg) {
@@ -504,11 +494,9 @@ int th_publish(th *t, const char *body, const char **errmsg) {
   return rc;
 }
 
-int th_shutdown(th *t) {
-  int rc = hub_shutdown(t->h, t->now);
-
+void th_shutdown(th *t) {
+  hub_shutdown(t->h, t->now);
   th_drain(t);
-  return rc;
 }
 
 void th_advance_to(th *t, hub_tstamp to) {
@@ -803,7 +791,7 @@ void th_sub(th *t, hub_conn_id c, const char *channel) {
   assert_int_equal(th_msg(t, c, msg), 0);
   bp = th_take_named(t, HUB_EFF_BP_SUBSCRIBE, channel);
   if (bp != NULL) {
-    assert_int_equal(th_bp_subscribed(t, channel), 0);
+    th_bp_subscribed(t, channel);
   }
   snprintf(ch, sizeof(ch), "\"%s\"", channel);
   (void)th_expect_reply(t, c, "subscribed", ch, NULL);

@@ -88,22 +88,23 @@ void th_drain(th *t);
 /* Forgets every recorded effect. */
 void th_clear(th *t);
 
-/* Events.  Each drains and returns the hub's return code. */
+/* Events.  Each drains and returns the hub's return code (the facts
+   return nothing). */
 int th_open_rc(th *t, hub_conn_id *id, const char *addr);
 hub_conn_id th_open(th *t); /* asserts success */
 int th_msg(th *t, hub_conn_id c, const char *json);
 int th_msgn(th *t, hub_conn_id c, int binary, const void *data, size_t len);
-int th_written(th *t, hub_conn_id c, size_t msgs, size_t bytes);
+void th_written(th *t, hub_conn_id c, size_t msgs, size_t bytes);
 /* Reports everything queued for |c| written (hub_conn_backlog). */
 void th_written_all(th *t, hub_conn_id c);
-int th_closed(th *t, hub_conn_id c);
-int th_pong(th *t, hub_conn_id c);
+void th_closed(th *t, hub_conn_id c);
+void th_pong(th *t, hub_conn_id c);
 int th_bp_msg(th *t, const char *channel, const char *data);
-int th_bp_subscribed(th *t, const char *channel);
+void th_bp_subscribed(th *t, const char *channel);
 int th_bp_up(th *t);
-int th_bp_down(th *t);
+void th_bp_down(th *t);
 int th_publish(th *t, const char *body, const char **errmsg);
-int th_shutdown(th *t);
+void th_shutdown(th *t);
 /* Fires every expiry up to |to| in order, then sets now = to. */
 void th_advance_to(th *t, hub_tstamp to);
 void th_advance(th *t, hub_tstamp by);

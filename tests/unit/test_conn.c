@@ -67,11 +67,11 @@ static void test_conn_backlog_accounting(void **state) {
   assert_int_equal(msgs, 3);
   assert_int_equal(bytes, total);
   /* Part of the first frame. */
-  assert_int_equal(th_written(&t, a, 0, 5), 0);
+  th_written(&t, a, 0, 5);
   assert_int_equal(hub_conn_backlog(t.h, a, &msgs, &bytes), 0);
   assert_int_equal(msgs, 3);
   assert_int_equal(bytes, total - 5);
-  assert_int_equal(th_written(&t, a, 3, total - 5), 0);
+  th_written(&t, a, 3, total - 5);
   assert_int_equal(hub_conn_backlog(t.h, a, &msgs, &bytes), 0);
   assert_int_equal(msgs, 0);
   assert_int_equal(bytes, 0);
@@ -124,7 +124,7 @@ static void test_conn_evict_at_msg_limit(void **state) {
   th_expect_reply(&t, pub, "published", "\"q\"", NULL);
   th_expect_message(&t, ok, "q", "\"six\"");
   th_expect_none(&t);
-  assert_int_equal(th_closed(&t, slow), 0);
+  th_closed(&t, slow);
   th_expect_none(&t);
   th_fini(&t);
 }

@@ -310,7 +310,7 @@ static void test_proto_binary_closes_1003(void **state) {
   hub_get_stats(t.h, &st);
   assert_int_equal(st.conns, 1);
   assert_int_equal(st.evictions[HUB_CLOSE_BINARY], 1);
-  assert_int_equal(th_closed(&t, a), 0);
+  th_closed(&t, a);
   th_expect_none(&t);
   th_fini(&t);
 }
@@ -427,7 +427,7 @@ static void test_proto_closing_connection_is_ignored(void **state) {
   th_expect_reply(&t, b, "published", "\"news\"", NULL);
   th_expect_message(&t, b, "news", "2");
   th_expect_none(&t);
-  assert_int_equal(th_closed(&t, a), 0);
+  th_closed(&t, a);
   th_fini(&t);
 }
 
@@ -440,11 +440,14 @@ static void test_proto_unknown_connection(void **state) {
   th_start(&t);
   a = th_open(&t);
   assert_int_equal(th_msg(&t, a + 100, "{}"), HUB_ERR_UNKNOWN_CONN);
-  assert_int_equal(th_pong(&t, a + 100), HUB_ERR_UNKNOWN_CONN);
-  assert_int_equal(th_written(&t, a + 100, 1, 1), HUB_ERR_UNKNOWN_CONN);
-  assert_int_equal(th_closed(&t, a + 100), HUB_ERR_UNKNOWN_CONN);
-  assert_int_equal(th_closed(&t, a), 0);
-  assert_int_equal(th_closed(&t, a), HUB_ERR_UNKNOWN_CONN);
+  /* Facts about an unknown connection (a driver's mistake) are ignored. */
+  th_pong(&t, a + 100);
+  th_written(&t, a + 100, 1, 1);
+  th_closed(&t, a + 100);
+  th_check(&t);
+  th_closed(&t, a);
+  th_closed(&t, a);
+  th_check(&t);
   assert_int_equal(th_msg(&t, a, "{}"), HUB_ERR_UNKNOWN_CONN);
   th_expect_none(&t);
   th_fini(&t);
@@ -459,7 +462,7 @@ static void test_proto_conn_ids_in_open_order(void **state) {
   th_start(&t);
   assert_int_equal(th_open(&t), 1);
   assert_int_equal(th_open(&t), 2);
-  assert_int_equal(th_closed(&t, 1), 0);
+  th_closed(&t, 1);
   assert_int_equal(th_open(&t), 3);
   th_fini(&t);
 }
