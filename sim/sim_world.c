@@ -1,7 +1,8 @@
 /*
- * sim_world.c - the virtual clock, the event queue, the PRNG streams,
- * simulated instances (each running the real core) and simulated
- * clients, and the transport between them.
+ * sim_world.c - simulated instances (each running the real core, with
+ * its allocation failures), simulated clients, the transport between
+ * them and the effect applier (inst_drain); the loop itself is
+ * sim_loop.c, Redis sim_redis.c.
  *
  * The transport models what the hub sees of a TCP peer.  A client that
  * reads at once (the default) takes every frame as soon as it is queued.
@@ -856,6 +857,12 @@ int sim_instances(sim_world *w, size_t n) {
     }
     memset(ni + w->ninsts, 0, (n - w->ninsts) * sizeof(*ni));
     w->insts = ni;
+    /* The instances moved: their backplanes' callbacks must find them. */
+    for (i = 0; i < w->ninsts; i++) {
+      if (ni[i].bp != NULL) {
+        sim_bp_bp(ni[i].bp)->ev.user = &ni[i];
+      }
+    }
     for (i = w->ninsts; i < n; i++) {
       w->insts[i].idx = (int)i;
       w->insts[i].timer_at = UINT64_MAX;
