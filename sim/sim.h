@@ -75,7 +75,8 @@ enum sim_inst_state {
 typedef struct sim_alloc {
   hub_mem mem;
   sim_loop *loop;
-  const char *id; /* the instance's id, for the trace */
+  const char *id;   /* the instance's id, for the trace */
+  const char *call; /* whose allocations are drawn now, for the trace */
   sim_rng rng;
   uint32_t fail_ppb;
   int armed; /* off while the hub is created */

@@ -191,6 +191,13 @@ int sim_json_field(const char *s, size_t len, const char *key, const char **val,
 
 /* ------------------------------------------------------ transport */
 
+/* Names the caller whose allocations are drawn next, for the trace. */
+static void alloc_in(sim_inst *in, const char *call) {
+  if (in->alloc != NULL) {
+    in->alloc->call = call;
+  }
+}
+
 static sim_conn *inst_conn(sim_inst *in, hub_conn_id id) {
   return id < in->nconns ? &in->conns[id] : NULL;
 }
@@ -322,6 +329,7 @@ static int conn_flush(sim_world *w, sim_inst *in, sim_conn *k) {
   if (msgs == 0 && bytes == 0) {
     return 0;
   }
+  alloc_in(in, "hub_on_conn_written");
   (void)hub_on_conn_written(in->h, c->conn, msgs, (size_t)bytes, w->loop.now);
   return 1;
 }
@@ -407,6 +415,7 @@ static void inst_drain(sim_world *w, sim_inst *in) {
       case HUB_EFF_SEND:
         k = inst_conn(in, e->conn);
         if (k != NULL && k->open) {
+          alloc_in(in, "the transport queue");
           if (conn_q_push(in, k, e->buf) != 0) {
             /* Policy: a SEND the transport cannot queue closes its
                connection with 1011, as the server does. */
@@ -490,6 +499,7 @@ static void inst_force_reconnect(sim_world *w, sim_inst *in, const char *why) {
   sim_trace(&w->loop, "instance %s: %s: out of memory, reconnecting", in->id,
             why);
   sim_bp_reconnect(in->bp);
+  alloc_in(in, "hub_on_bp_down");
   (void)hub_on_bp_down(in->h, w->loop.now);
   inst_drain(w, in);
 }
@@ -497,7 +507,9 @@ static void inst_force_reconnect(sim_world *w, sim_inst *in, const char *why) {
 static void on_up(void *user) {
   sim_inst *in = user;
   sim_world *w = in->w;
-  int rv = hub_on_bp_up(in->h, w->loop.now);
+  int rv;
+  alloc_in(in, "hub_on_bp_up");
+  rv = hub_on_bp_up(in->h, w->loop.now);
   inst_drain(w, in);
   if (rv == HUB_ERR_NOMEM) {
     inst_force_reconnect(w, in, "hub_on_bp_up");
@@ -506,12 +518,14 @@ static void on_up(void *user) {
 
 static void on_down(void *user) {
   sim_inst *in = user;
+  alloc_in(in, "hub_on_bp_down");
   (void)hub_on_bp_down(in->h, in->w->loop.now);
   inst_drain(in->w, in);
 }
 
 static void on_subscribed(void *user, const char *channel, size_t len) {
   sim_inst *in = user;
+  alloc_in(in, "hub_on_bp_subscribed");
   (void)hub_on_bp_subscribed(in->h, channel, len, in->w->loop.now);
   inst_drain(in->w, in);
 }
@@ -559,6 +573,7 @@ static void on_msg(void *user, const char *channel, size_t len,
       nmust++;
     }
   }
+  alloc_in(in, "hub_on_bp_msg");
   rv = hub_on_bp_msg(in->h, channel, len, data, dlen, w->loop.now);
   inst_drain(w, in);
   if (rv == HUB_ERR_NOMEM) {
@@ -594,8 +609,8 @@ static int alloc_fails(sim_alloc *a) {
     return 0;
   }
   a->fails++;
-  sim_trace(a->loop, "instance %s: allocation %llu fails", a->id,
-            (unsigned long long)a->allocs);
+  sim_trace(a->loop, "instance %s: allocation %llu fails (in %s)", a->id,
+            (unsigned long long)a->allocs, a->call ? a->call : "?");
   return 1;
 }
 
@@ -821,6 +836,7 @@ void sim_inst_shutdown(sim_world *w, sim_inst *in) {
     }
   }
   sim_trace(&w->loop, "instance %s shuts down", in->id);
+  alloc_in(in, "hub_shutdown");
   (void)hub_shutdown(in->h, w->loop.now);
   inst_drain(w, in);
   sim_schedule(&w->loop, w->loop.now + w->cfg.shutdown_timeout_ns,
@@ -1094,6 +1110,7 @@ static void ev_conn_open(sim_world *w, sim_client *c) {
   }
   snprintf(addr, sizeof(addr), "127.0.0.1:%u",
            40000u + (unsigned)(c - w->clients));
+  alloc_in(in, "hub_on_conn_open");
   rv = hub_on_conn_open(in->h, &id, addr, NULL, w->loop.now);
   if (rv != 0) {
     /* Policy: refused; the client sees its connection closed without a
@@ -1152,6 +1169,7 @@ static void ev_conn_msg(sim_world *w, sim_client *c, const sim_ev *ev) {
         ->must_from = UINT64_MAX;
     }
   }
+  alloc_in(in, "hub_on_conn_msg");
   rv = hub_on_conn_msg(in->h, c->conn, (int)ev->b, (const uint8_t *)p->data,
                        p->len, w->loop.now);
   if (rv == HUB_ERR_NOMEM) {
@@ -1196,6 +1214,7 @@ static void ev_client_read(sim_world *w, sim_client *c) {
   client_frame(w, c, b, 0);
   hub_buf_unref(b);
   if (fin) {
+    alloc_in(in, "hub_on_conn_written");
     (void)hub_on_conn_written(in->h, c->conn, fin, (size_t)extra, w->loop.now);
   }
   conn_flush(w, in, k);
@@ -1209,6 +1228,7 @@ static void ev_client_read(sim_world *w, sim_client *c) {
    after 10 ms; its timer is not moved earlier meanwhile). */
 static void ev_inst_timer(sim_world *w, sim_inst *in) {
   in->timer_at = UINT64_MAX;
+  alloc_in(in, "hub_handle_expiry");
   if (hub_handle_expiry(in->h, w->loop.now) == HUB_ERR_NOMEM) {
     in->expiry_retry_at = w->loop.now + 10 * SIM_MS;
     sim_trace(&w->loop, "instance %s: expiry: out of memory, retry at +10ms",
@@ -1258,6 +1278,7 @@ int sim_step(sim_world *w, uint64_t until) {
         break;
       }
       in->closing--;
+      alloc_in(in, "hub_on_conn_closed");
       (void)hub_on_conn_closed(in->h, (hub_conn_id)ev.b, w->loop.now);
       inst_drain(w, in);
       touched = in;
@@ -1311,6 +1332,7 @@ int sim_step(sim_world *w, uint64_t until) {
         break;
       case SIM_EV_CONN_PONG:
         if (touched && c->state == SIM_CL_OPEN) {
+          alloc_in(touched, "hub_on_conn_pong");
           (void)hub_on_conn_pong(touched->h, c->conn, w->loop.now);
           inst_drain(w, touched);
         }
@@ -1322,6 +1344,7 @@ int sim_step(sim_world *w, uint64_t until) {
             conn_q_clear(k);
             k->open = 0;
             touched->open_conns--;
+            alloc_in(touched, "hub_on_conn_closed");
             (void)hub_on_conn_closed(touched->h, c->conn, w->loop.now);
           }
           client_closed(w, c, 0);
