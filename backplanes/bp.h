@@ -2,8 +2,8 @@
  * bp.h - the backplane interface.
  *
  * A backplane carries the core's HUB_EFF_BP_* and HUB_EFF_REG_* effects to
- * a shared medium (a real Redis through hiredis in bp_redis.c, or the
- * simulated Redis in bp_sim.c) and reports back what the medium says
+ * a shared medium (a real Redis through hiredis in bp_redis.c; the
+ * simulator has its own, sim/sim_bp.c) and reports back what the medium says
  * through bp_events, which the owner turns into hub_on_bp_* calls.
  *
  * Channel names and keys given to the ops are logical (as the core emits

@@ -1,13 +1,14 @@
 /*
- * sim.h - the deterministic simulator's shared types.
+ * sim.h - the deterministic simulator's world: instances, clients, the
+ * statement runner, the explorer and the checkers.
  *
- * One virtual clock, one event queue ordered by (time, sequence number),
- * one seed from which separate PRNG streams are derived (workload,
- * faults, latencies).  Instances run the real core (core/hub.h) and talk
- * to a simulated Redis (backplanes/bp_sim.c) through the ordinary
- * backplane interface (backplanes/bp.h).  Clients are simulated too: they
- * read at a configurable rate, so a slow reader fills its instance's
- * outbound queue the way a real TCP peer does.
+ * One loop (sim_loop.h: a virtual clock, one event queue ordered by
+ * (time, sequence number), one seed from which separate PRNG streams are
+ * derived: workload, faults, latencies, allocation failures).  Instances run
+ * the real core (core/hub.h) and talk to a simulated Redis (sim_redis.c)
+ * through the ordinary backplane interface (backplanes/bp.h), implemented by
+ * sim_bp.c.  Clients are simulated too: they read at a configurable rate, so a
+ * slow reader fills its instance's outbound queue the way a real TCP peer does.
  *
  * Nothing here reads a wall clock, iterates a pointer-keyed table or uses
  * unseeded randomness: the same seed and statements give the same trace.
@@ -20,77 +21,15 @@
 #include <stdio.h>
 
 #include "hub.h"
-#include "../backplanes/bp.h"
+#include "sim_loop.h"
+#include "sim_redis.h"
+#include "sim_bp.h"
 
-#define SIM_MS UINT64_C(1000000)
-#define SIM_S UINT64_C(1000000000)
 #define SIM_FAST UINT32_MAX /* read-rate of a client that reads at once */
-
-/* ------------------------------------------------------------ PRNG */
-
-/* xoshiro256** seeded through splitmix64. */
-typedef struct sim_rng {
-  uint64_t s[4];
-} sim_rng;
-
-void sim_rng_seed(sim_rng *r, uint64_t seed, uint64_t stream);
-uint64_t sim_rng_next(sim_rng *r);
-/* Uniform in [0, n); n > 0. */
-uint64_t sim_rng_below(sim_rng *r, uint64_t n);
-
-/* ---------------------------------------------------- shared buffers */
-
-/* An immutable, reference-counted byte string (message data, commands). */
-typedef struct sim_blob {
-  uint32_t ref;
-  uint32_t len;
-  uint64_t t;  /* when Redis processed a PUBLISH of it */
-  char data[]; /* NUL-terminated */
-} sim_blob;
-
-sim_blob *sim_blob_new(const void *data, size_t len);
-void sim_blob_ref(sim_blob *b);
-void sim_blob_unref(sim_blob *b); /* accepts NULL */
-
-/* ---------------------------------------------------------- events */
-
-enum sim_ev_type {
-  SIM_EV_STMT = 1,     /* a statement scheduled with `at` */
-  SIM_EV_INST_TIMER,   /* a = instance: hub_handle_expiry */
-  SIM_EV_CONN_OPEN,    /* a = client: its connect reaches the instance */
-  SIM_EV_CONN_MSG,     /* a = client, p = message text */
-  SIM_EV_CONN_PONG,    /* a = client */
-  SIM_EV_CONN_GONE,    /* a = client: the peer went away */
-  SIM_EV_CONN_CLOSED,  /* a = instance, b = conn: hub_on_conn_closed */
-  SIM_EV_CLIENT_FRAME, /* a = client, p = hub_buf (a reference) */
-  SIM_EV_CLIENT_CLOSE, /* a = client, b = close code */
-  SIM_EV_CLIENT_READ,  /* a = client: a finite reader reads one frame */
-  SIM_EV_REDIS_CMD,    /* a = instance: a command reaches Redis */
-  SIM_EV_BP_DELIVER,   /* a = instance: Redis output reaches it */
-  SIM_EV_BP_CONNECT,   /* a = instance: a connect reaches Redis */
-  SIM_EV_BP_UP,        /* a = instance: the connect's answer arrives */
-  SIM_EV_BP_DOWN,      /* a = instance: it notices the connection died */
-  SIM_EV_BP_RETRY,     /* a = instance: reconnect backoff expired */
-  SIM_EV_INST_EXIT,    /* a = instance: shutdown timeout */
-  SIM_EV_CHECK_KEYS,   /* invariant 6: p = key prefix blob */
-  SIM_EV_TYPE_MAX
-};
-
-typedef struct sim_ev {
-  uint64_t at;
-  uint64_t seq;
-  uint32_t type;
-  uint32_t a;
-  uint64_t b;
-  uint64_t gen; /* generation of the object it targets */
-  void *p;
-} sim_ev;
 
 /* ------------------------------------------------------ the world */
 
 typedef struct sim_world sim_world;
-typedef struct bp_sim bp_sim;
-typedef struct sim_redis sim_redis;
 
 /* Server flags, as `config NAME VALUE` sets them. */
 typedef struct sim_config {
@@ -99,6 +38,10 @@ typedef struct sim_config {
   hub_config hub;
   uint64_t shutdown_timeout_ns;
   uint64_t sndbuf;
+  /* `config alloc-fail-rate R`: each allocation of an instance's hub
+     (and of its transport's queues) fails with probability R, in parts
+     per billion; 0: never. */
+  uint32_t alloc_fail_ppb;
   char prefix[64]; /* --redis-prefix */
 } sim_config;
 
@@ -122,14 +65,39 @@ enum sim_inst_state {
   SIM_INST_DEAD      /* crashed or exited */
 };
 
+/*
+ * An instance's allocator: the hub's hub_mem (and its transport's queue
+ * growth) fail with probability |fail_ppb| / 10^9 per allocation, drawn
+ * from |rng|, a stream of its own keyed by instance and incarnation.
+ * Allocated once per instance slot and kept until the world ends, since
+ * hub_bufs (frames in flight) point at it after their hub is gone.
+ */
+typedef struct sim_alloc {
+  hub_mem mem;
+  sim_loop *loop;
+  const char *id;   /* the instance's id, for the trace */
+  const char *call; /* whose allocations are drawn now, for the trace */
+  sim_rng rng;
+  uint32_t fail_ppb;
+  int armed; /* off while the hub is created */
+  uint64_t allocs, fails;
+} sim_alloc;
+
+/* A list of key names (invariant 7's bookkeeping). */
+typedef struct sim_strv {
+  char **v;
+  size_t n;
+} sim_strv;
+
 typedef struct sim_inst {
+  sim_world *w; /* the world it lives in, for bp_events and hub_mem */
   int idx;
   int state;
   uint32_t restarts;
   uint64_t gen; /* incarnation, bumped at every start */
   char id[32];
   hub *h;
-  bp_sim *bp;
+  sim_bp *bp;
   sim_conn *conns; /* indexed by hub_conn_id */
   size_t nconns;   /* highest id + 1 */
   size_t capconns;
@@ -142,6 +110,14 @@ typedef struct sim_inst {
   uint64_t accept_last; /* FIFO of connects */
   uint32_t q_msgs_max;  /* the limits it was started with */
   uint64_t q_bytes_max;
+  hub_conn_id *dirty; /* connections with frames to flush (inst_drain) */
+  size_t ndirty, capdirty;
+  sim_alloc *alloc;         /* its hub's allocator (one per slot) */
+  uint64_t expiry_retry_at; /* after a failed hub_handle_expiry */
+  int unchecked;            /* drained since hub_check last ran */
+  /* Invariant 7: DELs the link lost (not sent, or dropped in flight)
+     with no SET of the key sent since, and DELs in flight. */
+  sim_strv lost_dels, pending_dels;
 } sim_inst;
 
 /* Per-client, per-channel state. */
@@ -210,24 +186,22 @@ typedef struct sim_violation {
 } sim_violation;
 
 struct sim_world {
-  uint64_t now;
-  uint64_t seq;
-  uint64_t events; /* processed */
-  uint64_t seed;
-  sim_ev *heap;
-  size_t nheap, capheap;
+  sim_loop loop; /* the clock, the events, the seed, names, the trace */
   sim_config cfg;
   sim_inst *insts;
   size_t ninsts;
   sim_client *clients;
   size_t nclients, capclients;
-  char **chans; /* interned logical channel names */
-  size_t nchans, capchans;
   sim_redis *redis;
-  FILE *trace;
   int check;    /* check invariants after every event */
   int keep_log; /* keep every message's data (scenario expects) */
   sim_violation viol;
+  /* Invariant 4's scratch: the Redis time of the message being delivered
+     (from the on_deliver hook), and who must get it. */
+  uint64_t deliver_t;
+  hub_conn_id *must;
+  uint64_t *must_sends;
+  size_t capmust;
   /* Set by the statement runner for SIM_EV_STMT. */
   void (*stmt_cb)(sim_world *w, void *stmt);
   void *stmt_arg;
@@ -237,20 +211,15 @@ struct sim_world {
 int sim_world_init(sim_world *w, uint64_t seed);
 void sim_world_fini(sim_world *w);
 void sim_config_default(sim_config *c);
-void sim_schedule(sim_world *w, uint64_t at, uint32_t type, uint32_t a,
-                  uint64_t b, uint64_t gen, void *p);
 /* Processes the next event if it is due at or before |until|; returns 1
    if one was processed, 0 otherwise (the clock is left alone). */
 int sim_step(sim_world *w, uint64_t until);
-uint64_t sim_next_at(const sim_world *w);
-/* A jittered latency drawn from |r|. */
-uint64_t sim_lat_redis(sim_rng *r);
-uint64_t sim_lat_client(sim_rng *r);
-uint32_t sim_chan_intern(sim_world *w, const char *name, size_t len);
-int sim_chan_find(const sim_world *w, const char *name, size_t len);
-void sim_trace_stmt(sim_world *w, int line, const char *text);
-void sim_trace(sim_world *w, const char *fmt, ...)
-  __attribute__((format(printf, 2, 3)));
+/* Draws whether the next allocation of |a|'s instance fails (0 when
+   |a| is NULL or injection is off). */
+int sim_alloc_fails(sim_alloc *a);
+/* Parses an allocation failure rate ("0.001": a probability per
+   allocation, at most 9 decimals) into parts per billion; 0 or -1. */
+int sim_parse_rate(const char *s, uint32_t *ppb);
 
 int sim_instances(sim_world *w, size_t n);
 int sim_inst_start(sim_world *w, sim_inst *in);
@@ -316,6 +285,7 @@ typedef struct sim_explore_opts {
   int keep_going;
   int quiet;
   int dump; /* print the generated scenarios instead of running them */
+  const char *alloc_fail; /* `config alloc-fail-rate` for every seed */
 } sim_explore_opts;
 int sim_explore(const sim_explore_opts *o);
 
@@ -329,6 +299,14 @@ void sim_check_keys_gone(sim_world *w, const char *prefix);
 void sim_check_frame(sim_world *w, sim_client *c, int type, uint32_t chan,
                      const char *data, size_t len, uint64_t bflags);
 void sim_check_queue(sim_world *w, sim_inst *in, sim_conn *k);
-void sim_check_publish(sim_world *w, uint32_t chan);
+/* Invariant 9 alone: hub_check; returns 0 or -1 (violated). */
+int sim_check_hub(sim_world *w, sim_inst *in);
+int sim_strv_has(const sim_strv *v, const char *key);
+void sim_strv_clear(sim_strv *v);
+/* Registers the checkers' hooks on the world's Redis. */
+int sim_check_hooks(sim_world *w);
+/* Invariant 7's bookkeeping: instance |in| applies registry effect |e|
+   (before the backplane sees it). */
+void sim_check_reg_effect(sim_world *w, sim_inst *in, const hub_effect *e);
 
 #endif /* SIM_H */

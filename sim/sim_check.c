@@ -3,10 +3,13 @@
  * event while w->check is set.  The first violation is kept in w->viol;
  * the runner stops there.
  *
- * Invariant 4 (nothing lost) is checked where the message reaches the
- * instance, in sim_world.c's on_msg, because only there is it known who
- * must get it, and at Redis's PUBLISH (sim_check_publish) for the
- * instances it will not reach.  Invariant 9 is the core's own hub_check.
+ * The checkers observe the simulated Redis only through its hooks
+ * (sim_check_hooks) and queries; Redis never calls them.  Invariant 4
+ * (nothing lost) is checked where the message reaches the instance, in
+ * sim_world.c's on_msg (with the Redis time the on_deliver hook gave),
+ * because only there is it known who must get it, and at Redis's PUBLISH
+ * (the on_publish hook) for the instances it will not reach.  Invariant 9
+ * is the core's own hub_check.
  */
 #include "sim.h"
 
@@ -14,29 +17,27 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../backplanes/bp_sim.h"
-
 void sim_violate(sim_world *w, int inv, const char *fmt, ...) {
   va_list ap;
   if (w->viol.inv != 0) {
     return;
   }
   w->viol.inv = inv;
-  w->viol.evno = w->events;
-  w->viol.at = w->now;
+  w->viol.evno = w->loop.events;
+  w->viol.at = w->loop.now;
   va_start(ap, fmt);
   vsnprintf(w->viol.what, sizeof(w->viol.what), fmt, ap);
   va_end(ap);
-  sim_trace(w, "VIOLATION invariant %d: %s", inv, w->viol.what);
+  sim_trace(&w->loop, "VIOLATION invariant %d: %s", inv, w->viol.what);
 }
 
 /* Invariant 1, for one instance whose commands have all been processed:
    Redis holds its SUBSCRIBE to a channel iff it has a local subscriber. */
 static void check_subs(sim_world *w, sim_inst *in, int inv) {
   size_t i;
-  for (i = 0; i < w->nchans; i++) {
-    const char *name = w->chans[i];
-    int redis = bp_sim_subscribed(in->bp, (uint32_t)i);
+  for (i = 0; i < w->loop.nnames; i++) {
+    const char *name = sim_chan_name(&w->loop, i);
+    int redis = sim_redis_subscribed(sim_bp_conn(in->bp), (uint32_t)i);
     size_t local = hub_channel_subscribers(in->h, name, strlen(name));
     if (redis != (local > 0)) {
       sim_violate(w, inv,
@@ -52,16 +53,23 @@ static void check_subs(sim_world *w, sim_inst *in, int inv) {
   }
 }
 
-void sim_check_inst(sim_world *w, sim_inst *in) {
+/* The core's own consistency check (reported as invariant 9). */
+int sim_check_hub(sim_world *w, sim_inst *in) {
   const char *why = NULL;
-  /* The core's own consistency check (reported as invariant 9). */
   if (in->h != NULL && hub_check(in->h, &why) != 0) {
     sim_violate(w, 9, "instance %s: hub_check: %s", in->id, why ? why : "?");
+    return -1;
+  }
+  return 0;
+}
+
+void sim_check_inst(sim_world *w, sim_inst *in) {
+  if (sim_check_hub(w, in) != 0) {
     return;
   }
-  if (in->h == NULL || in->bp == NULL || !bp_sim_connected(in->bp) ||
-      !bp_sim_up_known(in->bp) || !hub_bp_is_up(in->h) ||
-      !bp_sim_sub_idle(in->bp)) {
+  if (in->h == NULL || in->bp == NULL || !sim_bp_connected(in->bp) ||
+      !sim_bp_up_known(in->bp) || !hub_bp_is_up(in->h) ||
+      !sim_redis_sub_idle(sim_bp_conn(in->bp))) {
     return;
   }
   check_subs(w, in, 1);
@@ -157,7 +165,7 @@ void sim_check_frame(sim_world *w, sim_client *c, int type, uint32_t chan,
     sim_violate(w, 2,
                 "client %s received a message on %s, which it is not "
                 "subscribed to: %.*s",
-                c->name, w->chans[chan], (int)len, data);
+                c->name, sim_chan_name(&w->loop, chan), (int)len, data);
     return;
   }
   if (parse_ps(data, len, &p, &s) != 0 || p < -1 || s < 0) {
@@ -168,7 +176,8 @@ void sim_check_frame(sim_world *w, sim_client *c, int type, uint32_t chan,
     sim_violate(w, 3,
                 "client %s received %s #%ld of publisher %ld after "
                 "#%llu: %s",
-                c->name, w->chans[chan], s, p, (unsigned long long)(*last - 1),
+                c->name, sim_chan_name(&w->loop, chan), s, p,
+                (unsigned long long)(*last - 1),
                 (uint64_t)s + 1 == *last ? "twice" : "out of order");
     return;
   }
@@ -178,17 +187,18 @@ void sim_check_frame(sim_world *w, sim_client *c, int type, uint32_t chan,
 /* Invariant 4 at the source: Redis is publishing on |chan| now; a client
    that holds `subscribed` on an instance whose link stayed up must be
    reached, so its instance must hold the Redis subscription. */
-void sim_check_publish(sim_world *w, uint32_t chan) {
+static void check_publish(sim_world *w, uint32_t chan) {
   size_t i;
   hub_conn_id id;
   for (i = 0; i < w->ninsts; i++) {
     sim_inst *in = &w->insts[i];
     uint64_t epoch;
     if (in->state != SIM_INST_RUNNING || in->bp == NULL ||
-        !bp_sim_connected(in->bp) || bp_sim_subscribed(in->bp, chan)) {
+        !sim_bp_connected(in->bp) ||
+        sim_redis_subscribed(sim_bp_conn(in->bp), chan)) {
       continue;
     }
-    epoch = bp_sim_epoch(in->bp);
+    epoch = sim_redis_epoch(sim_bp_conn(in->bp));
     for (id = 1; id < in->nconns; id++) {
       sim_conn *k = &in->conns[id];
       sim_client *c;
@@ -201,13 +211,13 @@ void sim_check_publish(sim_world *w, uint32_t chan) {
         continue;
       }
       cs = sim_client_cstate(c, chan);
-      if (cs->must_from != UINT64_MAX && cs->must_from <= w->now &&
+      if (cs->must_from != UINT64_MAX && cs->must_from <= w->loop.now &&
           cs->must_epoch == epoch) {
         sim_violate(w, 4,
                     "Redis publishes on %s while instance %s holds no "
                     "subscription, but client %s got `subscribed` at "
                     "%llu ns: the message is lost for it",
-                    w->chans[chan], in->id, c->name,
+                    sim_chan_name(&w->loop, chan), in->id, c->name,
                     (unsigned long long)cs->must_from);
         return;
       }
@@ -220,12 +230,12 @@ typedef struct key_scan {
   const char *prefix;
   size_t plen;
   const char *found;
-  const bp_sim *skip_lost; /* ignore keys whose DEL this bp lost */
+  const sim_strv *skip_lost; /* ignore keys whose DEL was lost */
 } key_scan;
 
 static void scan_prefix(void *arg, const char *key) {
   key_scan *ks = arg;
-  if (ks->skip_lost != NULL && bp_sim_del_lost(ks->skip_lost, key)) {
+  if (ks->skip_lost != NULL && sim_strv_has(ks->skip_lost, key)) {
     return;
   }
   if (ks->found == NULL && strncmp(key, ks->prefix, ks->plen) == 0) {
@@ -267,20 +277,20 @@ void sim_check_exit(sim_world *w, sim_inst *in) {
       return;
     }
   }
-  if (!in->shutdown_clean || in->bp == NULL || !bp_sim_connected(in->bp)) {
+  if (!in->shutdown_clean || in->bp == NULL || !sim_bp_connected(in->bp)) {
     return; /* Redis was unreachable: keys expire by TTL instead. */
   }
-  for (i = 0; i < w->nchans; i++) {
-    if (bp_sim_subscribed(in->bp, (uint32_t)i)) {
+  for (i = 0; i < w->loop.nnames; i++) {
+    if (sim_redis_subscribed(sim_bp_conn(in->bp), (uint32_t)i)) {
       sim_violate(w, 7, "instance %s exited holding a subscription to %s",
-                  in->id, w->chans[i]);
+                  in->id, sim_chan_name(&w->loop, i));
       return;
     }
   }
   memset(&ks, 0, sizeof(ks));
   /* A DEL sent while Redis was unreachable is lost (at-most-once); that
      key expires by its TTL, which invariant 8 checks. */
-  ks.skip_lost = in->bp;
+  ks.skip_lost = &in->lost_dels;
   snprintf(buf, sizeof(buf), "%sinstance:%s", w->cfg.prefix, in->id);
   ks.prefix = buf;
   ks.plen = strlen(buf);
@@ -348,8 +358,8 @@ void sim_check_liveness(sim_world *w) {
     if (in->state != SIM_INST_RUNNING) {
       continue;
     }
-    if (!bp_sim_connected(in->bp) || !bp_sim_up_known(in->bp) ||
-        !hub_bp_is_up(in->h) || !bp_sim_sub_idle(in->bp)) {
+    if (!sim_bp_connected(in->bp) || !sim_bp_up_known(in->bp) ||
+        !hub_bp_is_up(in->h) || !sim_redis_sub_idle(sim_bp_conn(in->bp))) {
       sim_violate(w, 8, "instance %s has not settled on its Redis link",
                   in->id);
       return;
@@ -366,4 +376,129 @@ void sim_check_liveness(sim_world *w) {
     sim_violate(w, 8, "key %s belongs to no live instance or connection",
                 ks.found);
   }
+}
+
+/* ------------------------------------------ invariant 7's bookkeeping */
+
+int sim_strv_has(const sim_strv *v, const char *key) {
+  size_t i;
+  for (i = 0; i < v->n; i++) {
+    if (strcmp(v->v[i], key) == 0) {
+      return 1;
+    }
+  }
+  return 0;
+}
+
+static void strv_add(sim_strv *v, const char *key) {
+  char **nv;
+  if (sim_strv_has(v, key)) {
+    return;
+  }
+  nv = realloc(v->v, (v->n + 1) * sizeof(*nv));
+  if (nv == NULL) {
+    abort();
+  }
+  v->v = nv;
+  nv[v->n] = strdup(key);
+  if (nv[v->n] == NULL) {
+    abort();
+  }
+  v->n++;
+}
+
+static void strv_remove(sim_strv *v, const char *key) {
+  size_t i;
+  for (i = 0; i < v->n; i++) {
+    if (strcmp(v->v[i], key) == 0) {
+      free(v->v[i]);
+      v->v[i] = v->v[--v->n];
+      return;
+    }
+  }
+}
+
+void sim_strv_clear(sim_strv *v) {
+  while (v->n > 0) {
+    free(v->v[--v->n]);
+  }
+  free(v->v);
+  v->v = NULL;
+}
+
+/* A DEL the instance hands its backplane while Redis does not hold its
+   connections is lost (at-most-once; the key stays until its TTL); one
+   sent is in flight until Redis processes it.  A SET sent since makes
+   the key the instance's again. */
+void sim_check_reg_effect(sim_world *w, sim_inst *in, const hub_effect *e) {
+  char key[256];
+  int up = in->bp != NULL && sim_bp_connected(in->bp);
+  if ((e->type != HUB_EFF_REG_SET && e->type != HUB_EFF_REG_DEL) ||
+      e->name == NULL) {
+    return;
+  }
+  snprintf(key, sizeof(key), "%s%.*s", w->cfg.prefix, (int)e->name->len,
+           (const char *)e->name->data);
+  if (e->type == HUB_EFF_REG_SET) {
+    if (up) {
+      strv_remove(&in->lost_dels, key);
+    }
+  } else if (up) {
+    strv_add(&in->pending_dels, key);
+  } else {
+    strv_add(&in->lost_dels, key);
+  }
+}
+
+static sim_inst *tag_inst(sim_world *w, uint32_t tag) {
+  return tag < w->ninsts ? &w->insts[tag] : NULL;
+}
+
+static void on_key_del(void *ctx, uint32_t tag, const char *key) {
+  sim_inst *in = tag_inst(ctx, tag);
+  if (in != NULL) {
+    strv_remove(&in->pending_dels, key);
+  }
+}
+
+/* DELs in flight die with the connection. */
+static void on_conn_dropped(void *ctx, uint32_t tag) {
+  sim_inst *in = tag_inst(ctx, tag);
+  if (in == NULL) {
+    return;
+  }
+  while (in->pending_dels.n > 0) {
+    char *k = in->pending_dels.v[--in->pending_dels.n];
+    strv_add(&in->lost_dels, k);
+    free(k);
+  }
+}
+
+static void on_deliver(void *ctx, uint32_t tag, uint32_t chan,
+                       uint64_t published_at) {
+  sim_world *w = ctx;
+  (void)tag;
+  (void)chan;
+  w->deliver_t = published_at;
+}
+
+static void on_publish(void *ctx, uint32_t chan, const sim_blob *data,
+                       size_t receivers) {
+  sim_world *w = ctx;
+  (void)data;
+  (void)receivers;
+  if (w->check) {
+    check_publish(w, chan);
+  }
+}
+
+int sim_check_hooks(sim_world *w) {
+  sim_redis_hooks h;
+  memset(&h, 0, sizeof(h));
+  h.ctx = w;
+  h.on_publish = on_publish;
+  h.on_deliver = on_deliver;
+  h.on_key_del = on_key_del;
+  h.on_conn_dropped = on_conn_dropped;
+  return sim_redis_hook(w->redis, &h);
 }

@@ -60,7 +60,16 @@ static void lines_free(lines *l) {
 #define MAX_INST 4
 #define MAX_CLIENTS 50
 
-static void generate(uint64_t seed, lines *l) {
+/* One exploration's state. */
+typedef struct explorer {
+  const sim_explore_opts *o;
+  uint64_t total_events;
+  /* What the fatal-signal handler prints: written before each seed. */
+  char crash_msg[160];
+  size_t crash_len;
+} explorer;
+
+static void generate(const explorer *ex, uint64_t seed, lines *l) {
   sim_rng wk, ft;
   uint32_t ninst, nclients, nchan, created = 0, nops, op, i;
   uint32_t seq[MAX_CLIENTS + 1];
@@ -80,6 +89,10 @@ static void generate(uint64_t seed, lines *l) {
   add(l, "invariants on");
   add(l, "instances %u", ninst);
   add(l, "config max-queue-msgs %u", 4 + (uint32_t)sim_rng_below(&wk, 60));
+  if (ex->o->alloc_fail != NULL) {
+    /* Not drawn from |wk|: the rest of the scenario stays the same. */
+    add(l, "config alloc-fail-rate %s", ex->o->alloc_fail);
+  }
   if (sim_rng_below(&wk, 2)) {
     add(l, "config sndbuf %u", 256 + (uint32_t)sim_rng_below(&wk, 4096));
   }
@@ -176,24 +189,22 @@ static void generate(uint64_t seed, lines *l) {
   add(l, "check liveness");
 }
 
-static uint64_t total_events;
-
 /* Runs a subset; returns the invariant violated (0 none, -1 another
    failure). */
-static int run_subset(char *const *v, size_t n, sim_result *r) {
+static int run_subset(explorer *ex, char *const *v, size_t n, sim_result *r) {
   sim_opts o;
   memset(&o, 0, sizeof(o));
   o.check = 1;
   o.no_log = 1;
   sim_run_lines(v, NULL, n, &o, r);
-  total_events += r->events;
+  ex->total_events += r->events;
   if (r->inv) {
     return r->inv;
   }
   return r->failed ? -1 : 0;
 }
 
-static size_t shrink(lines *l, int inv, size_t *tests) {
+static size_t shrink(explorer *ex, lines *l, int inv, size_t *tests) {
   /* Statement 0 and 1 (seed, invariants on) stay. */
   size_t fixed = 2, m = l->n - fixed, gran = 2, i;
   char **cur = malloc(l->n * sizeof(*cur));
@@ -216,7 +227,7 @@ static size_t shrink(lines *l, int inv, size_t *tests) {
         }
       }
       (*tests)++;
-      if (run_subset(cand, c, &r) == inv) {
+      if (run_subset(ex, cand, c, &r) == inv) {
         memcpy(cur, cand, c * sizeof(*cur));
         m = c - fixed;
         gran = gran > 2 ? gran - 1 : 2;
@@ -241,7 +252,7 @@ static size_t shrink(lines *l, int inv, size_t *tests) {
       }
     }
     (*tests)++;
-    if (run_subset(cand, c, &r) == inv) {
+    if (run_subset(ex, cand, c, &r) == inv) {
       memcpy(cur, cand, c * sizeof(*cur));
       m = c - fixed;
     }
@@ -275,25 +286,27 @@ static size_t shrink(lines *l, int inv, size_t *tests) {
   return l->n;
 }
 
-/* If the core aborts (HUB_ASSERT) or crashes, say which seed did it. */
-static char crash_msg[160];
-static size_t crash_len;
+/* If the core aborts (HUB_ASSERT) or crashes, say which seed did it.  A
+   signal handler is given no argument: this is the one process-wide
+   pointer, set while sim_explore runs. */
+static const explorer *fatal_ex;
 
 static void on_fatal(int sig) {
-  if (write(2, crash_msg, crash_len) < 0) {
+  if (fatal_ex != NULL &&
+      write(2, fatal_ex->crash_msg, fatal_ex->crash_len) < 0) {
     /* Nothing more can be done from here. */
   }
   signal(sig, SIG_DFL);
   raise(sig);
 }
 
-static void arm_crash_msg(uint64_t seed) {
-  int n = snprintf(crash_msg, sizeof(crash_msg),
+static void arm_crash_msg(explorer *ex, uint64_t seed) {
+  int n = snprintf(ex->crash_msg, sizeof(ex->crash_msg),
                    "\nexplore: seed %llu crashed the simulator; replay with "
                    "wshub-sim --explore --seeds %llu..%llu\n",
                    (unsigned long long)seed, (unsigned long long)seed,
                    (unsigned long long)seed);
-  crash_len = n > 0 ? (size_t)n : 0;
+  ex->crash_len = n > 0 ? (size_t)n : 0;
 }
 
 static double wall_s(void) {
@@ -306,16 +319,19 @@ int sim_explore(const sim_explore_opts *o) {
   uint64_t seed, nseeds = 0, failures = 0;
   double t0 = wall_s(), t;
   sim_result r;
+  explorer ex;
 
-  total_events = 0;
+  memset(&ex, 0, sizeof(ex));
+  ex.o = o;
+  fatal_ex = &ex;
   signal(SIGABRT, on_fatal);
   signal(SIGSEGV, on_fatal);
   for (seed = o->from; seed <= o->to; seed++) {
     lines l;
     int inv;
-    arm_crash_msg(seed);
+    arm_crash_msg(&ex, seed);
     memset(&l, 0, sizeof(l));
-    generate(seed, &l);
+    generate(&ex, seed, &l);
     nseeds++;
     if (o->dump) {
       size_t i;
@@ -325,7 +341,7 @@ int sim_explore(const sim_explore_opts *o) {
       lines_free(&l);
       continue;
     }
-    inv = run_subset(l.v, l.n, &r);
+    inv = run_subset(&ex, l.v, l.n, &r);
     if (inv != 0) {
       size_t before = l.n, after, tests = 0;
       char path[1024];
@@ -334,7 +350,7 @@ int sim_explore(const sim_explore_opts *o) {
       printf("explore: seed %llu: event %llu: invariant %d: %s\n",
              (unsigned long long)seed, (unsigned long long)r.evno, inv, r.msg);
       if (inv > 0) {
-        after = shrink(&l, inv, &tests);
+        after = shrink(&ex, &l, inv, &tests);
         snprintf(path, sizeof(path), "%s/explore-seed-%llu.scn",
                  o->repro_dir ? o->repro_dir : ".", (unsigned long long)seed);
         f = fopen(path, "w");
@@ -373,9 +389,10 @@ int sim_explore(const sim_explore_opts *o) {
            "%.2f s, %.0f events/s, %.1f seeds/s\n",
            (unsigned long long)nseeds, (unsigned long long)o->from,
            (unsigned long long)(o->from + nseeds - 1),
-           (unsigned long long)failures, (unsigned long long)total_events, t,
-           t > 0 ? (double)total_events / t : 0.0,
+           (unsigned long long)failures, (unsigned long long)ex.total_events, t,
+           t > 0 ? (double)ex.total_events / t : 0.0,
            t > 0 ? (double)nseeds / t : 0.0);
   }
+  fatal_ex = NULL;
   return failures ? -1 : 0;
 }

@@ -3,6 +3,7 @@
  *
  *   wshub-sim [--seed N] [--trace] [--stats] FILE...
  *   wshub-sim --explore --seeds A..B [--repro-dir DIR] [--keep-going]
+ *             [--alloc-fail R]
  */
 #include "sim.h"
 
@@ -14,7 +15,7 @@ static void usage(FILE *f) {
   fprintf(f,
           "usage: wshub-sim [--seed N] [--trace] [--stats] FILE...\n"
           "       wshub-sim --explore --seeds A..B [--repro-dir DIR] "
-          "[--keep-going] [--quiet]\n"
+          "[--keep-going] [--quiet] [--alloc-fail R]\n"
           "Runs scenario files (see CONTRACT.md), printing PASS or FAIL per "
           "file;\nexits non-zero if any failed.  --trace prints one line per "
           "event.\n");
@@ -63,6 +64,14 @@ int main(int argc, char **argv) {
       eo.to = y;
     } else if (strcmp(a, "--repro-dir") == 0 && i + 1 < argc) {
       eo.repro_dir = argv[++i];
+    } else if (strcmp(a, "--alloc-fail") == 0 && i + 1 < argc) {
+      uint32_t ppb;
+      eo.alloc_fail = argv[++i];
+      if (sim_parse_rate(eo.alloc_fail, &ppb) != 0) {
+        fprintf(stderr, "wshub-sim: --alloc-fail wants a probability such "
+                        "as 0.001\n");
+        return 2;
+      }
     } else if (strcmp(a, "--keep-going") == 0) {
       eo.keep_going = 1;
     } else if (strcmp(a, "--dump") == 0) {
@@ -94,7 +103,8 @@ int main(int argc, char **argv) {
     struct timespec t0, t1;
     if (argv[i][0] == '-') {
       if (strcmp(argv[i], "--seed") == 0 || strcmp(argv[i], "--seeds") == 0 ||
-          strcmp(argv[i], "--repro-dir") == 0) {
+          strcmp(argv[i], "--repro-dir") == 0 ||
+          strcmp(argv[i], "--alloc-fail") == 0) {
         i++;
       }
       continue;

@@ -20,8 +20,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../backplanes/bp_sim.h"
-
 typedef struct runner {
   sim_world w;
   int started;
@@ -213,6 +211,10 @@ static int set_config(runner *rn, const char *name, const char *val) {
       return fail(rn, "bad number %s", val);
     }
     c->sndbuf = v;
+  } else if (strcmp(name, "alloc-fail-rate") == 0) {
+    if (sim_parse_rate(val, &c->alloc_fail_ppb) != 0) {
+      return fail(rn, "bad rate %s (a probability such as 0.001)", val);
+    }
   } else {
     return fail(rn, "unknown config %s", name);
   }
@@ -234,7 +236,7 @@ static int client_cmd(runner *rn, sim_client *c, const char *verb, char *args) {
       return fail(rn, "channel too long");
     }
     if (verb[0] == 'u' && c->state != SIM_CL_CLOSED) {
-      sim_client_cstate(c, sim_chan_intern(&rn->w, ch, strlen(ch)))
+      sim_client_cstate(c, sim_chan_intern(&rn->w.loop, ch, strlen(ch)))
         ->pending_unsubs++;
     }
     sim_client_send(&rn->w, c, buf, (size_t)n, 0);
@@ -338,7 +340,7 @@ static int parse_cond(runner *rn, char *p, cond *cd) {
     }
     cd->kind = C_REDIS_SUB;
     cd->inst = in->idx;
-    cd->chan = sim_chan_intern(&rn->w, ch, strlen(ch));
+    cd->chan = sim_chan_intern(&rn->w.loop, ch, strlen(ch));
     cd->yes = yn[0] == 'y';
     return 0;
   }
@@ -369,7 +371,7 @@ static int parse_cond(runner *rn, char *p, cond *cd) {
     if (ch == NULL) {
       return fail(rn, "%s needs a channel", b);
     }
-    cd->chan = sim_chan_intern(&rn->w, ch, strlen(ch));
+    cd->chan = sim_chan_intern(&rn->w.loop, ch, strlen(ch));
     if (b[8] == '-') {
       cd->kind = C_RECEIVED_COUNT;
       if (parse_u64(tok(&p), &cd->n) != 0) {
@@ -444,13 +446,13 @@ static int eval_cond(runner *rn, cond *cd, char *what, size_t wlen) {
              "%s received %llu messages on %s, none of them "
              "that one",
              c->name, (unsigned long long)sim_client_cstate(c, cd->chan)->recv,
-             w->chans[cd->chan]);
+             sim_chan_name(&w->loop, cd->chan));
     return 0;
   }
   case C_RECEIVED_COUNT: {
     uint64_t n = sim_client_cstate(c, cd->chan)->recv;
     snprintf(what, wlen, "%s received %llu messages on %s", c->name,
-             (unsigned long long)n, w->chans[cd->chan]);
+             (unsigned long long)n, sim_chan_name(&w->loop, cd->chan));
     return n == cd->n;
   }
   case C_CLOSED:
@@ -468,9 +470,10 @@ static int eval_cond(runner *rn, cond *cd, char *what, size_t wlen) {
     return 0;
   case C_REDIS_SUB: {
     sim_inst *in = &w->insts[cd->inst];
-    int sub = in->bp != NULL && bp_sim_subscribed(in->bp, cd->chan);
+    int sub =
+      in->bp != NULL && sim_redis_subscribed(sim_bp_conn(in->bp), cd->chan);
     snprintf(what, wlen, "redis-subscribed %d %s is %s", cd->inst,
-             w->chans[cd->chan], sub ? "yes" : "no");
+             sim_chan_name(&w->loop, cd->chan), sub ? "yes" : "no");
     return sub == cd->yes;
   }
   case C_REDIS_KEY: {
@@ -532,13 +535,13 @@ static int do_expect(runner *rn, char *p, const char *text) {
     free(cd.data);
     return -1;
   }
-  deadline = rn->w.now + dur;
+  deadline = rn->w.loop.now + dur;
   if (never) {
     for (;;) {
       if (eval_cond(rn, &cd, what, sizeof(what))) {
         rv = fail(rn, "expected %s, but it happened at %llu.%06llu ms (%s)",
-                  text, (unsigned long long)(rn->w.now / SIM_MS),
-                  (unsigned long long)(rn->w.now % SIM_MS), what);
+                  text, (unsigned long long)(rn->w.loop.now / SIM_MS),
+                  (unsigned long long)(rn->w.loop.now % SIM_MS), what);
         break;
       }
       int s = step(rn, deadline);
@@ -547,7 +550,7 @@ static int do_expect(runner *rn, char *p, const char *text) {
         break;
       }
       if (s == 0) {
-        rn->w.now = deadline;
+        rn->w.loop.now = deadline;
         break;
       }
     }
@@ -563,7 +566,7 @@ static int do_expect(runner *rn, char *p, const char *text) {
         break;
       }
       if (s == 0) {
-        rn->w.now = deadline;
+        rn->w.loop.now = deadline;
         if (!eval_cond(rn, &cd, what, sizeof(what))) {
           rv = fail(rn, "expected %s, but %s", text, what);
         }
@@ -579,7 +582,7 @@ static int exec_stmt(runner *rn, const char *text);
 
 static void at_cb(sim_world *w, void *stmt) {
   runner *rn = (runner *)((char *)w - offsetof(runner, w));
-  sim_trace(w, "at: %s", (const char *)stmt);
+  sim_trace(&w->loop, "at: %s", (const char *)stmt);
   if (exec_stmt(rn, stmt) != 0) {
     rn->at_failed = 1;
   }
@@ -624,7 +627,7 @@ static int exec_stmt(runner *rn, const char *text) {
     rv = -1;
     goto out;
   }
-  sim_trace_stmt(&rn->w, rn->line, text);
+  sim_trace_stmt(&rn->w.loop, rn->line, text);
   if (strcmp(a, "client") == 0) {
     char *name = tok(&p), *on = tok(&p), *i = tok(&p), *opt;
     sim_inst *in;
@@ -665,14 +668,14 @@ static int exec_stmt(runner *rn, const char *text) {
       rv = fail(rn, "run needs a duration");
       goto out;
     }
-    until = rn->w.now + d;
+    until = rn->w.loop.now + d;
     while ((s = step(rn, until)) > 0) {
     }
     if (s < 0) {
       rv = -1;
       goto out;
     }
-    rn->w.now = until;
+    rn->w.loop.now = until;
     goto out;
   }
   if (strcmp(a, "expect") == 0) {
@@ -750,7 +753,7 @@ static int exec_stmt(runner *rn, const char *text) {
       }
     }
     rn->owned[rn->nowned++] = dup;
-    sim_schedule(&rn->w, t, SIM_EV_STMT, (uint32_t)rn->line, 0, 0, dup);
+    sim_schedule(&rn->w.loop, t, SIM_EV_STMT, (uint32_t)rn->line, 0, 0, dup);
     goto out;
   }
   if (strcmp(a, "redis") == 0) {
@@ -879,7 +882,7 @@ int sim_run_lines(char *const *lines, const int *linenos, size_t n,
     free(rn);
     return -1;
   }
-  rn->w.trace = o->trace;
+  rn->w.loop.trace = o->trace;
   rn->w.check = o->check;
   /* Message data is kept only when some expectation looks at it. */
   rn->w.keep_log = 0;
@@ -905,7 +908,7 @@ int sim_run_lines(char *const *lines, const int *linenos, size_t n,
   if (rv == 0 && !rn->started) {
     rv = ensure_started(rn);
   }
-  r->events = rn->w.events;
+  r->events = rn->w.loop.events;
   sim_world_fini(&rn->w);
   for (i = 0; i < rn->nowned; i++) {
     free(rn->owned[i]);

@@ -1,7 +1,8 @@
 /*
- * sim_world.c - the virtual clock, the event queue, the PRNG streams,
- * simulated instances (each running the real core) and simulated
- * clients, and the transport between them.
+ * sim_world.c - simulated instances (each running the real core, with
+ * its allocation failures), simulated clients, the transport between
+ * them and the effect applier (inst_drain); the loop itself is
+ * sim_loop.c, Redis sim_redis.c.
  *
  * The transport models what the hub sees of a TCP peer.  A client that
  * reads at once (the default) takes every frame as soon as it is queued.
@@ -16,237 +17,6 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include "../backplanes/bp_sim.h"
-
-/* ------------------------------------------------------------ PRNG */
-
-static uint64_t splitmix64(uint64_t *x) {
-  uint64_t z = (*x += UINT64_C(0x9e3779b97f4a7c15));
-  z = (z ^ (z >> 30)) * UINT64_C(0xbf58476d1ce4e5b9);
-  z = (z ^ (z >> 27)) * UINT64_C(0x94d049bb133111eb);
-  return z ^ (z >> 31);
-}
-
-void sim_rng_seed(sim_rng *r, uint64_t seed, uint64_t stream) {
-  uint64_t x = seed ^ (stream * UINT64_C(0xd1b54a32d192ed03));
-  int i;
-  for (i = 0; i < 4; i++) {
-    r->s[i] = splitmix64(&x);
-  }
-}
-
-static uint64_t rotl(uint64_t x, int k) {
-  return (x << k) | (x >> (64 - k));
-}
-
-uint64_t sim_rng_next(sim_rng *r) {
-  uint64_t *s = r->s;
-  uint64_t result = rotl(s[1] * 5, 7) * 9;
-  uint64_t t = s[1] << 17;
-  s[2] ^= s[0];
-  s[3] ^= s[1];
-  s[1] ^= s[2];
-  s[0] ^= s[3];
-  s[2] ^= t;
-  s[3] = rotl(s[3], 45);
-  return result;
-}
-
-uint64_t sim_rng_below(sim_rng *r, uint64_t n) {
-  return sim_rng_next(r) % n;
-}
-
-/* ---------------------------------------------------------- blobs */
-
-sim_blob *sim_blob_new(const void *data, size_t len) {
-  sim_blob *b = malloc(sizeof(*b) + len + 1);
-  if (b == NULL) {
-    abort();
-  }
-  b->ref = 1;
-  b->len = (uint32_t)len;
-  b->t = 0;
-  if (len) {
-    memcpy(b->data, data, len);
-  }
-  b->data[len] = '\0';
-  return b;
-}
-
-void sim_blob_ref(sim_blob *b) {
-  b->ref++;
-}
-
-void sim_blob_unref(sim_blob *b) {
-  if (b != NULL && --b->ref == 0) {
-    free(b);
-  }
-}
-
-/* ---------------------------------------------------- event queue */
-
-static int ev_before(const sim_ev *x, const sim_ev *y) {
-  return x->at < y->at || (x->at == y->at && x->seq < y->seq);
-}
-
-void sim_schedule(sim_world *w, uint64_t at, uint32_t type, uint32_t a,
-                  uint64_t b, uint64_t gen, void *p) {
-  sim_ev ev;
-  size_t i;
-  if (w->nheap == w->capheap) {
-    w->capheap = w->capheap ? 2 * w->capheap : 1024;
-    w->heap = realloc(w->heap, w->capheap * sizeof(*w->heap));
-    if (w->heap == NULL) {
-      abort();
-    }
-  }
-  ev.at = at < w->now ? w->now : at;
-  ev.seq = w->seq++;
-  ev.type = type;
-  ev.a = a;
-  ev.b = b;
-  ev.gen = gen;
-  ev.p = p;
-  i = w->nheap++;
-  while (i > 0) {
-    size_t parent = (i - 1) / 2;
-    if (!ev_before(&ev, &w->heap[parent])) {
-      break;
-    }
-    w->heap[i] = w->heap[parent];
-    i = parent;
-  }
-  w->heap[i] = ev;
-}
-
-static sim_ev heap_pop(sim_world *w) {
-  sim_ev top = w->heap[0];
-  sim_ev last = w->heap[--w->nheap];
-  size_t i = 0, n = w->nheap;
-  for (;;) {
-    size_t c = 2 * i + 1;
-    if (c >= n) {
-      break;
-    }
-    if (c + 1 < n && ev_before(&w->heap[c + 1], &w->heap[c])) {
-      c++;
-    }
-    if (!ev_before(&w->heap[c], &last)) {
-      break;
-    }
-    w->heap[i] = w->heap[c];
-    i = c;
-  }
-  if (n > 0) {
-    w->heap[i] = last;
-  }
-  return top;
-}
-
-uint64_t sim_next_at(const sim_world *w) {
-  return w->nheap ? w->heap[0].at : UINT64_MAX;
-}
-
-/* Redis links: 100 us to 1 ms.  Client links: 20 us to 300 us. */
-uint64_t sim_lat_redis(sim_rng *r) {
-  return 100000 + sim_rng_below(r, 900000);
-}
-
-uint64_t sim_lat_client(sim_rng *r) {
-  return 20000 + sim_rng_below(r, 280000);
-}
-
-/* ---------------------------------------------------------- trace */
-
-static char trace_buf[4096];
-static size_t trace_len;
-
-void sim_trace(sim_world *w, const char *fmt, ...) {
-  va_list ap;
-  int n;
-  if (w->trace == NULL || trace_len >= sizeof(trace_buf) - 8) {
-    return;
-  }
-  trace_buf[trace_len++] = ' ';
-  trace_buf[trace_len++] = '|';
-  trace_buf[trace_len++] = ' ';
-  va_start(ap, fmt);
-  n = vsnprintf(trace_buf + trace_len, sizeof(trace_buf) - trace_len, fmt, ap);
-  va_end(ap);
-  if (n > 0) {
-    trace_len += (size_t)n;
-    if (trace_len >= sizeof(trace_buf)) {
-      trace_len = sizeof(trace_buf) - 1;
-    }
-  }
-}
-
-static void trace_begin(sim_world *w, const char *what, uint32_t a,
-                        uint64_t b) {
-  int n;
-  if (w->trace == NULL) {
-    return;
-  }
-  n = snprintf(trace_buf, sizeof(trace_buf), "%llu.%06llu #%llu %s %u %llu",
-               (unsigned long long)(w->now / SIM_MS),
-               (unsigned long long)(w->now % SIM_MS),
-               (unsigned long long)w->events, what, a, (unsigned long long)b);
-  trace_len = n > 0 ? (size_t)n : 0;
-}
-
-void sim_trace_stmt(sim_world *w, int line, const char *text) {
-  if (w->trace == NULL) {
-    return;
-  }
-  fprintf(w->trace, "%llu.%06llu stmt line %d: %s\n",
-          (unsigned long long)(w->now / SIM_MS),
-          (unsigned long long)(w->now % SIM_MS), line, text);
-}
-
-static void trace_end(sim_world *w) {
-  if (w->trace == NULL) {
-    return;
-  }
-  fwrite(trace_buf, 1, trace_len, w->trace);
-  fputc('\n', w->trace);
-  trace_len = 0;
-}
-
-/* -------------------------------------------------------- channels */
-
-int sim_chan_find(const sim_world *w, const char *name, size_t len) {
-  size_t i;
-  for (i = 0; i < w->nchans; i++) {
-    if (strncmp(w->chans[i], name, len) == 0 && w->chans[i][len] == '\0') {
-      return (int)i;
-    }
-  }
-  return -1;
-}
-
-uint32_t sim_chan_intern(sim_world *w, const char *name, size_t len) {
-  int i = sim_chan_find(w, name, len);
-  char *s;
-  if (i >= 0) {
-    return (uint32_t)i;
-  }
-  if (w->nchans == w->capchans) {
-    w->capchans = w->capchans ? 2 * w->capchans : 16;
-    w->chans = realloc(w->chans, w->capchans * sizeof(*w->chans));
-    if (w->chans == NULL) {
-      abort();
-    }
-  }
-  s = malloc(len + 1);
-  if (s == NULL) {
-    abort();
-  }
-  memcpy(s, name, len);
-  s[len] = '\0';
-  w->chans[w->nchans] = s;
-  return (uint32_t)w->nchans++;
-}
 
 /* ------------------------------------------------------------ JSON */
 
@@ -421,6 +191,13 @@ int sim_json_field(const char *s, size_t len, const char *key, const char **val,
 
 /* ------------------------------------------------------ transport */
 
+/* Names the caller whose allocations are drawn next, for the trace. */
+static void alloc_in(sim_inst *in, const char *call) {
+  if (in->alloc != NULL) {
+    in->alloc->call = call;
+  }
+}
+
 static sim_conn *inst_conn(sim_inst *in, hub_conn_id id) {
   return id < in->nconns ? &in->conns[id] : NULL;
 }
@@ -436,10 +213,16 @@ static void conn_q_clear(sim_conn *k) {
   k->wfin = 0;
 }
 
-static void conn_q_push(sim_conn *k, hub_buf *b) {
+/* Queues |b| (a reference is taken).  Returns -1 if the queue could not
+   grow: the transport's memory is the instance's, and fails with it. */
+static int conn_q_push(sim_inst *in, sim_conn *k, hub_buf *b) {
   if (k->qlen == k->qcap) {
     size_t ncap = k->qcap ? 2 * k->qcap : 16, i;
-    hub_buf **nq = malloc(ncap * sizeof(*nq));
+    hub_buf **nq;
+    if (sim_alloc_fails(in->alloc)) {
+      return -1;
+    }
+    nq = malloc(ncap * sizeof(*nq));
     if (nq == NULL) {
       abort();
     }
@@ -451,9 +234,11 @@ static void conn_q_push(sim_conn *k, hub_buf *b) {
     k->qhead = 0;
     k->qcap = ncap;
   }
+  hub_buf_ref(b);
   k->q[(k->qhead + k->qlen) % k->qcap] = b;
   k->qlen++;
   k->qbytes += b->len;
+  return 0;
 }
 
 static hub_buf *conn_q_at(sim_conn *k, size_t i) {
@@ -467,13 +252,14 @@ static void inst_drain(sim_world *w, sim_inst *in);
 /* The link state a frame is sent under, for invariant 4: the epoch, and
    whether the link was up and known up. */
 static uint64_t link_flags(sim_inst *in) {
-  int up = in->bp && bp_sim_connected(in->bp) && bp_sim_up_known(in->bp) &&
+  int up = in->bp && sim_bp_connected(in->bp) && sim_bp_up_known(in->bp) &&
            hub_bp_is_up(in->h);
-  return (in->bp ? bp_sim_epoch(in->bp) << 1 : 0) | (up ? 1 : 0);
+  return (in->bp ? sim_redis_epoch(sim_bp_conn(in->bp)) << 1 : 0) |
+         (up ? 1 : 0);
 }
 
 static uint64_t client_down_at(sim_world *w, sim_client *c) {
-  uint64_t at = w->now + sim_lat_client(&c->lat);
+  uint64_t at = w->loop.now + sim_lat_client(&c->lat);
   if (at < c->down_last) {
     at = c->down_last;
   }
@@ -482,7 +268,7 @@ static uint64_t client_down_at(sim_world *w, sim_client *c) {
 }
 
 static uint64_t client_up_at(sim_world *w, sim_client *c) {
-  uint64_t at = w->now + sim_lat_client(&c->lat);
+  uint64_t at = w->loop.now + sim_lat_client(&c->lat);
   if (at < c->up_last) {
     at = c->up_last;
   }
@@ -495,7 +281,8 @@ static void schedule_read(sim_world *w, sim_client *c) {
     return;
   }
   c->read_pending = 1;
-  sim_schedule(w, c->next_read > w->now ? c->next_read : w->now,
+  sim_schedule(&w->loop,
+               c->next_read > w->loop.now ? c->next_read : w->loop.now,
                SIM_EV_CLIENT_READ, (uint32_t)(c - w->clients), 0, c->gen, NULL);
 }
 
@@ -517,8 +304,8 @@ static int conn_flush(sim_world *w, sim_inst *in, sim_conn *k) {
       hub_buf *b = k->q[k->qhead];
       k->qhead = (k->qhead + 1) % k->qcap;
       k->qlen--;
-      sim_schedule(w, client_down_at(w, c), SIM_EV_CLIENT_FRAME, k->client,
-                   flags, c->gen, b);
+      sim_schedule(&w->loop, client_down_at(w, c), SIM_EV_CLIENT_FRAME,
+                   k->client, flags, c->gen, b);
     }
     k->qhead = 0;
     k->qbytes = k->wpos = k->wfin_end = 0;
@@ -542,25 +329,20 @@ static int conn_flush(sim_world *w, sim_inst *in, sim_conn *k) {
   if (msgs == 0 && bytes == 0) {
     return 0;
   }
-  hub_on_conn_written(in->h, c->conn, msgs, (size_t)bytes, w->now);
+  alloc_in(in, "hub_on_conn_written");
+  (void)hub_on_conn_written(in->h, c->conn, msgs, (size_t)bytes, w->loop.now);
   return 1;
 }
 
-static void conn_mark_dirty(sim_inst *in, hub_conn_id id);
-
-static hub_conn_id *dirty;
-static size_t ndirty, capdirty;
-
 static void conn_mark_dirty(sim_inst *in, hub_conn_id id) {
-  (void)in;
-  if (ndirty == capdirty) {
-    capdirty = capdirty ? 2 * capdirty : 64;
-    dirty = realloc(dirty, capdirty * sizeof(*dirty));
-    if (dirty == NULL) {
+  if (in->ndirty == in->capdirty) {
+    in->capdirty = in->capdirty ? 2 * in->capdirty : 64;
+    in->dirty = realloc(in->dirty, in->capdirty * sizeof(*in->dirty));
+    if (in->dirty == NULL) {
       abort();
     }
   }
-  dirty[ndirty++] = id;
+  in->dirty[in->ndirty++] = id;
 }
 
 static void client_closed(sim_world *w, sim_client *c, int code) {
@@ -570,7 +352,7 @@ static void client_closed(sim_world *w, sim_client *c, int code) {
   c->state = SIM_CL_CLOSED;
   c->close_code = code;
   c->gen++;
-  sim_trace(w, "client %s closed %d", c->name, code);
+  sim_trace(&w->loop, "client %s closed %d", c->name, code);
 }
 
 /* The hub closed |k|: send the close frame if the socket takes it, else
@@ -588,16 +370,16 @@ static void conn_close(sim_world *w, sim_inst *in, sim_conn *k, hub_conn_id id,
   k->open = 0;
   in->open_conns--;
   in->closing++;
-  sim_trace(w, "close %s:%llu code %d %s", in->id, (unsigned long long)id, code,
-            taken ? "sent" : "dropped");
+  sim_trace(&w->loop, "close %s:%llu code %d %s", in->id,
+            (unsigned long long)id, code, taken ? "sent" : "dropped");
   if (taken && c->state != SIM_CL_CLOSED) {
-    sim_schedule(w, client_down_at(w, c), SIM_EV_CLIENT_CLOSE, k->client,
+    sim_schedule(&w->loop, client_down_at(w, c), SIM_EV_CLIENT_CLOSE, k->client,
                  (uint64_t)code, c->gen, NULL);
   } else {
     client_closed(w, c, code);
   }
-  sim_schedule(w, w->now, SIM_EV_CONN_CLOSED, (uint32_t)in->idx, id, in->gen,
-               NULL);
+  sim_schedule(&w->loop, w->loop.now, SIM_EV_CONN_CLOSED, (uint32_t)in->idx, id,
+               in->gen, NULL);
 }
 
 static void inst_timer(sim_world *w, sim_inst *in) {
@@ -605,14 +387,18 @@ static void inst_timer(sim_world *w, sim_inst *in) {
   if (exp == HUB_TSTAMP_NONE) {
     return;
   }
-  if (exp <= w->now) {
-    exp = w->now + 1;
+  if (exp <= w->loop.now) {
+    exp = w->loop.now + 1;
+  }
+  if (exp < in->expiry_retry_at) {
+    exp = in->expiry_retry_at; /* backing off after NOMEM */
   }
   if (in->timer_at != UINT64_MAX && in->timer_at <= exp) {
     return;
   }
   in->timer_at = exp;
-  sim_schedule(w, exp, SIM_EV_INST_TIMER, (uint32_t)in->idx, 0, in->gen, NULL);
+  sim_schedule(&w->loop, exp, SIM_EV_INST_TIMER, (uint32_t)in->idx, 0, in->gen,
+               NULL);
 }
 
 static void inst_drain(sim_world *w, sim_inst *in) {
@@ -621,6 +407,7 @@ static void inst_drain(sim_world *w, sim_inst *in) {
   if (in->h == NULL) {
     return;
   }
+  in->unchecked = 1;
   for (;;) {
     while ((e = hub_effect_peek(in->h)) != NULL) {
       sim_conn *k;
@@ -628,8 +415,13 @@ static void inst_drain(sim_world *w, sim_inst *in) {
       case HUB_EFF_SEND:
         k = inst_conn(in, e->conn);
         if (k != NULL && k->open) {
-          hub_buf_ref(e->buf);
-          conn_q_push(k, e->buf);
+          alloc_in(in, "the transport queue");
+          if (conn_q_push(in, k, e->buf) != 0) {
+            /* Policy: a SEND the transport cannot queue closes its
+               connection with 1011, as the server does. */
+            conn_close(w, in, k, e->conn, 1011, "internal error");
+            break;
+          }
           k->sends++;
           conn_mark_dirty(in, e->conn);
         }
@@ -647,7 +439,8 @@ static void inst_drain(sim_world *w, sim_inst *in) {
               at = c->up_last;
             }
             c->up_last = at;
-            sim_schedule(w, at, SIM_EV_CONN_PONG, k->client, 0, c->gen, NULL);
+            sim_schedule(&w->loop, at, SIM_EV_CONN_PONG, k->client, 0, c->gen,
+                         NULL);
           }
         }
         break;
@@ -659,11 +452,12 @@ static void inst_drain(sim_world *w, sim_inst *in) {
         break;
       default:
         if (in->bp != NULL) {
-          if (w->trace && e->name) {
-            sim_trace(w, "effect %d %.*s", (int)e->type, (int)e->name->len,
-                      (const char *)e->name->data);
+          if (w->loop.trace && e->name) {
+            sim_trace(&w->loop, "effect %d %.*s", (int)e->type,
+                      (int)e->name->len, (const char *)e->name->data);
           }
-          bp_apply(bp_sim_bp(in->bp), e);
+          sim_check_reg_effect(w, in, e);
+          bp_apply(sim_bp_bp(in->bp), e);
         }
         break;
       }
@@ -671,9 +465,9 @@ static void inst_drain(sim_world *w, sim_inst *in) {
     }
     {
       int called = 0;
-      size_t n = ndirty;
+      size_t n = in->ndirty;
       for (i = 0; i < n; i++) {
-        sim_conn *k = inst_conn(in, dirty[i]);
+        sim_conn *k = inst_conn(in, in->dirty[i]);
         if (k != NULL && conn_flush(w, in, k)) {
           called = 1;
         }
@@ -681,10 +475,11 @@ static void inst_drain(sim_world *w, sim_inst *in) {
           sim_check_queue(w, in, k);
         }
       }
-      if (ndirty > n) {
-        memmove(dirty, dirty + n, (ndirty - n) * sizeof(*dirty));
+      if (in->ndirty > n) {
+        memmove(in->dirty, in->dirty + n,
+                (in->ndirty - n) * sizeof(*in->dirty));
       }
-      ndirty -= n;
+      in->ndirty -= n;
       if (!called && hub_effect_peek(in->h) == NULL) {
         break;
       }
@@ -695,43 +490,58 @@ static void inst_drain(sim_world *w, sim_inst *in) {
 
 /* ------------------------------------------------------- instances */
 
-/* The bp_events callbacks get the instance; the world is global to one
-   run, so it is reached through this pointer. */
-static sim_world *cur_world;
+/* Policy for NOMEM from the backplane entry points: the link is given
+   up and reconnected after the backoff, and the hub is told it is down,
+   so it re-subscribes everything when the link is back.  A reconnect is
+   a link epoch change for invariant 4: what was published meanwhile is
+   not owed (the epoch of the model's connection moves on). */
+static void inst_force_reconnect(sim_world *w, sim_inst *in, const char *why) {
+  sim_trace(&w->loop, "instance %s: %s: out of memory, reconnecting", in->id,
+            why);
+  sim_bp_reconnect(in->bp);
+  alloc_in(in, "hub_on_bp_down");
+  (void)hub_on_bp_down(in->h, w->loop.now);
+  inst_drain(w, in);
+}
 
 static void on_up(void *user) {
   sim_inst *in = user;
-  hub_on_bp_up(in->h, cur_world->now);
-  inst_drain(cur_world, in);
+  sim_world *w = in->w;
+  int rv;
+  alloc_in(in, "hub_on_bp_up");
+  rv = hub_on_bp_up(in->h, w->loop.now);
+  inst_drain(w, in);
+  if (rv == HUB_ERR_NOMEM) {
+    inst_force_reconnect(w, in, "hub_on_bp_up");
+  }
 }
 
 static void on_down(void *user) {
   sim_inst *in = user;
-  hub_on_bp_down(in->h, cur_world->now);
-  inst_drain(cur_world, in);
+  alloc_in(in, "hub_on_bp_down");
+  (void)hub_on_bp_down(in->h, in->w->loop.now);
+  inst_drain(in->w, in);
 }
 
 static void on_subscribed(void *user, const char *channel, size_t len) {
   sim_inst *in = user;
-  hub_on_bp_subscribed(in->h, channel, len, cur_world->now);
-  inst_drain(cur_world, in);
+  alloc_in(in, "hub_on_bp_subscribed");
+  (void)hub_on_bp_subscribed(in->h, channel, len, in->w->loop.now);
+  inst_drain(in->w, in);
 }
-
-static hub_conn_id *must;
-static uint64_t *must_sends;
-static size_t capmust;
 
 static void on_msg(void *user, const char *channel, size_t len,
                    const uint8_t *data, size_t dlen) {
   sim_inst *in = user;
-  sim_world *w = cur_world;
+  sim_world *w = in->w;
   size_t nmust = 0, i;
+  int rv;
 
   if (w->check) {
     /* Invariant 4: who must get this message? */
-    uint32_t chan = sim_chan_intern(w, channel, len);
-    uint64_t tr = bp_sim_msg_time(in->bp);
-    uint64_t epoch = bp_sim_epoch(in->bp);
+    uint32_t chan = sim_chan_intern(&w->loop, channel, len);
+    uint64_t tr = w->deliver_t;
+    uint64_t epoch = sim_redis_epoch(sim_bp_conn(in->bp));
     hub_conn_id id;
     for (id = 1; id < in->nconns; id++) {
       sim_conn *k = &in->conns[id];
@@ -749,35 +559,115 @@ static void on_msg(void *user, const char *channel, size_t len,
           cs->must_epoch != epoch) {
         continue;
       }
-      if (nmust == capmust) {
-        capmust = capmust ? 2 * capmust : 64;
-        must = realloc(must, capmust * sizeof(*must));
-        must_sends = realloc(must_sends, capmust * sizeof(*must_sends));
-        if (must == NULL || must_sends == NULL) {
+      if (nmust == w->capmust) {
+        w->capmust = w->capmust ? 2 * w->capmust : 64;
+        w->must = realloc(w->must, w->capmust * sizeof(*w->must));
+        w->must_sends =
+          realloc(w->must_sends, w->capmust * sizeof(*w->must_sends));
+        if (w->must == NULL || w->must_sends == NULL) {
           abort();
         }
       }
-      must[nmust] = id;
-      must_sends[nmust] = k->sends;
+      w->must[nmust] = id;
+      w->must_sends[nmust] = k->sends;
       nmust++;
     }
   }
-  hub_on_bp_msg(in->h, channel, len, data, dlen, w->now);
+  alloc_in(in, "hub_on_bp_msg");
+  rv = hub_on_bp_msg(in->h, channel, len, data, dlen, w->loop.now);
   inst_drain(w, in);
+  if (rv == HUB_ERR_NOMEM) {
+    /* The message is lost with the link: nothing is owed for it. */
+    inst_force_reconnect(w, in, "hub_on_bp_msg");
+    return;
+  }
   for (i = 0; i < nmust; i++) {
-    sim_conn *k = &in->conns[must[i]];
-    if (k->open && k->sends == must_sends[i]) {
-      sim_violate(w, 4,
-                  "client %s (conn %s:%llu) acknowledged on %.*s at %llu ns "
-                  "did not get a message Redis published at %llu ns",
-                  w->clients[k->client].name, in->id,
-                  (unsigned long long)must[i], (int)len, channel,
-                  (unsigned long long)sim_client_cstate(
-                    &w->clients[k->client], sim_chan_intern(w, channel, len))
-                    ->must_from,
-                  (unsigned long long)bp_sim_msg_time(in->bp));
+    sim_conn *k = &in->conns[w->must[i]];
+    if (k->open && k->sends == w->must_sends[i]) {
+      sim_violate(
+        w, 4,
+        "client %s (conn %s:%llu) acknowledged on %.*s at %llu ns "
+        "did not get a message Redis published at %llu ns",
+        w->clients[k->client].name, in->id, (unsigned long long)w->must[i],
+        (int)len, channel,
+        (unsigned long long)sim_client_cstate(
+          &w->clients[k->client], sim_chan_intern(&w->loop, channel, len))
+          ->must_from,
+        (unsigned long long)w->deliver_t);
     }
   }
+}
+
+/* ------------------------------------------- allocation failures */
+
+static int alloc_fails(sim_alloc *a) {
+  if (a == NULL || !a->armed || a->fail_ppb == 0) {
+    return 0;
+  }
+  a->allocs++;
+  if (sim_rng_below(&a->rng, 1000000000) >= a->fail_ppb) {
+    return 0;
+  }
+  a->fails++;
+  sim_trace(a->loop, "instance %s: allocation %llu fails (in %s)", a->id,
+            (unsigned long long)a->allocs, a->call ? a->call : "?");
+  return 1;
+}
+
+int sim_alloc_fails(sim_alloc *a) {
+  return alloc_fails(a);
+}
+
+static void *alloc_malloc(size_t size, void *user) {
+  return alloc_fails(user) ? NULL : malloc(size);
+}
+
+static void alloc_free(void *ptr, void *user) {
+  (void)user;
+  free(ptr);
+}
+
+static void *alloc_realloc(void *ptr, size_t size, void *user) {
+  return alloc_fails(user) ? NULL : realloc(ptr, size);
+}
+
+int sim_parse_rate(const char *s, uint32_t *ppb) {
+  uint64_t v = 0, scale = 1000000000;
+  int digits = 0;
+  if (s[0] == '1' && (s[1] == '\0' || s[1] == '.')) {
+    s++;
+    if (*s == '.') {
+      s++;
+    }
+    while (*s == '0') {
+      s++;
+    }
+    if (*s != '\0') {
+      return -1;
+    }
+    *ppb = 1000000000;
+    return 0;
+  }
+  if (s[0] != '0') {
+    return -1;
+  }
+  s++;
+  if (*s == '.') {
+    s++;
+    while (*s >= '0' && *s <= '9') {
+      if (++digits > 9) {
+        return -1;
+      }
+      scale /= 10;
+      v += (uint64_t)(*s - '0') * scale;
+      s++;
+    }
+  }
+  if (*s != '\0') {
+    return -1;
+  }
+  *ppb = (uint32_t)v;
+  return 0;
 }
 
 void sim_config_default(sim_config *c) {
@@ -803,25 +693,48 @@ int sim_inst_start(sim_world *w, sim_inst *in) {
   hc = w->cfg.hub;
   hc.instance_id = in->id;
   hc.backplane = 1;
-  hc.unix_time_s = 1700000000 + (int64_t)(w->now / SIM_S);
-  hc.seed = w->seed ^ (in->gen * 0x9e3779b97f4a7c15ULL) ^ (uint64_t)in->idx;
-  rv = hub_new(&in->h, &hc, NULL, w->now);
+  hc.unix_time_s = 1700000000 + (int64_t)(w->loop.now / SIM_S);
+  hc.seed =
+    w->loop.seed ^ (in->gen * 0x9e3779b97f4a7c15ULL) ^ (uint64_t)in->idx;
+  if (in->alloc == NULL) {
+    in->alloc = calloc(1, sizeof(*in->alloc));
+    if (in->alloc == NULL) {
+      abort();
+    }
+    in->alloc->mem.user = in->alloc;
+    in->alloc->mem.malloc = alloc_malloc;
+    in->alloc->mem.free = alloc_free;
+    in->alloc->mem.realloc = alloc_realloc;
+    in->alloc->loop = &w->loop;
+  }
+  in->alloc->id = in->id;
+  in->alloc->fail_ppb = w->cfg.alloc_fail_ppb;
+  in->alloc->armed = 0;
+  /* A stream of its own per instance and incarnation (disjoint from the
+     latency streams), so removing a statement elsewhere does not move
+     which of its allocations fail. */
+  sim_rng_seed(&in->alloc->rng, w->loop.seed,
+               (UINT64_C(0xa110c) << 40) + ((uint64_t)in->idx << 20) + in->gen);
+  rv = hub_new(&in->h, &hc, &in->alloc->mem, w->loop.now);
   if (rv != 0) {
     fprintf(stderr, "wshub-sim: hub_new: %s\n", hub_strerror(rv));
     in->h = NULL;
     in->state = SIM_INST_DEAD;
     return rv;
   }
+  in->w = w;
   ev.user = in;
   ev.on_up = on_up;
   ev.on_down = on_down;
   ev.on_msg = on_msg;
   ev.on_subscribed = on_subscribed;
-  in->bp = bp_sim_new(w, (uint32_t)in->idx, &ev);
+  in->bp = sim_bp_new(&w->loop, w->redis, (uint32_t)in->idx,
+                      UINT64_C(0x100000) + ((uint64_t)in->idx << 20) + in->gen,
+                      w->cfg.prefix, &ev);
   if (in->bp == NULL) {
     abort();
   }
-  bp_sim_set_partitioned(in->bp, in->partitioned);
+  sim_bp_set_partitioned(in->bp, in->partitioned);
   in->state = SIM_INST_RUNNING;
   in->q_msgs_max = hc.max_queue_msgs;
   in->q_bytes_max = hc.max_queue_bytes;
@@ -829,8 +742,14 @@ int sim_inst_start(sim_world *w, sim_inst *in) {
   in->nconns = 1;
   in->open_conns = 0;
   in->shutdown_clean = 0;
-  sim_trace(w, "instance %s starts", in->id);
-  bp_sim_connect(in->bp);
+  in->expiry_retry_at = 0;
+  sim_strv_clear(&in->lost_dels);
+  sim_strv_clear(&in->pending_dels);
+  sim_trace(&w->loop, "instance %s starts", in->id);
+  /* Start-up allocations do not fail: a process that cannot start is
+     not what this explores. */
+  in->alloc->armed = 1;
+  sim_bp_connect(in->bp);
   inst_drain(w, in);
   return 0;
 }
@@ -850,7 +769,7 @@ static void inst_teardown(sim_world *w, sim_inst *in) {
   in->open_conns = 0;
   in->closing = 0;
   if (in->bp != NULL) {
-    bp_sim_bp(in->bp)->ops->free(bp_sim_bp(in->bp));
+    sim_bp_bp(in->bp)->ops->free(sim_bp_bp(in->bp));
     in->bp = NULL;
   }
   hub_del(in->h);
@@ -864,21 +783,24 @@ void sim_inst_crash(sim_world *w, sim_inst *in) {
   if (in->state != SIM_INST_RUNNING && in->state != SIM_INST_SHUTTING) {
     return;
   }
-  sim_trace(w, "instance %s crashes", in->id);
+  sim_trace(&w->loop, "instance %s crashes", in->id);
   if (w->check) {
     /* Invariant 6: its keys must expire by their TTLs. */
     snprintf(buf, sizeof(buf), "%sinstance:%s", w->cfg.prefix, in->id);
-    sim_schedule(w, w->now + 30 * SIM_S + SIM_MS, SIM_EV_CHECK_KEYS, 0, 0, 0,
-                 sim_blob_new(buf, strlen(buf)));
+    sim_schedule(&w->loop,
+                 w->loop.now + (uint64_t)w->cfg.hub.instance_ttl_s * SIM_S +
+                   SIM_MS,
+                 SIM_EV_CHECK_KEYS, 0, 0, 0, sim_blob_new(buf, strlen(buf)));
     snprintf(buf, sizeof(buf), "%sconn:%s:", w->cfg.prefix, in->id);
-    sim_schedule(w, w->now + 120 * SIM_S + SIM_MS, SIM_EV_CHECK_KEYS, 0, 0, 0,
-                 sim_blob_new(buf, strlen(buf)));
+    sim_schedule(&w->loop,
+                 w->loop.now + (uint64_t)w->cfg.hub.conn_ttl_s * SIM_S + SIM_MS,
+                 SIM_EV_CHECK_KEYS, 0, 0, 0, sim_blob_new(buf, strlen(buf)));
   }
   inst_teardown(w, in);
 }
 
 static void inst_exit(sim_world *w, sim_inst *in) {
-  sim_trace(w, "instance %s exits", in->id);
+  sim_trace(&w->loop, "instance %s exits", in->id);
   if (w->check) {
     sim_check_exit(w, in);
   }
@@ -891,7 +813,8 @@ static void inst_maybe_exit(sim_world *w, sim_inst *in) {
   if (in->state != SIM_INST_SHUTTING || in->open_conns > 0 || in->closing > 0) {
     return;
   }
-  if (in->bp != NULL && bp_sim_connected(in->bp) && !bp_sim_idle(in->bp)) {
+  if (in->bp != NULL && sim_bp_connected(in->bp) &&
+      !sim_redis_idle(sim_bp_conn(in->bp))) {
     return;
   }
   inst_exit(w, in);
@@ -903,20 +826,21 @@ void sim_inst_shutdown(sim_world *w, sim_inst *in) {
     return;
   }
   in->state = SIM_INST_SHUTTING;
-  in->shutdown_at = w->now;
-  in->shutdown_clean = in->bp != NULL && bp_sim_connected(in->bp) &&
-                       bp_sim_up_known(in->bp) && hub_bp_is_up(in->h);
+  in->shutdown_at = w->loop.now;
+  in->shutdown_clean = in->bp != NULL && sim_bp_connected(in->bp) &&
+                       sim_bp_up_known(in->bp) && hub_bp_is_up(in->h);
   for (i = 1; i < in->nconns; i++) {
     if (in->conns[i].open) {
       sim_client *c = &w->clients[in->conns[i].client];
       c->shutdown_seen = !c->self_closed;
     }
   }
-  sim_trace(w, "instance %s shuts down", in->id);
-  hub_shutdown(in->h, w->now);
+  sim_trace(&w->loop, "instance %s shuts down", in->id);
+  alloc_in(in, "hub_shutdown");
+  (void)hub_shutdown(in->h, w->loop.now);
   inst_drain(w, in);
-  sim_schedule(w, w->now + w->cfg.shutdown_timeout_ns, SIM_EV_INST_EXIT,
-               (uint32_t)in->idx, 0, in->gen, NULL);
+  sim_schedule(&w->loop, w->loop.now + w->cfg.shutdown_timeout_ns,
+               SIM_EV_INST_EXIT, (uint32_t)in->idx, 0, in->gen, NULL);
   inst_maybe_exit(w, in);
 }
 
@@ -926,18 +850,18 @@ void sim_inst_partition(sim_world *w, sim_inst *in) {
     in->shutdown_clean = 0;
   }
   if (in->bp != NULL) {
-    bp_sim_set_partitioned(in->bp, 1);
-    bp_sim_drop(in->bp, 1);
+    sim_bp_set_partitioned(in->bp, 1);
+    sim_bp_drop(in->bp, 1);
   }
-  sim_trace(w, "instance %d partitioned from redis", in->idx);
+  sim_trace(&w->loop, "instance %d partitioned from redis", in->idx);
 }
 
 void sim_inst_heal(sim_world *w, sim_inst *in) {
   in->partitioned = 0;
   if (in->bp != NULL) {
-    bp_sim_set_partitioned(in->bp, 0);
+    sim_bp_set_partitioned(in->bp, 0);
   }
-  sim_trace(w, "instance %d healed", in->idx);
+  sim_trace(&w->loop, "instance %d healed", in->idx);
 }
 
 int sim_instances(sim_world *w, size_t n) {
@@ -949,6 +873,12 @@ int sim_instances(sim_world *w, size_t n) {
     }
     memset(ni + w->ninsts, 0, (n - w->ninsts) * sizeof(*ni));
     w->insts = ni;
+    /* The instances moved: their backplanes' callbacks must find them. */
+    for (i = 0; i < w->ninsts; i++) {
+      if (ni[i].bp != NULL) {
+        sim_bp_bp(ni[i].bp)->ev.user = &ni[i];
+      }
+    }
     for (i = w->ninsts; i < n; i++) {
       w->insts[i].idx = (int)i;
       w->insts[i].timer_at = UINT64_MAX;
@@ -1026,12 +956,13 @@ int sim_client_new(sim_world *w, const char *name, int inst, uint32_t read_rate,
     for (q = name; *q; q++) {
       hsh = (hsh ^ (uint8_t)*q) * UINT64_C(0x100000001b3);
     }
-    sim_rng_seed(&c->lat, w->seed, hsh);
+    sim_rng_seed(&c->lat, w->loop.seed, hsh);
   }
   /* Connects reach an instance in the order they were made, so
      connection ids follow statement order. */
   c->up_last = w->insts[inst].accept_last;
-  sim_schedule(w, client_up_at(w, c), SIM_EV_CONN_OPEN, idx, 0, c->gen, NULL);
+  sim_schedule(&w->loop, client_up_at(w, c), SIM_EV_CONN_OPEN, idx, 0, c->gen,
+               NULL);
   w->insts[inst].accept_last = c->up_last;
   return (int)idx;
 }
@@ -1041,7 +972,7 @@ void sim_client_send(sim_world *w, sim_client *c, const void *data, size_t len,
   if (c->state == SIM_CL_CLOSED) {
     return;
   }
-  sim_schedule(w, client_up_at(w, c), SIM_EV_CONN_MSG,
+  sim_schedule(&w->loop, client_up_at(w, c), SIM_EV_CONN_MSG,
                (uint32_t)(c - w->clients), (uint64_t)binary, c->gen,
                sim_blob_new(data, len));
 }
@@ -1054,14 +985,14 @@ void sim_client_disconnect(sim_world *w, sim_client *c) {
      reach it (invariant 7 does not ask it to see 1001). */
   c->shutdown_seen = 0;
   c->self_closed = 1;
-  sim_schedule(w, client_up_at(w, c), SIM_EV_CONN_GONE,
+  sim_schedule(&w->loop, client_up_at(w, c), SIM_EV_CONN_GONE,
                (uint32_t)(c - w->clients), 0, c->gen, NULL);
 }
 
 void sim_redis_publish_text(sim_world *w, const char *chan, size_t chan_len,
                             const char *data, size_t len) {
   sim_blob *b = sim_blob_new(data, len);
-  sim_redis_publish(w->redis, sim_chan_intern(w, chan, chan_len), b);
+  sim_redis_publish(w->redis, sim_chan_intern(&w->loop, chan, chan_len), b);
   sim_blob_unref(b);
 }
 
@@ -1099,12 +1030,12 @@ static void client_frame(sim_world *w, sim_client *c, const hub_buf *b,
   ch = v[1];
   chlen = vl[1];
   if (ch != NULL && chlen >= 2 && ch[0] == '"') {
-    chan = sim_chan_intern(w, ch + 1, chlen - 2);
+    chan = sim_chan_intern(&w->loop, ch + 1, chlen - 2);
   } else {
     ch = NULL;
   }
-  if (w->trace) {
-    sim_trace(w, "client %s reads %.*s", c->name, (int)len, s);
+  if (w->loop.trace) {
+    sim_trace(&w->loop, "client %s reads %.*s", c->name, (int)len, s);
   }
   if (ch == NULL) {
     return;
@@ -1140,9 +1071,9 @@ static void client_frame(sim_world *w, sim_client *c, const hub_buf *b,
        answer until Redis confirms the re-subscribe).  An open window is
        not reopened. */
     if (cs->pending_unsubs == 0 && cs->must_from == UINT64_MAX && (flags & 1) &&
-        in->gen == c->inst_gen && in->bp != NULL && bp_sim_connected(in->bp) &&
-        (flags >> 1) == bp_sim_epoch(in->bp)) {
-      cs->must_from = w->now;
+        in->gen == c->inst_gen && in->bp != NULL && sim_bp_connected(in->bp) &&
+        (flags >> 1) == sim_redis_epoch(sim_bp_conn(in->bp))) {
+      cs->must_from = w->loop.now;
       cs->must_epoch = flags >> 1;
     }
   } else if (type == SIM_R_UNSUBSCRIBED) {
@@ -1179,8 +1110,11 @@ static void ev_conn_open(sim_world *w, sim_client *c) {
   }
   snprintf(addr, sizeof(addr), "127.0.0.1:%u",
            40000u + (unsigned)(c - w->clients));
-  rv = hub_on_conn_open(in->h, &id, addr, NULL, w->now);
+  alloc_in(in, "hub_on_conn_open");
+  rv = hub_on_conn_open(in->h, &id, addr, NULL, w->loop.now);
   if (rv != 0) {
+    /* Policy: refused; the client sees its connection closed without a
+       code. */
     client_closed(w, c, 0);
     inst_drain(w, in);
     return;
@@ -1205,7 +1139,8 @@ static void ev_conn_open(sim_world *w, sim_client *c) {
   c->conn = id;
   c->state = SIM_CL_OPEN;
   c->was_open = 1;
-  sim_trace(w, "client %s is %s:%llu", c->name, in->id, (unsigned long long)id);
+  sim_trace(&w->loop, "client %s is %s:%llu", c->name, in->id,
+            (unsigned long long)id);
   inst_drain(w, in);
 }
 
@@ -1213,6 +1148,7 @@ static void ev_conn_msg(sim_world *w, sim_client *c, const sim_ev *ev) {
   sim_inst *in = client_inst(w, c);
   sim_blob *p = ev->p;
   sim_conn *k;
+  int rv;
   if (in == NULL || c->state != SIM_CL_OPEN) {
     return;
   }
@@ -1229,12 +1165,17 @@ static void ev_conn_msg(sim_world *w, sim_client *c, const sim_ev *ev) {
         memcmp(t, "\"unsubscribe\"", 13) == 0 &&
         sim_json_field(p->data, p->len, "channel", &ch, &chlen) == 0 &&
         chlen >= 2) {
-      sim_client_cstate(c, sim_chan_intern(w, ch + 1, chlen - 2))->must_from =
-        UINT64_MAX;
+      sim_client_cstate(c, sim_chan_intern(&w->loop, ch + 1, chlen - 2))
+        ->must_from = UINT64_MAX;
     }
   }
-  hub_on_conn_msg(in->h, c->conn, (int)ev->b, (const uint8_t *)p->data, p->len,
-                  w->now);
+  alloc_in(in, "hub_on_conn_msg");
+  rv = hub_on_conn_msg(in->h, c->conn, (int)ev->b, (const uint8_t *)p->data,
+                       p->len, w->loop.now);
+  if (rv == HUB_ERR_NOMEM) {
+    /* Policy: the request could not be served; close with 1011. */
+    conn_close(w, in, k, c->conn, 1011, "internal error");
+  }
   inst_drain(w, in);
 }
 
@@ -1269,11 +1210,12 @@ static void ev_client_read(sim_world *w, sim_client *c) {
   k->qhead = (k->qhead + 1) % k->qcap;
   k->qlen--;
   k->qbytes -= b->len;
-  c->next_read = w->now + SIM_S / c->read_rate;
+  c->next_read = w->loop.now + SIM_S / c->read_rate;
   client_frame(w, c, b, 0);
   hub_buf_unref(b);
   if (fin) {
-    hub_on_conn_written(in->h, c->conn, fin, (size_t)extra, w->now);
+    alloc_in(in, "hub_on_conn_written");
+    (void)hub_on_conn_written(in->h, c->conn, fin, (size_t)extra, w->loop.now);
   }
   conn_flush(w, in, k);
   inst_drain(w, in);
@@ -1282,27 +1224,38 @@ static void ev_client_read(sim_world *w, sim_client *c) {
   }
 }
 
-static const char *ev_names[SIM_EV_TYPE_MAX] = {
-  "?",         "stmt",      "timer",       "conn-open",  "conn-msg",
-  "conn-pong", "conn-gone", "conn-closed", "frame",      "close",
-  "read",      "redis-cmd", "bp-deliver",  "bp-connect", "bp-up",
-  "bp-down",   "bp-retry",  "inst-exit",   "check-keys"};
+/* An instance event: hub_handle_expiry, with its NOMEM policy (retry
+   after 10 ms; its timer is not moved earlier meanwhile). */
+static void ev_inst_timer(sim_world *w, sim_inst *in) {
+  in->timer_at = UINT64_MAX;
+  alloc_in(in, "hub_handle_expiry");
+  if (hub_handle_expiry(in->h, w->loop.now) == HUB_ERR_NOMEM) {
+    in->expiry_retry_at = w->loop.now + 10 * SIM_MS;
+    sim_trace(&w->loop, "instance %s: expiry: out of memory, retry at +10ms",
+              in->id);
+  } else {
+    in->expiry_retry_at = 0;
+  }
+  inst_drain(w, in);
+}
 
 int sim_step(sim_world *w, uint64_t until) {
   sim_ev ev;
   sim_inst *touched = NULL;
-  if (w->nheap == 0 || w->heap[0].at > until) {
+  size_t i;
+  if (!sim_loop_pop(&w->loop, until, &ev)) {
     return 0;
   }
-  ev = heap_pop(w);
-  w->now = ev.at;
-  w->events++;
-  cur_world = w;
-  trace_begin(w, ev.type < SIM_EV_TYPE_MAX ? ev_names[ev.type] : "?", ev.a,
-              ev.b);
+  sim_trace_begin(&w->loop, &ev);
 
-  if (bp_sim_event(w, &ev)) {
+  if (sim_redis_event(w->redis, &ev)) {
+    /* Its tag is the instance index (sim_inst_start). */
     touched = &w->insts[ev.a];
+  } else if (ev.type == SIM_EV_BP_RETRY) {
+    touched = &w->insts[ev.a];
+    if (touched->bp != NULL) {
+      sim_bp_event(touched->bp, &ev);
+    }
   } else {
     switch (ev.type) {
     case SIM_EV_STMT:
@@ -1315,9 +1268,7 @@ int sim_step(sim_world *w, uint64_t until) {
       if (in->gen != ev.gen || in->h == NULL || in->timer_at != ev.at) {
         break;
       }
-      in->timer_at = UINT64_MAX;
-      hub_handle_expiry(in->h, w->now);
-      inst_drain(w, in);
+      ev_inst_timer(w, in);
       touched = in;
       break;
     }
@@ -1327,7 +1278,8 @@ int sim_step(sim_world *w, uint64_t until) {
         break;
       }
       in->closing--;
-      hub_on_conn_closed(in->h, (hub_conn_id)ev.b, w->now);
+      alloc_in(in, "hub_on_conn_closed");
+      (void)hub_on_conn_closed(in->h, (hub_conn_id)ev.b, w->loop.now);
       inst_drain(w, in);
       touched = in;
       break;
@@ -1380,7 +1332,8 @@ int sim_step(sim_world *w, uint64_t until) {
         break;
       case SIM_EV_CONN_PONG:
         if (touched && c->state == SIM_CL_OPEN) {
-          hub_on_conn_pong(touched->h, c->conn, w->now);
+          alloc_in(touched, "hub_on_conn_pong");
+          (void)hub_on_conn_pong(touched->h, c->conn, w->loop.now);
           inst_drain(w, touched);
         }
         break;
@@ -1391,7 +1344,8 @@ int sim_step(sim_world *w, uint64_t until) {
             conn_q_clear(k);
             k->open = 0;
             touched->open_conns--;
-            hub_on_conn_closed(touched->h, c->conn, w->now);
+            alloc_in(touched, "hub_on_conn_closed");
+            (void)hub_on_conn_closed(touched->h, c->conn, w->loop.now);
           }
           client_closed(w, c, 0);
           inst_drain(w, touched);
@@ -1415,23 +1369,43 @@ int sim_step(sim_world *w, uint64_t until) {
     }
     if (w->check && touched->state == SIM_INST_RUNNING) {
       sim_check_inst(w, touched);
+      touched->unchecked = 0;
     }
   }
-  trace_end(w);
+  /* hub_check (invariant 9) for every other hub called since it last ran:
+     a shutting-down one, or one a statement called between events. */
+  for (i = 0; w->check && i < w->ninsts; i++) {
+    sim_inst *in = &w->insts[i];
+    if (in->unchecked && in->h != NULL) {
+      sim_check_hub(w, in);
+    }
+    in->unchecked = 0;
+  }
+  sim_trace_end(&w->loop);
   return 1;
 }
 
 int sim_world_init(sim_world *w, uint64_t seed) {
   memset(w, 0, sizeof(*w));
-  w->seed = seed;
+  sim_loop_init(&w->loop, seed);
   sim_config_default(&w->cfg);
-  cur_world = w;
-  return sim_redis_new(&w->redis, w);
+  if (sim_redis_new(&w->redis, &w->loop) != 0) {
+    return HUB_ERR_NOMEM;
+  }
+  return sim_check_hooks(w);
+}
+
+/* Releases what a queued event holds. */
+static void ev_drop(sim_ev *ev) {
+  if (ev->type == SIM_EV_CLIENT_FRAME) {
+    hub_buf_unref(ev->p);
+  } else if (ev->type != SIM_EV_STMT) {
+    sim_blob_unref(ev->p);
+  }
 }
 
 void sim_world_fini(sim_world *w) {
   size_t i, j;
-  cur_world = w;
   for (i = 0; i < w->ninsts; i++) {
     sim_inst *in = &w->insts[i];
     if (in->h != NULL) {
@@ -1442,17 +1416,16 @@ void sim_world_fini(sim_world *w) {
       free(in->conns[j].q);
     }
     free(in->conns);
+    free(in->dirty);
+    sim_strv_clear(&in->lost_dels);
+    sim_strv_clear(&in->pending_dels);
+  }
+  /* Frames still in flight point at their instance's allocator. */
+  sim_loop_fini(&w->loop, ev_drop);
+  for (i = 0; i < w->ninsts; i++) {
+    free(w->insts[i].alloc);
   }
   free(w->insts);
-  while (w->nheap) {
-    sim_ev ev = heap_pop(w);
-    if (ev.type == SIM_EV_CLIENT_FRAME) {
-      hub_buf_unref(ev.p);
-    } else if (ev.type != SIM_EV_STMT) {
-      sim_blob_unref(ev.p);
-    }
-  }
-  free(w->heap);
   for (i = 0; i < w->nclients; i++) {
     sim_client *c = &w->clients[i];
     for (j = 0; j < c->nlog; j++) {
@@ -1464,11 +1437,8 @@ void sim_world_fini(sim_world *w) {
     free(c->seqs.vals);
   }
   free(w->clients);
-  for (i = 0; i < w->nchans; i++) {
-    free(w->chans[i]);
-  }
-  free(w->chans);
   sim_redis_del(w->redis);
-  ndirty = 0;
+  free(w->must);
+  free(w->must_sends);
   memset(w, 0, sizeof(*w));
 }

@@ -1,0 +1,248 @@
+/*
+ * sim_bp.c - the simulated instance's backplane.  See sim_bp.h; the
+ * structure follows bp_redis.c (connect, lost, retry with backoff).
+ */
+#include "sim_bp.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define BACKOFF_MIN (100 * SIM_MS)
+#define BACKOFF_MAX (1 * SIM_S)
+
+struct sim_bp {
+  bp base; /* first: a bp * is a sim_bp * */
+  sim_loop *loop;
+  sim_redis_conn *conn;
+  uint32_t tag;
+  int connecting; /* a connect attempt or backoff is under way */
+  int up_known;   /* the instance was told on_up */
+  uint64_t gen;   /* bumped at every drop: a stale retry is ignored */
+  uint64_t backoff;
+  sim_rng lat; /* this link's own latency stream, lent to the model */
+  char prefix[64];
+};
+
+static int sim_bp_subscribe(bp *base, const char *channel, size_t len) {
+  sim_bp *b = (sim_bp *)base;
+  if (!sim_redis_connected(b->conn)) {
+    return HUB_ERR_SHUT_DOWN;
+  }
+  (void)sim_redis_send(b->conn, SIM_REDIS_SUBSCRIBE,
+                       sim_chan_intern(b->loop, channel, len), NULL);
+  return 0;
+}
+
+static int sim_bp_unsubscribe(bp *base, const char *channel, size_t len) {
+  sim_bp *b = (sim_bp *)base;
+  if (!sim_redis_connected(b->conn)) {
+    return HUB_ERR_SHUT_DOWN;
+  }
+  (void)sim_redis_send(b->conn, SIM_REDIS_UNSUBSCRIBE,
+                       sim_chan_intern(b->loop, channel, len), NULL);
+  return 0;
+}
+
+static int sim_bp_publish(bp *base, const char *channel, size_t len,
+                          const uint8_t *data, size_t dlen) {
+  sim_bp *b = (sim_bp *)base;
+  if (!sim_redis_connected(b->conn)) {
+    return HUB_ERR_SHUT_DOWN;
+  }
+  (void)sim_redis_send(b->conn, SIM_REDIS_PUBLISH,
+                       sim_chan_intern(b->loop, channel, len),
+                       sim_blob_new(data, dlen));
+  return 0;
+}
+
+/* The full key name, as bp_redis_prefixed builds it. */
+static sim_blob *full_key(sim_bp *b, const char *key, size_t len) {
+  size_t plen = strlen(b->prefix);
+  char *buf = malloc(plen + len + 1);
+  sim_blob *p;
+  if (buf == NULL) {
+    abort();
+  }
+  memcpy(buf, b->prefix, plen);
+  memcpy(buf + plen, key, len);
+  p = sim_blob_new(buf, plen + len);
+  free(buf);
+  return p;
+}
+
+static int sim_bp_set(bp *base, const char *key, size_t len, const uint8_t *val,
+                      size_t vlen, uint32_t ttl_s) {
+  sim_bp *b = (sim_bp *)base;
+  (void)val;
+  (void)vlen;
+  if (!sim_redis_connected(b->conn)) {
+    return HUB_ERR_SHUT_DOWN;
+  }
+  (void)sim_redis_send(b->conn, SIM_REDIS_SET, ttl_s, full_key(b, key, len));
+  return 0;
+}
+
+static int sim_bp_del(bp *base, const char *key, size_t len) {
+  sim_bp *b = (sim_bp *)base;
+  if (!sim_redis_connected(b->conn)) {
+    /* Lost: the key stays until its TTL. */
+    return HUB_ERR_SHUT_DOWN;
+  }
+  (void)sim_redis_send(b->conn, SIM_REDIS_DEL, 0, full_key(b, key, len));
+  return 0;
+}
+
+static void sim_bp_free(bp *base) {
+  sim_bp *b = (sim_bp *)base;
+  if (b == NULL) {
+    return;
+  }
+  sim_redis_conn_free(b->conn);
+  free(b);
+}
+
+static const bp_ops sim_bp_ops = {sim_bp_subscribe, sim_bp_unsubscribe,
+                                  sim_bp_publish,   sim_bp_set,
+                                  sim_bp_del,       sim_bp_free};
+
+/* ------------------------------------------- what the model reports */
+
+static void sim_bp_connected_cb(void *user) {
+  sim_bp *b = user;
+  b->connecting = 0;
+  b->up_known = 1;
+  b->backoff = BACKOFF_MIN;
+  if (b->base.ev.on_up) {
+    b->base.ev.on_up(b->base.ev.user);
+  }
+}
+
+static void sim_bp_schedule(sim_bp *b, uint64_t after) {
+  sim_schedule(b->loop, b->loop->now + after, SIM_EV_BP_RETRY, b->tag, 0,
+               b->gen, NULL);
+}
+
+/* The refusal arrives after |transit|; the retry timer runs from then. */
+static void sim_bp_refused_cb(void *user, uint64_t transit) {
+  sim_bp *b = user;
+  sim_bp_schedule(b, transit + b->backoff);
+  b->backoff = b->backoff * 2 > BACKOFF_MAX ? BACKOFF_MAX : b->backoff * 2;
+}
+
+/* Like bp_redis_lost: report down once, then retry after the backoff. */
+static void sim_bp_lost_cb(void *user) {
+  sim_bp *b = user;
+  int was_up = b->up_known;
+  b->up_known = 0;
+  if (was_up && b->base.ev.on_down) {
+    b->base.ev.on_down(b->base.ev.user);
+  }
+  sim_bp_schedule(b, b->backoff);
+}
+
+static void sim_bp_subscribed_cb(void *user, const char *chan, size_t len) {
+  sim_bp *b = user;
+  if (b->up_known && b->base.ev.on_subscribed) {
+    b->base.ev.on_subscribed(b->base.ev.user, chan, len);
+  }
+}
+
+static void sim_bp_message_cb(void *user, const char *chan, size_t len,
+                              const uint8_t *data, size_t dlen) {
+  sim_bp *b = user;
+  if (b->up_known && b->base.ev.on_msg) {
+    b->base.ev.on_msg(b->base.ev.user, chan, len, data, dlen);
+  }
+}
+
+sim_bp *sim_bp_new(sim_loop *loop, sim_redis *r, uint32_t tag, uint64_t stream,
+                   const char *prefix, const bp_events *ev) {
+  sim_bp *b = calloc(1, sizeof(*b));
+  sim_redis_conn_cbs cbs;
+  if (b == NULL || strlen(prefix) >= sizeof(b->prefix)) {
+    free(b);
+    return NULL;
+  }
+  b->base.ops = &sim_bp_ops;
+  b->base.ev = *ev;
+  b->loop = loop;
+  b->tag = tag;
+  strcpy(b->prefix, prefix);
+  /* Each instance draws its latencies from its own stream, so adding or
+     removing traffic elsewhere does not move its timing (this keeps
+     shrunk reproducers faithful). */
+  sim_rng_seed(&b->lat, loop->seed, stream);
+  b->gen = sim_loop_unique(loop);
+  b->backoff = BACKOFF_MIN;
+  cbs.user = b;
+  cbs.on_connected = sim_bp_connected_cb;
+  cbs.on_refused = sim_bp_refused_cb;
+  cbs.on_lost = sim_bp_lost_cb;
+  cbs.on_subscribed = sim_bp_subscribed_cb;
+  cbs.on_message = sim_bp_message_cb;
+  b->conn = sim_redis_conn_new(r, tag, &b->lat, &cbs);
+  if (b->conn == NULL) {
+    free(b);
+    return NULL;
+  }
+  return b;
+}
+
+bp *sim_bp_bp(sim_bp *b) {
+  return &b->base;
+}
+
+void sim_bp_connect(sim_bp *b) {
+  if (sim_redis_connected(b->conn) || b->connecting) {
+    return;
+  }
+  b->connecting = 1;
+  sim_redis_connect(b->conn);
+}
+
+void sim_bp_drop(sim_bp *b, int notify) {
+  int had = sim_redis_connected(b->conn) || b->connecting || b->up_known;
+  b->connecting = 0;
+  b->gen++;
+  sim_redis_drop(b->conn, notify && had);
+  if (notify && had) {
+    b->connecting = 1; /* the notice, then the backoff, then a connect */
+  }
+  if (!notify) {
+    b->up_known = 0;
+  }
+}
+
+void sim_bp_reconnect(sim_bp *b) {
+  b->gen++;
+  sim_redis_drop(b->conn, 0);
+  b->up_known = 0;
+  b->connecting = 1;
+  sim_bp_schedule(b, b->backoff);
+}
+
+void sim_bp_set_partitioned(sim_bp *b, int on) {
+  sim_redis_set_partitioned(b->conn, on);
+}
+
+int sim_bp_connected(const sim_bp *b) {
+  return sim_redis_connected(b->conn);
+}
+
+int sim_bp_up_known(const sim_bp *b) {
+  return b->up_known;
+}
+
+const sim_redis_conn *sim_bp_conn(const sim_bp *b) {
+  return b->conn;
+}
+
+int sim_bp_event(sim_bp *b, const sim_ev *ev) {
+  if (ev->type != SIM_EV_BP_RETRY) {
+    return 0;
+  }
+  if (ev->gen == b->gen) {
+    sim_redis_connect(b->conn);
+  }
+  return 1;
+}
