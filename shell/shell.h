@@ -161,7 +161,9 @@ enum {
 /* The events, one wrapper per hub event (hub.h says what each means). */
 
 /* Returns SH_OK (*id set), SH_UNAVAILABLE or SH_SHUT_DOWN: refuse the
-   connection. */
+   connection.  The open's effects are applied before it returns, after
+   *id is set: |conn_user| must already take send and close (pass the
+   connection's own id field as |id|). */
 int sh_conn_open(sh *s, hub_conn_id *id, const char *remote_addr,
                  void *conn_user, hub_tstamp now);
 void sh_conn_msg(sh *s, hub_conn_id id, void *conn_user, int binary,
