@@ -14,6 +14,7 @@
  * job.
  */
 #include "bp_redis.h"
+#include "shell.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,9 +24,7 @@
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 
-#define BP_REDIS_BACKOFF_MIN 0.1
-#define BP_REDIS_BACKOFF_MAX 5.0
-#define BP_REDIS_CONNECT_TIMEOUT 2.0
+#define BP_REDIS_CONNECT_TIMEOUT_S 2.0
 
 typedef struct bp_redis {
   bp base;
@@ -43,11 +42,11 @@ typedef struct bp_redis {
   int sub_ok, pub_ok;
   int up;
   int quitting;
-  double backoff;
+  sh_link link; /* reconnect state and backoff (shell/sh_link.c) */
   ev_timer retry;
   ev_timer connect_timeout;
   ev_timer quit_poll;
-  uint64_t ups;
+  ev_timer reset_poll; /* a forced reconnect, run from the loop */
   void (*quit_done)(void *);
   void *quit_arg;
   char *scratch; /* prefixed names */
@@ -77,16 +76,19 @@ static const char *bp_redis_prefixed(bp_redis *r, const char *pre,
   return r->scratch;
 }
 
+static hub_tstamp bp_redis_now_ns(const bp_redis *r) {
+  return (hub_tstamp)(ev_now(r->loop) * 1e9);
+}
+
 static void bp_redis_schedule(bp_redis *r) {
+  hub_tstamp now, at;
   if (r->quitting || ev_is_active(&r->retry)) {
     return;
   }
-  ev_timer_set(&r->retry, r->backoff, 0.0);
+  now = bp_redis_now_ns(r);
+  at = sh_link_lost(&r->link, now);
+  ev_timer_set(&r->retry, at > now ? (double)(at - now) / 1e9 : 0.0, 0.0);
   ev_timer_start(r->loop, &r->retry);
-  r->backoff *= 2;
-  if (r->backoff > BP_REDIS_BACKOFF_MAX) {
-    r->backoff = BP_REDIS_BACKOFF_MAX;
-  }
 }
 
 static void bp_redis_check_quit(bp_redis *r) {
@@ -153,8 +155,7 @@ static void bp_redis_connect_cb(const redisAsyncContext *ac, int status) {
   if (r->sub_ok && r->pub_ok && !r->up && !r->quitting) {
     ev_timer_stop(r->loop, &r->connect_timeout);
     r->up = 1;
-    r->backoff = BP_REDIS_BACKOFF_MIN;
-    r->ups++;
+    sh_link_up(&r->link);
     if (r->base.ev.on_up != NULL) {
       r->base.ev.on_up(r->base.ev.user);
     }
@@ -220,7 +221,8 @@ static redisAsyncContext *bp_redis_open(bp_redis *r, const char *role) {
 }
 
 static void bp_redis_connect(bp_redis *r) {
-  if (r->quitting || r->sub != NULL || r->pub != NULL) {
+  if (r->quitting || r->sub != NULL || r->pub != NULL ||
+      sh_link_connect(&r->link) != 0) {
     return;
   }
   r->sub_ok = r->pub_ok = 0;
@@ -231,7 +233,7 @@ static void bp_redis_connect(bp_redis *r) {
     return;
   }
   /* hiredis 0.14 has no connect timeout of its own. */
-  ev_timer_set(&r->connect_timeout, BP_REDIS_CONNECT_TIMEOUT, 0.0);
+  ev_timer_set(&r->connect_timeout, BP_REDIS_CONNECT_TIMEOUT_S, 0.0);
   ev_timer_start(r->loop, &r->connect_timeout);
 }
 
@@ -350,6 +352,7 @@ static void bp_redis_free(bp *b) {
   ev_timer_stop(r->loop, &r->retry);
   ev_timer_stop(r->loop, &r->connect_timeout);
   ev_timer_stop(r->loop, &r->quit_poll);
+  ev_timer_stop(r->loop, &r->reset_poll);
   /* redisAsyncFree runs the disconnect callback, which forgets them. */
   if (r->sub != NULL) {
     redisAsyncFree(r->sub);
@@ -370,7 +373,38 @@ static const bp_ops bp_redis_ops = {bp_redis_subscribe, bp_redis_unsubscribe,
 
 uint64_t bp_redis_reconnects(const bp *b) {
   const bp_redis *r = (const bp_redis *)b;
-  return r->ups > 0 ? r->ups - 1 : 0;
+  return r->link.ups > 0 ? r->link.ups - 1 : 0;
+}
+
+/* Disconnects both connections from the loop, never from inside the
+   hiredis callback that asked for the reset (an on_msg or on_up): hiredis
+   may free a context that is disconnected while it still uses it. */
+static void bp_redis_reset_poll_cb(struct ev_loop *loop, ev_timer *w,
+                                   int revents) {
+  bp_redis *r = w->data;
+  (void)loop;
+  (void)revents;
+  ev_timer_stop(r->loop, &r->reset_poll);
+  if (r->quitting) {
+    return;
+  }
+  if (r->sub == NULL && r->pub == NULL) {
+    bp_redis_schedule(r);
+    return;
+  }
+  bp_redis_lost(r); /* up is 0: reports no down */
+}
+
+void bp_redis_reset(bp *b) {
+  bp_redis *r = (bp_redis *)b;
+  if (r->quitting) {
+    return;
+  }
+  /* Down at once: the ops fail and incoming replies are ignored until
+     the new connections are up. */
+  r->up = 0;
+  ev_timer_set(&r->reset_poll, 0.0, 0.0);
+  ev_timer_start(r->loop, &r->reset_poll);
 }
 
 static void bp_redis_quit_poll_cb(struct ev_loop *loop, ev_timer *w,
@@ -390,6 +424,7 @@ void bp_redis_quit(bp *b, void (*done)(void *arg), void *arg) {
   r->quit_arg = arg;
   ev_timer_stop(r->loop, &r->retry);
   ev_timer_stop(r->loop, &r->connect_timeout);
+  ev_timer_stop(r->loop, &r->reset_poll);
   /* Disconnect after pending replies (the shutdown's DELs) arrive. */
   if (r->sub != NULL && !(r->sub->c.flags & REDIS_DISCONNECTING)) {
     redisAsyncDisconnect(r->sub);
@@ -480,13 +515,15 @@ int bp_redis_new(bp **out, const bp_redis_config *cfg, const bp_events *ev) {
   }
   memcpy(r->chan_prefix, r->prefix, r->prefix_len);
   memcpy(r->chan_prefix + r->prefix_len, "chan:", 6);
-  r->backoff = BP_REDIS_BACKOFF_MIN;
+  sh_link_init(&r->link, cfg->seed);
   ev_timer_init(&r->retry, bp_redis_retry_cb, 0.0, 0.0);
   r->retry.data = r;
   ev_timer_init(&r->quit_poll, bp_redis_quit_poll_cb, 0.0, 0.0);
   r->quit_poll.data = r;
   ev_timer_init(&r->connect_timeout, bp_redis_connect_timeout_cb, 0.0, 0.0);
   r->connect_timeout.data = r;
+  ev_timer_init(&r->reset_poll, bp_redis_reset_poll_cb, 0.0, 0.0);
+  r->reset_poll.data = r;
   *out = &r->base;
   bp_redis_connect(r);
   return 0;

@@ -7,8 +7,8 @@
  * named with CLIENT SETNAME ("<client_name>:sub" and "<client_name>:pub")
  * so an operator can tell an instance's connections apart.  When either
  * connection is lost both are closed, on_down is reported, and both are
- * reconnected with exponential backoff (100 ms doubling up to 5 s);
- * on_up is reported once both are connected again.
+ * reconnected with the shell's backoff (sh_link: 100 ms doubling up to
+ * 5 s, jittered); on_up is reported once both are connected again.
  */
 #ifndef BP_REDIS_H
 #define BP_REDIS_H
@@ -24,6 +24,7 @@ typedef struct bp_redis_config {
   const char *url;         /* redis://host:port[/db]; copied */
   const char *prefix;      /* "ws:"; copied */
   const char *client_name; /* CLIENT SETNAME base; copied */
+  uint64_t seed;           /* the backoff jitter's PRNG */
 } bp_redis_config;
 
 /*
@@ -32,6 +33,15 @@ typedef struct bp_redis_config {
  * HUB_ERR_INVALID_ARGUMENT (a URL it cannot parse) or HUB_ERR_NOMEM.
  */
 int bp_redis_new(bp **out, const bp_redis_config *cfg, const bp_events *ev);
+
+/*
+ * bp_redis_reset drops both connections and reconnects after backoff (a
+ * forced reconnect: sh_transport.bp_reset).  The ops fail from the call
+ * on; on_down is not reported for it (the caller tells the hub), on_up
+ * is once the new connections are up.  The disconnect itself runs from
+ * the loop, so this may be called from inside any bp_events callback.
+ */
+void bp_redis_reset(bp *b);
 
 /* How many times the backplane came back up after being up before. */
 uint64_t bp_redis_reconnects(const bp *b);

@@ -1,15 +1,15 @@
 # server/server.mk - build/wshub, the production server, and `make run`.
 
-SERVER_SRC := $(wildcard server/*.c) backplanes/bp.c backplanes/bp_redis.c
+SERVER_SRC := $(wildcard server/*.c) backplanes/bp_redis.c
 SERVER_OBJ := $(SERVER_SRC:%.c=$(OBJ)/%.o)
 WSHUB := $(BUILD)/wshub
 
-$(SERVER_OBJ): CFLAGS += -Ibackplanes -Iserver
+$(SERVER_OBJ): CFLAGS += -Ibackplanes -Iserver -Ishell
 
-$(WSHUB): $(SERVER_OBJ) $(CORE_LIB)
+$(WSHUB): $(SERVER_OBJ) $(SHELL_LIB) $(CORE_LIB)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  LD      $@")
-	$(Q)$(CC) $(LDFLAGS) -o $@ $(SERVER_OBJ) $(CORE_LIB) \
+	$(Q)$(CC) $(LDFLAGS) -o $@ $(SERVER_OBJ) $(SHELL_LIB) $(CORE_LIB) \
 	  -lev -lwslay -lhiredis -lhttp_parser -lcrypto
 
 BINS += $(WSHUB)

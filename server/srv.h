@@ -2,10 +2,18 @@
  * srv.h - the production server's internal interface (server/ only).
  *
  * One libev loop per process.  srv_main.c owns the process (flags, the
- * hub, the backplane, timers, signals, metrics); srv_conn.c owns sockets
- * (accept, WebSocket framing through wslay's frame API, the outbound
- * queue written with writev); srv_upgrade.c owns HTTP (http-parser, the
- * RFC 6455 handshake, the plain endpoints).
+ * hub and the shell over it, the backplane, timers, signals, metrics);
+ * srv_conn.c owns sockets (accept, WebSocket framing through wslay's
+ * frame API, the outbound queue written with writev) and is the shell's
+ * transport; srv_upgrade.c owns HTTP (http-parser, the RFC 6455
+ * handshake, the plain endpoints).  Every hub event goes through the
+ * shell (shell/shell.h), which applies the effects and the error
+ * policies.
+ *
+ * There is no global: the server state (srv) reaches every callback
+ * through ev_userdata() of the loop, a watcher's data, or the
+ * transport's user pointer, and functions take it as their first
+ * argument.
  */
 #ifndef SRV_H
 #define SRV_H
@@ -20,6 +28,7 @@
 
 #include "hub.h"
 #include "bp.h"
+#include "shell.h"
 
 /* Flags, as CONTRACT.md lists them (durations already in ns). */
 typedef struct srv_config {
@@ -68,8 +77,9 @@ typedef struct srv_out {
 
 enum { SRV_OUT_STATIC = 0, SRV_OUT_OWNED, SRV_OUT_HB, SRV_OUT_SPAN };
 
-typedef struct srv_rx srv_rx;     /* a lent frame parser, srv_conn.c */
-typedef struct srv_http srv_http; /* HTTP request state, srv_upgrade.c */
+typedef struct srv_rx srv_rx;       /* a lent frame parser, srv_conn.c */
+typedef struct srv_http srv_http;   /* HTTP request state, srv_upgrade.c */
+typedef struct srv_batch srv_batch; /* shared small frames, srv_conn.c */
 
 typedef struct srv_conn {
   /*
@@ -77,22 +87,20 @@ typedef struct srv_conn {
    * so that a delivery costs one miss on the connection: the outbound
    * queue's bookkeeping lives here, not behind its pointer.  The queue
    * (oq, an array of oq_cap entries, [oq_head, oq_tail) unsent) is
-   * allocated only while something waits.
+   * allocated only while something waits.  q is the shell's accounting
+   * of it (bytes unwritten, SEND frames unwritten, the write-now list).
    */
   srv_out *oq;
-  uint64_t oq_bytes;           /* bytes not yet written */
+  sh_oq q;
   struct srv_conn *dirty_next; /* the flush list */
   uint32_t oq_tail;            /* one past the last entry */
   uint32_t oq_cap;
-  uint32_t oq_msgs; /* SEND frames not yet fully written */
   uint8_t state;
   uint8_t dirty;
-  uint8_t urgent;               /* on the write-now list */
-  uint8_t want_write;           /* io watches EV_WRITE */
-  uint8_t in_list;              /* on a timed list */
-  uint32_t oq_head;             /* first unsent entry */
-  uint32_t oq_head_off;         /* bytes of oq[oq_head] already written */
-  struct srv_conn *urgent_next; /* the write-now list (srv_pump) */
+  uint8_t want_write;   /* io watches EV_WRITE */
+  uint8_t in_list;      /* on a timed list */
+  uint32_t oq_head;     /* first unsent entry */
+  uint32_t oq_head_off; /* bytes of oq[oq_head] already written */
   ev_io io;
   struct srv_conn *prev, *next; /* the timed list (HTTP or close-wait) */
   hub_tstamp deadline;          /* for the timed list */
@@ -101,36 +109,45 @@ typedef struct srv_conn {
   srv_rx *rx;                   /* only while a frame is partly read */
 } srv_conn;
 
+#define SRV_RBUF_SIZE 65536
+#define SRV_OQ_CLASSES 8 /* pooled out-queue capacities 8 .. 1024 entries */
+
 /* The process-wide server state (srv_main.c). */
 typedef struct srv {
-  struct ev_loop *loop;
+  struct ev_loop *loop; /* its ev_userdata is this srv */
   srv_config cfg;
   hub *h;
+  sh sh;  /* every hub event goes through it */
   bp *bp; /* NULL when embedded */
   int listen_fd;
   ev_io listen_io;
-  ev_timer hub_timer;
-  hub_tstamp hub_timer_at;
-  ev_timer tick; /* handshake and close-wait deadlines */
+  ev_timer hub_timer; /* armed by the shell (set_timer) */
+  ev_timer tick;      /* handshake and close-wait deadlines */
   ev_prepare prepare;
   ev_idle flush_idle; /* active while a flush is deferred: poll, no wait */
   int flush_deferred;
   ev_signal sigterm, sigint;
   ev_timer shutdown_timer;
+  ev_timer quit_timer; /* the backplane's last answers, at exit */
   int shutting_down;
-  int in_pump;
+  int finishing;
   int debug;            /* WSHUB_DEBUG set: log closes */
   uint64_t conns_total; /* sockets we hold */
   uint64_t conns_ws;    /* open WebSockets */
   uint64_t max_conns;
-  srv_conn http_list;   /* sentinel: HTTP connections by deadline */
-  srv_conn cw_list;     /* sentinel: close-wait by deadline */
-  srv_conn *dirty;      /* connections with bytes to flush */
-  srv_conn *urgent;     /* backlog near the limits: write before the
-                           next event */
-  uint32_t urgent_msgs; /* thresholds for the write-now list */
-  uint64_t urgent_bytes;
+  srv_conn http_list;  /* sentinel: HTTP connections by deadline */
+  srv_conn cw_list;    /* sentinel: close-wait by deadline */
+  srv_conn *dirty;     /* connections with bytes to flush */
   srv_conn *graveyard; /* closed, freed in srv_reap (linked by next) */
+  /* srv_conn.c's pools and the delivery batch (one loop, one thread) */
+  srv_rx *rx_free;
+  size_t rx_free_n;
+  srv_out *oq_pool[SRV_OQ_CLASSES];
+  size_t oq_pool_bytes;
+  srv_batch *batch_cur;        /* takes new messages; holds a reference */
+  hub_buf *batch_hb;           /* the message last copied (a reference) */
+  const uint8_t *batch_hb_p;   /* ... and where it is */
+  uint8_t rbuf[SRV_RBUF_SIZE]; /* every read lands here, parsed at once */
   /* metrics the hub does not keep */
   uint64_t http_requests;
   uint64_t upgrades_rejected;
@@ -144,44 +161,37 @@ typedef struct srv {
   int64_t started_unix;
 } srv;
 
-extern srv *srv_g;
-
 /* srv_main.c */
 hub_tstamp srv_now(void);
-void srv_pump(void); /* drain hub effects, re-arm the hub timer */
-void srv_metrics(char *buf, size_t cap, size_t *len);
+void srv_metrics(srv *s, char *buf, size_t cap, size_t *len);
 
 /* srv_conn.c */
-void srv_conn_init(void);
-void srv_conn_fini(void);
+void srv_conn_init(srv *s);
+void srv_conn_fini(srv *s);
+/* The shell's transport over this server's sockets (user = s). */
+void srv_transport(srv *s, sh_transport *t);
 void srv_accept_cb(struct ev_loop *loop, ev_io *w, int revents);
-/* Queues a SEND frame (a new reference, or a copy into the current batch);
-   -1 when out of memory (nothing queued). */
-int srv_conn_send(srv_conn *c, hub_buf *hb);
-void srv_conn_send_end(void); /* srv_pump: the effects are drained */
-void srv_conn_ping(srv_conn *c);
-void srv_conn_hub_close(srv_conn *c, uint16_t code, const char *reason);
-int srv_conn_queue_own(srv_conn *c, const void *data, size_t len);
-void srv_conn_finish(srv_conn *c); /* flush, then shut down the socket */
-void srv_conn_drop(srv_conn *c);   /* close at once */
-void srv_conn_abort(srv_conn *c);  /* close at once with a reset */
-void srv_conn_ws_start(srv_conn *c, const uint8_t *rest, size_t rest_len);
-void srv_flush_all(void);
-/* Writes the connections on the write-now list and reports to the hub;
-   returns 1 if it did anything (srv_pump only). */
-int srv_flush_urgent(void);
-void srv_reap(void);
-void srv_tick(void); /* expire handshake and close-wait deadlines */
+int srv_conn_queue_own(srv *s, srv_conn *c, const void *data, size_t len);
+void srv_conn_finish(srv *s, srv_conn *c); /* flush, then shut down */
+void srv_conn_drop(srv *s, srv_conn *c);   /* close at once */
+void srv_conn_abort(srv *s, srv_conn *c);  /* close at once with a reset */
+/* Forgets the queued bytes of a connection that is not a WebSocket yet. */
+void srv_conn_unqueue(srv *s, srv_conn *c);
+void srv_conn_ws_start(srv *s, srv_conn *c, const uint8_t *rest,
+                       size_t rest_len);
+void srv_flush_all(srv *s);
+void srv_reap(srv *s);
+void srv_tick(srv *s); /* expire handshake and close-wait deadlines */
 void srv_list_push(srv_conn *sentinel, srv_conn *c, hub_tstamp deadline);
 void srv_list_remove(srv_conn *c);
-void srv_close_http_conns(void);
+void srv_close_http_conns(srv *s);
 
 /* srv_upgrade.c */
-int srv_http_new(srv_conn *c);
+int srv_http_new(srv *s, srv_conn *c);
 void srv_http_free(srv_conn *c);
 /* The peer's "host:port" (64 bytes, writable), kept until the upgrade. */
 char *srv_http_remote(srv_conn *c);
 /* Feeds bytes to the HTTP parser; may switch |c| to SRV_WS. */
-void srv_http_feed(srv_conn *c, const uint8_t *data, size_t len);
+void srv_http_feed(srv *s, srv_conn *c, const uint8_t *data, size_t len);
 
 #endif /* SRV_H */

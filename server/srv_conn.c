@@ -11,6 +11,12 @@
  * delivery) and exists only while bytes wait; it is written with writev,
  * many frames per syscall, once per loop iteration (from the ev_prepare
  * watcher), so a burst of publishes leaves in few syscalls.
+ *
+ * This file is the shell's transport (srv_transport): the shell applies
+ * the hub's effects through srv_sh_send, srv_sh_ping, srv_sh_close and
+ * srv_sh_write, and socket events reach the hub only through the
+ * shell's wrappers (sh_conn_msg, sh_conn_closed, ...).  The shell's
+ * out-queue accounting (c->q) counts what the queue holds.
  */
 #define _GNU_SOURCE /* accept4 */
 #include "srv.h"
@@ -26,13 +32,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#define SRV_RBUF_SIZE 65536
 #define SRV_IOV_MAX 128
 #define SRV_READS_PER_EVENT 8
 #define SRV_RX_POOL_MAX 256
 #define SRV_CLOSE_WAIT_NS (2 * HUB_NS_PER_S)
-
-static uint8_t srv_rbuf[SRV_RBUF_SIZE];
 
 /* ------------------------------------------------------------ rx pool */
 
@@ -59,9 +62,6 @@ struct srv_rx {
   uint8_t ctl[125];
   size_t ctl_len;
 };
-
-static srv_rx *srv_rx_free_list;
-static size_t srv_rx_free_n;
 
 static ssize_t srv_rx_recv_cb(uint8_t *buf, size_t len, int flags, void *user) {
   srv_rx *rx = user;
@@ -95,12 +95,12 @@ static int srv_rx_genmask_cb(uint8_t *buf, size_t len, void *user) {
 static const struct wslay_frame_callbacks srv_rx_callbacks = {
   srv_rx_send_cb, srv_rx_recv_cb, srv_rx_genmask_cb};
 
-static srv_rx *srv_rx_get(void) {
-  srv_rx *rx = srv_rx_free_list;
+static srv_rx *srv_rx_get(srv *s) {
+  srv_rx *rx = s->rx_free;
   if (rx != NULL) {
-    srv_rx_free_list = rx->next_free;
-    srv_rx_free_n--;
-    srv_g->rx_lent++;
+    s->rx_free = rx->next_free;
+    s->rx_free_n--;
+    s->rx_lent++;
     return rx;
   }
   rx = calloc(1, sizeof(*rx));
@@ -111,7 +111,7 @@ static srv_rx *srv_rx_get(void) {
     free(rx);
     return NULL;
   }
-  srv_g->rx_lent++;
+  s->rx_lent++;
   return rx;
 }
 
@@ -121,9 +121,9 @@ static int srv_rx_idle(const srv_rx *rx) {
 
 /* Returns |rx| to the pool.  A context that still holds part of a frame
    cannot be reused by another connection, so it is freed instead. */
-static void srv_rx_put(srv_rx *rx) {
-  srv_g->rx_lent--;
-  if (!srv_rx_idle(rx) || srv_rx_free_n >= SRV_RX_POOL_MAX) {
+static void srv_rx_put(srv *s, srv_rx *rx) {
+  s->rx_lent--;
+  if (!srv_rx_idle(rx) || s->rx_free_n >= SRV_RX_POOL_MAX) {
     wslay_frame_context_free(rx->fc);
     free(rx->msg);
     free(rx);
@@ -138,9 +138,9 @@ static void srv_rx_put(srv_rx *rx) {
     rx->msg_cap = 0;
   }
   rx->msg_len = 0;
-  rx->next_free = srv_rx_free_list;
-  srv_rx_free_list = rx;
-  srv_rx_free_n++;
+  rx->next_free = s->rx_free;
+  s->rx_free = rx;
+  s->rx_free_n++;
 }
 
 /* ------------------------------------------------------------- lists */
@@ -169,21 +169,21 @@ void srv_list_push(srv_conn *sentinel, srv_conn *c, hub_tstamp deadline) {
 
 /* ------------------------------------------------------------ queue */
 
-static void srv_io_update(srv_conn *c, int want_write) {
+static void srv_io_update(srv *s, srv_conn *c, int want_write) {
   if (c->state == SRV_DEAD || c->want_write == want_write) {
     return;
   }
   c->want_write = (uint8_t)want_write;
-  ev_io_stop(srv_g->loop, &c->io);
+  ev_io_stop(s->loop, &c->io);
   ev_io_set(&c->io, c->io.fd, EV_READ | (want_write ? EV_WRITE : 0));
-  ev_io_start(srv_g->loop, &c->io);
+  ev_io_start(s->loop, &c->io);
 }
 
-static void srv_mark_dirty(srv_conn *c) {
+static void srv_mark_dirty(srv *s, srv_conn *c) {
   if (!c->dirty) {
     c->dirty = 1;
-    c->dirty_next = srv_g->dirty;
-    srv_g->dirty = c;
+    c->dirty_next = s->dirty;
+    s->dirty = c;
   }
 }
 
@@ -197,11 +197,7 @@ static void srv_mark_dirty(srv_conn *c) {
  * starts its round with room for what the last round needed.
  */
 #define SRV_OQ_CAP0 8
-#define SRV_OQ_CLASSES 8 /* pooled capacities 8 .. 1024 entries */
 #define SRV_OQ_POOL_BYTES ((size_t)16 << 20)
-
-static srv_out *srv_oq_pool[SRV_OQ_CLASSES];
-static size_t srv_oq_pool_bytes;
 
 /* The class of capacity |cap|, or SRV_OQ_CLASSES if it is not pooled. */
 static int srv_oq_class(uint32_t cap) {
@@ -212,31 +208,31 @@ static int srv_oq_class(uint32_t cap) {
   return k;
 }
 
-static srv_out *srv_oq_pool_take(int k) {
-  srv_out *a = srv_oq_pool[k];
-  srv_oq_pool[k] = a[0].owner; /* the free link */
-  srv_oq_pool_bytes -= ((size_t)SRV_OQ_CAP0 << k) * sizeof(srv_out);
+static srv_out *srv_oq_pool_take(srv *s, int k) {
+  srv_out *a = s->oq_pool[k];
+  s->oq_pool[k] = a[0].owner; /* the free link */
+  s->oq_pool_bytes -= ((size_t)SRV_OQ_CAP0 << k) * sizeof(srv_out);
   return a;
 }
 
-static void srv_oq_pool_put(srv_out *a, uint32_t cap) {
+static void srv_oq_pool_put(srv *s, srv_out *a, uint32_t cap) {
   int k = srv_oq_class(cap);
   size_t sz = (size_t)cap * sizeof(srv_out);
-  if (k == SRV_OQ_CLASSES || srv_oq_pool_bytes + sz > SRV_OQ_POOL_BYTES) {
+  if (k == SRV_OQ_CLASSES || s->oq_pool_bytes + sz > SRV_OQ_POOL_BYTES) {
     free(a);
     return;
   }
-  a[0].owner = srv_oq_pool[k];
-  srv_oq_pool[k] = a;
-  srv_oq_pool_bytes += sz;
+  a[0].owner = s->oq_pool[k];
+  s->oq_pool[k] = a;
+  s->oq_pool_bytes += sz;
 }
 
 /* Gives |c| an empty queue. */
-static int srv_oq_new(srv_conn *c) {
+static int srv_oq_new(srv *s, srv_conn *c) {
   int k;
   for (k = SRV_OQ_CLASSES - 1; k >= 0; k--) {
-    if (srv_oq_pool[k] != NULL) {
-      c->oq = srv_oq_pool_take(k);
+    if (s->oq_pool[k] != NULL) {
+      c->oq = srv_oq_pool_take(s, k);
       c->oq_cap = (uint32_t)SRV_OQ_CAP0 << k;
       break;
     }
@@ -250,24 +246,24 @@ static int srv_oq_new(srv_conn *c) {
   }
   c->oq_head = c->oq_tail = 0;
   c->oq_head_off = 0;
-  c->oq_bytes = 0;
-  srv_g->outqs++;
+  c->q.bytes = 0;
+  s->outqs++;
   return 0;
 }
 
 /* Frees or recycles an empty queue (its entries already released). */
-static void srv_oq_recycle(srv_conn *c) {
-  srv_oq_pool_put(c->oq, c->oq_cap);
+static void srv_oq_recycle(srv *s, srv_conn *c) {
+  srv_oq_pool_put(s, c->oq, c->oq_cap);
   c->oq = NULL;
   c->oq_head = c->oq_tail = c->oq_cap = 0;
   c->oq_head_off = 0;
-  c->oq_bytes = 0;
-  c->oq_msgs = 0;
-  srv_g->outqs--;
+  c->q.bytes = 0;
+  c->q.msgs = 0;
+  s->outqs--;
 }
 
 /* Makes room for one more entry at the tail. */
-static int srv_oq_grow(srv_conn *c) {
+static int srv_oq_grow(srv *s, srv_conn *c) {
   uint32_t n = c->oq_tail - c->oq_head;
   uint32_t cap;
   srv_out *a;
@@ -283,10 +279,10 @@ static int srv_oq_grow(srv_conn *c) {
   }
   cap = c->oq_cap * 2;
   k = srv_oq_class(cap);
-  if (k < SRV_OQ_CLASSES && srv_oq_pool[k] != NULL) {
-    a = srv_oq_pool_take(k);
+  if (k < SRV_OQ_CLASSES && s->oq_pool[k] != NULL) {
+    a = srv_oq_pool_take(s, k);
     memcpy(a, c->oq, n * sizeof(srv_out));
-    srv_oq_pool_put(c->oq, c->oq_cap);
+    srv_oq_pool_put(s, c->oq, c->oq_cap);
   } else if (srv_oq_class(c->oq_cap) < SRV_OQ_CLASSES) {
     /* A pooled size: keep the old array for the pool. */
     a = malloc((size_t)cap * sizeof(srv_out));
@@ -294,7 +290,7 @@ static int srv_oq_grow(srv_conn *c) {
       return -1;
     }
     memcpy(a, c->oq, n * sizeof(srv_out));
-    srv_oq_pool_put(c->oq, c->oq_cap);
+    srv_oq_pool_put(s, c->oq, c->oq_cap);
   } else {
     a = realloc(c->oq, (size_t)cap * sizeof(srv_out));
     if (a == NULL) {
@@ -306,14 +302,15 @@ static int srv_oq_grow(srv_conn *c) {
   return 0;
 }
 
-static int srv_outq_push(srv_conn *c, const void *p, void *owner, size_t len,
-                         int kind) {
+/* Appends an entry; the caller counts it (sh_oq_push). */
+static int srv_outq_push(srv *s, srv_conn *c, const void *p, void *owner,
+                         size_t len, int kind) {
   srv_out *o;
   if (c->oq == NULL) {
-    if (srv_oq_new(c) != 0) {
+    if (srv_oq_new(s, c) != 0) {
       return -1;
     }
-  } else if (c->oq_tail == c->oq_cap && srv_oq_grow(c) != 0) {
+  } else if (c->oq_tail == c->oq_cap && srv_oq_grow(s, c) != 0) {
     return -1;
   }
   o = &c->oq[c->oq_tail++];
@@ -322,7 +319,6 @@ static int srv_outq_push(srv_conn *c, const void *p, void *owner, size_t len,
   o->len = (uint32_t)len;
   o->kind = (uint16_t)kind;
   o->nmsgs = kind == SRV_OUT_HB || kind == SRV_OUT_SPAN;
-  c->oq_bytes += len;
   return 0;
 }
 
@@ -339,17 +335,13 @@ static int srv_outq_push(srv_conn *c, const void *p, void *owner, size_t len,
 #define SRV_BATCH_MSGS 256
 #define SRV_SPAN_MAX_FRAME 1024
 
-typedef struct srv_batch {
+struct srv_batch {
   uint32_t ref;
   uint32_t used;
   uint32_t nmsgs;
   uint32_t ends[SRV_BATCH_MSGS]; /* where each message ends in data[] */
   uint8_t data[SRV_BATCH_BYTES];
-} srv_batch;
-
-static srv_batch *srv_batch_cur; /* takes new messages; holds a reference */
-static hub_buf *srv_batch_hb;    /* the message last copied (a reference) */
-static const uint8_t *srv_batch_hb_p; /* ... and where it is */
+};
 
 static void srv_batch_unref(srv_batch *b) {
   if (--b->ref == 0) {
@@ -358,8 +350,8 @@ static void srv_batch_unref(srv_batch *b) {
 }
 
 /* Copies |hb| into the current batch; returns where, or NULL. */
-static const uint8_t *srv_batch_add(hub_buf *hb) {
-  srv_batch *b = srv_batch_cur;
+static const uint8_t *srv_batch_add(srv *s, hub_buf *hb) {
+  srv_batch *b = s->batch_cur;
   uint8_t *p;
   if (b == NULL || b->used + hb->len > SRV_BATCH_BYTES ||
       b->nmsgs == SRV_BATCH_MSGS) {
@@ -370,29 +362,32 @@ static const uint8_t *srv_batch_add(hub_buf *hb) {
     b->ref = 1;
     b->used = 0;
     b->nmsgs = 0;
-    if (srv_batch_cur != NULL) {
-      srv_batch_unref(srv_batch_cur);
+    if (s->batch_cur != NULL) {
+      srv_batch_unref(s->batch_cur);
     }
-    srv_batch_cur = b;
+    s->batch_cur = b;
   }
   p = b->data + b->used;
   memcpy(p, hb->data, hb->len);
   b->used += (uint32_t)hb->len;
   b->ends[b->nmsgs++] = b->used;
-  if (srv_batch_hb != NULL) {
-    hub_buf_unref(srv_batch_hb);
+  if (s->batch_hb != NULL) {
+    hub_buf_unref(s->batch_hb);
   }
   hub_buf_ref(hb);
-  srv_batch_hb = hb;
-  srv_batch_hb_p = p;
+  s->batch_hb = hb;
+  s->batch_hb_p = p;
   return p;
 }
 
-void srv_conn_send_end(void) {
-  if (srv_batch_hb != NULL) {
-    hub_buf_unref(srv_batch_hb);
-    srv_batch_hb = NULL;
-    srv_batch_hb_p = NULL;
+/* The shell's drained: the effects are applied, the message last copied
+   is not needed for matching anymore. */
+static void srv_sh_drained(void *user) {
+  srv *s = user;
+  if (s->batch_hb != NULL) {
+    hub_buf_unref(s->batch_hb);
+    s->batch_hb = NULL;
+    s->batch_hb_p = NULL;
   }
 }
 
@@ -431,7 +426,7 @@ static void srv_out_release(srv_out *o) {
   }
 }
 
-static void srv_outq_free(srv_conn *c) {
+static void srv_outq_free(srv *s, srv_conn *c) {
   uint32_t i;
   if (c->oq == NULL) {
     return;
@@ -439,93 +434,101 @@ static void srv_outq_free(srv_conn *c) {
   for (i = c->oq_head; i < c->oq_tail; i++) {
     srv_out_release(&c->oq[i]);
   }
-  srv_oq_recycle(c);
+  srv_oq_recycle(s, c);
 }
 
-int srv_conn_send(srv_conn *c, hub_buf *hb) {
+void srv_conn_unqueue(srv *s, srv_conn *c) {
+  srv_outq_free(s, c);
+}
+
+/*
+ * The shell's send: queues a SEND frame, a new reference or a copy into
+ * the current batch (-1 when out of memory: nothing queued).  The
+ * per-delivery path: it touches only the first fields of |c|.
+ */
+static int srv_sh_send(void *user, void *conn_user, hub_conn_id id,
+                       hub_buf *hb) {
+  srv *s = user;
+  srv_conn *c = conn_user;
   const uint8_t *p;
+  (void)id;
   if (c->state != SRV_WS) {
     return 0;
   }
   if (hb->len > SRV_SPAN_MAX_FRAME) {
     goto by_ref;
   }
-  if (hb == srv_batch_hb) {
-    p = srv_batch_hb_p;
-  } else if ((p = srv_batch_add(hb)) == NULL) {
+  if (hb == s->batch_hb) {
+    p = s->batch_hb_p;
+  } else if ((p = srv_batch_add(s, hb)) == NULL) {
     goto by_ref;
   }
   if (c->oq_tail > c->oq_head) {
     srv_out *last = &c->oq[c->oq_tail - 1];
-    if (last->kind == SRV_OUT_SPAN && last->owner == srv_batch_cur &&
+    if (last->kind == SRV_OUT_SPAN && last->owner == s->batch_cur &&
         last->p + last->len == p && last->nmsgs < UINT16_MAX) {
       last->len += (uint32_t)hb->len;
       last->nmsgs++;
-      c->oq_bytes += hb->len;
       goto queued;
     }
   }
-  if (srv_outq_push(c, p, srv_batch_cur, hb->len, SRV_OUT_SPAN) != 0) {
+  if (srv_outq_push(s, c, p, s->batch_cur, hb->len, SRV_OUT_SPAN) != 0) {
     return -1;
   }
-  srv_batch_cur->ref++;
+  s->batch_cur->ref++;
   goto queued;
 by_ref:
   hub_buf_ref(hb);
-  if (srv_outq_push(c, hb->data, hb, hb->len, SRV_OUT_HB) != 0) {
+  if (srv_outq_push(s, c, hb->data, hb, hb->len, SRV_OUT_HB) != 0) {
     hub_buf_unref(hb);
     return -1;
   }
 queued:
-  c->oq_msgs++;
-  srv_mark_dirty(c);
-  /*
-   * Writes are corked until the end of the loop iteration, but the hub
-   * counts everything unwritten against the queue limits: a burst of
-   * events (hundreds of publishes in one read) would evict a client that
-   * is keeping up.  Past a quarter of a limit the connection is written
-   * before the next event.
-   */
-  if (!c->urgent && (c->oq_msgs >= srv_g->urgent_msgs ||
-                     c->oq_bytes >= srv_g->urgent_bytes)) {
-    c->urgent = 1;
-    c->urgent_next = srv_g->urgent;
-    srv_g->urgent = c;
-  }
+  /* Counted, and put on the shell's write-now list past a quarter of a
+     limit (writes are corked until the end of the loop iteration). */
+  sh_oq_push(&s->sh, &c->q, hb->len, 1);
+  srv_mark_dirty(s, c);
   return 0;
 }
 
-int srv_conn_queue_own(srv_conn *c, const void *data, size_t len) {
+int srv_conn_queue_own(srv *s, srv_conn *c, const void *data, size_t len) {
   uint8_t *p = malloc(len);
   if (p == NULL) {
     return -1;
   }
   memcpy(p, data, len);
-  if (srv_outq_push(c, p, NULL, len, SRV_OUT_OWNED) != 0) {
+  if (srv_outq_push(s, c, p, NULL, len, SRV_OUT_OWNED) != 0) {
     free(p);
     return -1;
   }
-  srv_mark_dirty(c);
+  sh_oq_push(&s->sh, &c->q, len, 0);
+  srv_mark_dirty(s, c);
   return 0;
 }
 
-void srv_conn_ping(srv_conn *c) {
+/* The shell's ping. */
+static void srv_sh_ping(void *user, void *conn_user, hub_conn_id id) {
   static const uint8_t ping[2] = {0x89, 0x00};
+  srv *s = user;
+  srv_conn *c = conn_user;
+  (void)id;
   if (c->state != SRV_WS) {
     return;
   }
-  if (srv_outq_push(c, ping, NULL, sizeof(ping), SRV_OUT_STATIC) == 0) {
-    srv_mark_dirty(c);
+  if (srv_outq_push(s, c, ping, NULL, sizeof(ping), SRV_OUT_STATIC) == 0) {
+    sh_oq_push(&s->sh, &c->q, sizeof(ping), 0);
+    srv_mark_dirty(s, c);
   }
 }
 
 /*
  * Writes as much of the queue as the socket takes.  Reports the SEND
  * frames finished and their bytes in *msgs and *bytes (the caller tells
- * the hub, unless it is inside srv_pump).  Returns 0, or -1 when the
- * socket failed (the peer is gone).
+ * the hub through the shell).  Returns 0, or -1 when the socket failed
+ * (the peer is gone).
  */
-static int srv_flush(srv_conn *c, size_t *msgs, size_t *bytes) {
+static int srv_flush(srv *s, srv_conn *c, size_t *msgs, size_t *bytes) {
+  size_t total = 0;
   *msgs = 0;
   *bytes = 0;
   while (c->oq != NULL && c->oq_head < c->oq_tail) {
@@ -545,7 +548,7 @@ static int srv_flush(srv_conn *c, size_t *msgs, size_t *bytes) {
     iov[0].iov_base = (uint8_t *)iov[0].iov_base + c->oq_head_off;
     iov[0].iov_len -= c->oq_head_off;
     w = writev(c->io.fd, iov, n);
-    srv_g->writev_calls++;
+    s->writev_calls++;
     if (w < 0) {
       if (errno == EINTR) {
         continue;
@@ -556,7 +559,7 @@ static int srv_flush(srv_conn *c, size_t *msgs, size_t *bytes) {
       return -1;
     }
     left = (size_t)w;
-    c->oq_bytes -= left;
+    total += left;
     while (left > 0) {
       srv_out *o = &q[c->oq_head];
       size_t rest = o->len - c->oq_head_off;
@@ -587,39 +590,39 @@ static int srv_flush(srv_conn *c, size_t *msgs, size_t *bytes) {
       break; /* the socket took less than offered */
     }
   }
-  srv_g->frames_written += *msgs;
-  c->oq_msgs -= (uint32_t)*msgs;
+  s->frames_written += *msgs;
+  sh_oq_pop(&c->q, *msgs, total);
   if (c->oq != NULL && c->oq_head == c->oq_tail) {
-    srv_oq_recycle(c);
+    srv_oq_recycle(s, c);
   }
-  srv_io_update(c, c->oq != NULL);
+  srv_io_update(s, c, c->oq != NULL);
   return 0;
 }
 
 /* ------------------------------------------------------------ closing */
 
-void srv_conn_drop(srv_conn *c) {
+void srv_conn_drop(srv *s, srv_conn *c) {
   if (c->state == SRV_DEAD) {
     return;
   }
   if (c->id != 0) {
     /* Callers tell the hub first; this only keeps the count right. */
-    srv_g->conns_ws--;
+    s->conns_ws--;
     c->id = 0;
   }
-  ev_io_stop(srv_g->loop, &c->io);
+  ev_io_stop(s->loop, &c->io);
   close(c->io.fd);
   c->state = SRV_DEAD;
-  srv_g->conns_total--;
+  s->conns_total--;
   srv_list_remove(c);
   srv_http_free(c);
   if (c->rx != NULL) {
-    srv_rx_put(c->rx);
+    srv_rx_put(s, c->rx);
     c->rx = NULL;
   }
-  srv_outq_free(c);
-  c->next = srv_g->graveyard;
-  srv_g->graveyard = c;
+  srv_outq_free(s, c);
+  c->next = s->graveyard;
+  s->graveyard = c;
 }
 
 /*
@@ -627,21 +630,21 @@ void srv_conn_drop(srv_conn *c) {
  * otherwise leave an orphaned socket holding its unsent bytes in the
  * kernel for minutes, and the peer would never see the end.
  */
-void srv_conn_abort(srv_conn *c) {
+void srv_conn_abort(srv *s, srv_conn *c) {
   struct linger lg = {1, 0};
   if (c->state == SRV_DEAD) {
     return;
   }
   (void)setsockopt(c->io.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
-  srv_conn_drop(c);
+  srv_conn_drop(s, c);
 }
 
-void srv_reap(void) {
+void srv_reap(srv *s) {
   srv_conn *keep = NULL;
-  while (srv_g->graveyard != NULL) {
-    srv_conn *c = srv_g->graveyard;
-    srv_g->graveyard = c->next;
-    if (c->dirty || c->urgent) {
+  while (s->graveyard != NULL) {
+    srv_conn *c = s->graveyard;
+    s->graveyard = c->next;
+    if (c->dirty || c->q.urgent) {
       /* Still on a flush list: freed once that list let go of it. */
       c->next = keep;
       keep = c;
@@ -649,64 +652,42 @@ void srv_reap(void) {
     }
     free(c);
   }
-  srv_g->graveyard = keep;
+  s->graveyard = keep;
 }
 
-/* The socket failed or the peer went away: tell the hub, close. */
-static void srv_conn_gone(srv_conn *c) {
-  if (c->id != 0 && c->state == SRV_WS) {
-    hub_conn_id id = c->id;
-    srv_g->conns_ws--;
-    c->id = 0;
-    hub_on_conn_closed(srv_g->h, id, srv_now());
-    srv_pump();
+/* The socket failed or the peer went away: close, tell the hub. */
+static void srv_conn_gone(srv *s, srv_conn *c) {
+  hub_conn_id id = c->state == SRV_WS ? c->id : 0;
+  srv_conn_drop(s, c);
+  if (id != 0) {
+    sh_conn_closed(&s->sh, id, srv_now());
   }
-  srv_conn_drop(c);
 }
 
-static void srv_conn_close_wait(srv_conn *c) {
+static void srv_conn_close_wait(srv *s, srv_conn *c) {
   if (shutdown(c->io.fd, SHUT_WR) != 0) {
-    srv_conn_drop(c);
+    srv_conn_drop(s, c);
     return;
   }
   c->state = SRV_CLOSE_WAIT;
-  srv_list_push(&srv_g->cw_list, c, srv_now() + SRV_CLOSE_WAIT_NS);
+  srv_list_push(&s->cw_list, c, srv_now() + SRV_CLOSE_WAIT_NS);
 }
 
 /* Sends what is queued, then shuts the write side and waits for EOF. */
-void srv_conn_finish(srv_conn *c) {
+void srv_conn_finish(srv *s, srv_conn *c) {
   size_t msgs, bytes;
   if (c->state == SRV_DEAD) {
     return;
   }
   c->state = SRV_FLUSH_CLOSE;
-  srv_list_push(&srv_g->cw_list, c, srv_now() + SRV_CLOSE_WAIT_NS);
-  if (srv_flush(c, &msgs, &bytes) != 0) {
-    srv_conn_drop(c);
+  srv_list_push(&s->cw_list, c, srv_now() + SRV_CLOSE_WAIT_NS);
+  if (srv_flush(s, c, &msgs, &bytes) != 0) {
+    srv_conn_drop(s, c);
     return;
   }
   if (c->oq == NULL) {
-    srv_conn_close_wait(c);
+    srv_conn_close_wait(s, c);
   }
-}
-
-static size_t srv_close_frame(uint8_t *f, uint16_t code, const char *reason) {
-  size_t rlen = reason != NULL ? strlen(reason) : 0;
-  if (rlen > 123) {
-    rlen = 123;
-  }
-  f[0] = 0x88;
-  if (code == 0) {
-    f[1] = 0;
-    return 2;
-  }
-  f[1] = (uint8_t)(2 + rlen);
-  f[2] = (uint8_t)(code >> 8);
-  f[3] = (uint8_t)(code & 0xff);
-  if (rlen > 0) {
-    memcpy(f + 4, reason, rlen);
-  }
-  return 4 + rlen;
 }
 
 /*
@@ -715,44 +696,54 @@ static size_t srv_close_frame(uint8_t *f, uint16_t code, const char *reason) {
  * is dropped: a slow consumer never holds anything up.  The caller has
  * already told the hub (or the hub asked for this close).
  */
-static void srv_conn_close_now(srv_conn *c, uint16_t code, const char *reason) {
-  uint8_t f[127];
-  size_t flen = srv_close_frame(f, code, reason);
+static void srv_conn_close_now(srv *s, srv_conn *c, uint16_t code,
+                               const char *reason) {
+  uint8_t f[SH_CLOSE_FRAME_MAX];
+  size_t flen = sh_close_frame(f, code, reason);
   size_t msgs, bytes;
   if (c->id != 0) {
-    srv_g->conns_ws--;
+    s->conns_ws--;
     c->id = 0;
   }
-  if (srv_conn_queue_own(c, f, flen) != 0) {
-    srv_conn_drop(c);
+  if (srv_conn_queue_own(s, c, f, flen) != 0) {
+    srv_conn_drop(s, c);
     return;
   }
   c->state = SRV_FLUSH_CLOSE;
-  if (srv_flush(c, &msgs, &bytes) != 0 || c->oq != NULL) {
-    srv_conn_abort(c);
+  if (srv_flush(s, c, &msgs, &bytes) != 0 || c->oq != NULL) {
+    srv_conn_abort(s, c);
     return;
   }
-  srv_conn_close_wait(c);
+  srv_conn_close_wait(s, c);
 }
 
-/* The hub's CLOSE effect.  The caller reports hub_on_conn_closed after
-   popping the effect. */
-void srv_conn_hub_close(srv_conn *c, uint16_t code, const char *reason) {
-  if (c->state != SRV_WS) {
-    return;
+/* The shell's close: a CLOSE effect, or a close the shell decided.  The
+   shell reports hub_on_conn_closed (after popping the effect). */
+static int srv_sh_close(void *user, void *conn_user, hub_conn_id id,
+                        uint16_t code, const char *reason,
+                        hub_close_kind kind) {
+  srv *s = user;
+  srv_conn *c = conn_user;
+  if (s->debug) {
+    fprintf(stderr, "wshub: close conn %s:%llu code %u (%s)\n",
+            s->cfg.instance_id, (unsigned long long)id, code,
+            kind < HUB_CLOSE_KIND_MAX ? hub_close_kind_name(kind) : reason);
   }
-  srv_conn_close_now(c, code, reason);
+  if (c->state != SRV_WS || c->id != id) {
+    return SH_CLOSE_UNKNOWN;
+  }
+  srv_conn_close_now(s, c, code, reason);
+  return SH_CLOSE_DONE;
 }
 
-/* A close the server decides (protocol error): tell the hub, then close. */
-static void srv_conn_proto_close(srv_conn *c, uint16_t code,
+/* A close the server decides (protocol error): close, then tell the hub. */
+static void srv_conn_proto_close(srv *s, srv_conn *c, uint16_t code,
                                  const char *reason) {
   hub_conn_id id = c->id;
-  srv_g->proto_errors++;
-  srv_conn_close_now(c, code, reason);
+  s->proto_errors++;
+  srv_conn_close_now(s, c, code, reason);
   if (id != 0) {
-    hub_on_conn_closed(srv_g->h, id, srv_now());
-    srv_pump();
+    sh_conn_closed(&s->sh, id, srv_now());
   }
 }
 
@@ -773,39 +764,37 @@ static uint64_t srv_frame_hdr_len(uint64_t len, int mask) {
  * (1009, counted as an eviction) by the length alone, so the payload is
  * never buffered (hub.h: |data| may be NULL past the limit).
  */
-static void srv_conn_too_big(srv_conn *c) {
-  hub_on_conn_msg(srv_g->h, c->id, 0, NULL,
-                  (size_t)srv_g->cfg.hub.max_message_bytes + 1, srv_now());
-  srv_pump();
+static void srv_conn_too_big(srv *s, srv_conn *c) {
+  sh_conn_msg(&s->sh, c->id, c, 0, NULL,
+              (size_t)s->cfg.hub.max_message_bytes + 1, srv_now());
   if (c->state == SRV_WS) {
     /* The hub did not close it; the limit is ours to keep anyway. */
-    srv_conn_proto_close(c, 1009, "message too big");
+    srv_conn_proto_close(s, c, 1009, "message too big");
   }
 }
 
-static void srv_on_control(srv_conn *c, srv_rx *rx) {
+static void srv_on_control(srv *s, srv_conn *c, srv_rx *rx) {
   switch (rx->f_op) {
   case WSLAY_PING: {
     uint8_t f[127];
-    /* Pongs are not counted by the hub; a peer that pings without
-       reading must not grow the queue without bound. */
-    if (c->oq != NULL &&
-        (c->oq_tail - c->oq_head > 2 * srv_g->cfg.hub.max_queue_msgs + 64 ||
-         c->oq_bytes > 2 * srv_g->cfg.hub.max_queue_bytes)) {
-      srv_conn_proto_close(c, 1008, "slow consumer");
+    /* The shell's guard: a peer that pings without reading is closed
+       (1008) rather than grow the queue of pongs without bound. */
+    if (sh_conn_ping_in(&s->sh, c->id, c, &c->q,
+                        c->oq != NULL ? c->oq_tail - c->oq_head : 0,
+                        srv_now()) != 0) {
+      s->proto_errors++;
       break;
     }
     f[0] = 0x8a;
     f[1] = (uint8_t)rx->ctl_len;
     memcpy(f + 2, rx->ctl, rx->ctl_len);
-    if (srv_conn_queue_own(c, f, 2 + rx->ctl_len) != 0) {
-      srv_conn_gone(c);
+    if (srv_conn_queue_own(s, c, f, 2 + rx->ctl_len) != 0) {
+      srv_conn_gone(s, c);
     }
     break;
   }
   case WSLAY_PONG:
-    hub_on_conn_pong(srv_g->h, c->id, srv_now());
-    srv_pump();
+    sh_conn_pong(&s->sh, c->id, srv_now());
     break;
   case WSLAY_CONNECTION_CLOSE: {
     /* Echo the peer's status code, tell the hub, close.  A one-byte
@@ -822,9 +811,8 @@ static void srv_on_control(srv_conn *c, srv_rx *rx) {
            (code >= 3000 && code <= 4999)))) {
       code = 1002;
     }
-    srv_conn_close_now(c, code, NULL);
-    hub_on_conn_closed(srv_g->h, id, srv_now());
-    srv_pump();
+    srv_conn_close_now(s, c, code, NULL);
+    sh_conn_closed(&s->sh, id, srv_now());
     break;
   }
   default:
@@ -834,7 +822,7 @@ static void srv_on_control(srv_conn *c, srv_rx *rx) {
 
 /* One piece of a frame from wslay.  Returns 0 to go on, -1 when |c| is no
    longer an open WebSocket. */
-static int srv_on_chunk(srv_conn *c, srv_rx *rx,
+static int srv_on_chunk(srv *s, srv_conn *c, srv_rx *rx,
                         const struct wslay_frame_iocb *io) {
   if (!rx->in_frame) {
     rx->in_frame = 1;
@@ -845,20 +833,20 @@ static int srv_on_chunk(srv_conn *c, srv_rx *rx,
     rx->f_off = 0;
     rx->ctl_len = 0;
     if (io->rsv != 0 || !io->mask) {
-      srv_conn_proto_close(c, 1002, "protocol error");
+      srv_conn_proto_close(s, c, 1002, "protocol error");
       return -1;
     }
     switch (io->opcode) {
     case WSLAY_CONTINUATION_FRAME:
       if (!rx->msg_active) {
-        srv_conn_proto_close(c, 1002, "unexpected continuation");
+        srv_conn_proto_close(s, c, 1002, "unexpected continuation");
         return -1;
       }
       break;
     case WSLAY_TEXT_FRAME:
     case WSLAY_BINARY_FRAME:
       if (rx->msg_active) {
-        srv_conn_proto_close(c, 1002, "expected continuation");
+        srv_conn_proto_close(s, c, 1002, "expected continuation");
         return -1;
       }
       rx->msg_active = 1;
@@ -870,13 +858,13 @@ static int srv_on_chunk(srv_conn *c, srv_rx *rx,
     case WSLAY_CONNECTION_CLOSE:
       break;
     default:
-      srv_conn_proto_close(c, 1002, "unknown opcode");
+      srv_conn_proto_close(s, c, 1002, "unknown opcode");
       return -1;
     }
     if (!wslay_is_ctrl_frame(io->opcode)) {
       uint64_t want = (uint64_t)rx->msg_len + rx->f_len;
-      if (want > srv_g->cfg.hub.max_message_bytes) {
-        srv_conn_too_big(c);
+      if (want > s->cfg.hub.max_message_bytes) {
+        srv_conn_too_big(s, c);
         return -1;
       }
       if (want > rx->msg_cap) {
@@ -887,7 +875,7 @@ static int srv_on_chunk(srv_conn *c, srv_rx *rx,
         }
         m = realloc(rx->msg, cap);
         if (m == NULL) {
-          srv_conn_proto_close(c, 1011, "out of memory");
+          srv_conn_proto_close(s, c, 1011, "out of memory");
           return -1;
         }
         rx->msg = m;
@@ -912,25 +900,24 @@ static int srv_on_chunk(srv_conn *c, srv_rx *rx,
   rx->in_frame = 0;
   rx->consumed += srv_frame_hdr_len(rx->f_len, rx->f_mask) + rx->f_len;
   if (wslay_is_ctrl_frame(rx->f_op)) {
-    srv_on_control(c, rx);
+    srv_on_control(s, c, rx);
     return c->state == SRV_WS ? 0 : -1;
   }
   if (rx->f_fin) {
     rx->msg_active = 0;
-    hub_on_conn_msg(srv_g->h, c->id, rx->msg_op == WSLAY_BINARY_FRAME, rx->msg,
-                    rx->msg_len, srv_now());
-    srv_pump();
+    sh_conn_msg(&s->sh, c->id, c, rx->msg_op == WSLAY_BINARY_FRAME, rx->msg,
+                rx->msg_len, srv_now());
   }
   return c->state == SRV_WS ? 0 : -1;
 }
 
 /* Parses |len| bytes of WebSocket input (borrowed for the call). */
-static void srv_ws_feed(srv_conn *c, const uint8_t *data, size_t len) {
+static void srv_ws_feed(srv *s, srv_conn *c, const uint8_t *data, size_t len) {
   srv_rx *rx = c->rx;
   if (rx == NULL) {
-    rx = c->rx = srv_rx_get();
+    rx = c->rx = srv_rx_get(s);
     if (rx == NULL) {
-      srv_conn_proto_close(c, 1011, "out of memory");
+      srv_conn_proto_close(s, c, 1011, "out of memory");
       return;
     }
   }
@@ -943,17 +930,17 @@ static void srv_ws_feed(srv_conn *c, const uint8_t *data, size_t len) {
       break;
     }
     if (r < 0) {
-      srv_conn_proto_close(c, 1002, "protocol error");
+      srv_conn_proto_close(s, c, 1002, "protocol error");
       if (c->rx != NULL) {
-        srv_rx_put(c->rx);
+        srv_rx_put(s, c->rx);
         c->rx = NULL;
       }
       return;
     }
-    if (srv_on_chunk(c, rx, &io) != 0) {
+    if (srv_on_chunk(s, c, rx, &io) != 0) {
       /* Closing: whatever else arrives is not parsed. */
       if (c->rx != NULL) {
-        srv_rx_put(c->rx);
+        srv_rx_put(s, c->rx);
         c->rx = NULL;
       }
       return;
@@ -962,30 +949,31 @@ static void srv_ws_feed(srv_conn *c, const uint8_t *data, size_t len) {
   rx->in = NULL;
   rx->in_len = 0;
   if (srv_rx_idle(rx)) {
-    srv_rx_put(rx);
+    srv_rx_put(s, rx);
     c->rx = NULL;
   }
 }
 
-void srv_conn_ws_start(srv_conn *c, const uint8_t *rest, size_t rest_len) {
+void srv_conn_ws_start(srv *s, srv_conn *c, const uint8_t *rest,
+                       size_t rest_len) {
   if (rest_len > 0 && c->state == SRV_WS) {
-    srv_ws_feed(c, rest, rest_len);
+    srv_ws_feed(s, c, rest, rest_len);
   }
 }
 
 static void srv_conn_io_cb(struct ev_loop *loop, ev_io *w, int revents) {
+  srv *s = ev_userdata(loop);
   srv_conn *c = (srv_conn *)(void *)((char *)w - offsetof(srv_conn, io));
   int i;
-  (void)loop;
   if ((revents & EV_WRITE) && c->state != SRV_DEAD) {
-    srv_mark_dirty(c); /* written from the prepare watcher */
-    srv_io_update(c, 0);
+    srv_mark_dirty(s, c); /* written from the prepare watcher */
+    srv_io_update(s, c, 0);
   }
   if (!(revents & EV_READ)) {
     return;
   }
   for (i = 0; i < SRV_READS_PER_EVENT && c->state != SRV_DEAD; i++) {
-    ssize_t n = read(c->io.fd, srv_rbuf, sizeof(srv_rbuf));
+    ssize_t n = read(c->io.fd, s->rbuf, sizeof(s->rbuf));
     if (n < 0) {
       if (errno == EINTR) {
         continue;
@@ -993,24 +981,24 @@ static void srv_conn_io_cb(struct ev_loop *loop, ev_io *w, int revents) {
       if (errno == EAGAIN || errno == EWOULDBLOCK) {
         break;
       }
-      srv_conn_gone(c);
+      srv_conn_gone(s, c);
       break;
     }
     if (n == 0) {
-      srv_conn_gone(c);
+      srv_conn_gone(s, c);
       break;
     }
     switch (c->state) {
     case SRV_HTTP:
-      srv_http_feed(c, srv_rbuf, (size_t)n);
+      srv_http_feed(s, c, s->rbuf, (size_t)n);
       break;
     case SRV_WS:
-      srv_ws_feed(c, srv_rbuf, (size_t)n);
+      srv_ws_feed(s, c, s->rbuf, (size_t)n);
       break;
     default:
       break; /* closing: input is discarded until EOF */
     }
-    if ((size_t)n < sizeof(srv_rbuf)) {
+    if ((size_t)n < sizeof(s->rbuf)) {
       break;
     }
   }
@@ -1018,75 +1006,74 @@ static void srv_conn_io_cb(struct ev_loop *loop, ev_io *w, int revents) {
 
 /* ------------------------------------------------------------ flushing */
 
-static void srv_report_written(srv_conn *c, size_t msgs, size_t bytes) {
-  hub_on_conn_written(srv_g->h, c->id, msgs, bytes, srv_now());
-}
-
 /*
  * Writes every connection with queued bytes; runs from the ev_prepare
  * watcher, once per loop iteration, and reports progress to the hub.
  */
-void srv_flush_all(void) {
-  while (srv_g->dirty != NULL) {
-    srv_conn *c = srv_g->dirty;
+void srv_flush_all(srv *s) {
+  while (s->dirty != NULL) {
+    srv_conn *c = s->dirty;
     size_t msgs, bytes;
-    srv_g->dirty = c->dirty_next;
+    s->dirty = c->dirty_next;
     c->dirty = 0;
     c->dirty_next = NULL;
     if (c->state == SRV_DEAD) {
       continue; /* srv_reap frees it */
     }
-    if (srv_flush(c, &msgs, &bytes) != 0) {
-      srv_conn_gone(c);
+    if (srv_flush(s, c, &msgs, &bytes) != 0) {
+      srv_conn_gone(s, c);
       continue;
     }
     if (c->state == SRV_WS && (msgs > 0 || bytes > 0)) {
-      srv_report_written(c, msgs, bytes);
-      srv_pump();
+      sh_conn_written(&s->sh, c->id, msgs, bytes, srv_now());
     } else if (c->state == SRV_FLUSH_CLOSE && c->oq == NULL) {
-      srv_conn_close_wait(c);
+      srv_conn_close_wait(s, c);
     }
   }
 }
 
-int srv_flush_urgent(void) {
-  int did = 0;
-  while (srv_g->urgent != NULL) {
-    srv_conn *c = srv_g->urgent;
-    size_t msgs, bytes;
-    srv_g->urgent = c->urgent_next;
-    c->urgent = 0;
-    c->urgent_next = NULL;
-    did = 1;
-    if (c->state != SRV_WS) {
-      continue;
-    }
-    if (srv_flush(c, &msgs, &bytes) != 0) {
-      srv_conn_gone(c);
-      continue;
-    }
-    if (msgs > 0 || bytes > 0) {
-      srv_report_written(c, msgs, bytes);
-    }
+/* The shell's write: a connection on the write-now list. */
+static int srv_sh_write(void *user, sh_oq *q, hub_conn_id *id, size_t *msgs,
+                        size_t *bytes) {
+  srv *s = user;
+  srv_conn *c = (srv_conn *)(void *)((char *)q - offsetof(srv_conn, q));
+  if (c->state != SRV_WS) {
+    return 0; /* *id stays 0 */
   }
-  return did;
+  *id = c->id;
+  if (srv_flush(s, c, msgs, bytes) != 0) {
+    /* Gone: dropped here, reported by the shell. */
+    srv_conn_drop(s, c);
+    return -1;
+  }
+  return 0;
+}
+
+void srv_transport(srv *s, sh_transport *t) {
+  memset(t, 0, sizeof(*t));
+  t->user = s;
+  t->send = srv_sh_send;
+  t->ping = srv_sh_ping;
+  t->close = srv_sh_close;
+  t->write = srv_sh_write;
+  t->drained = srv_sh_drained;
 }
 
 /* ------------------------------------------------------------ deadlines */
 
-void srv_tick(void) {
+void srv_tick(srv *s) {
   hub_tstamp now = srv_now();
-  srv_conn *lists[2] = {&srv_g->http_list, &srv_g->cw_list};
+  srv_conn *lists[2] = {&s->http_list, &s->cw_list};
   int i;
   for (i = 0; i < 2; i++) {
-    srv_conn *s = lists[i];
-    while (s->next != s && s->next->deadline <= now) {
-      srv_conn *c = s->next;
+    srv_conn *l = lists[i];
+    while (l->next != l && l->next->deadline <= now) {
+      srv_conn *c = l->next;
       if (c->state == SRV_HTTP && c->oq == NULL) {
-        srv_conn_drop(c); /* handshake timeout: nothing to lose */
+        srv_conn_drop(s, c); /* handshake timeout: nothing to lose */
       } else if (c->state == SRV_FLUSH_CLOSE || c->state == SRV_CLOSE_WAIT ||
                  c->state == SRV_HTTP) {
-        srv_conn_abort(c);
+        srv_conn_abort(s, c);
       } else {
         srv_list_remove(c);
       }
@@ -1094,25 +1081,26 @@ void srv_tick(void) {
   }
 }
 
-void srv_close_http_conns(void) {
-  srv_conn *s = &srv_g->http_list;
-  while (s->next != s) {
-    srv_conn_drop(s->next);
+void srv_close_http_conns(srv *s) {
+  srv_conn *l = &s->http_list;
+  while (l->next != l) {
+    srv_conn_drop(s, l->next);
   }
 }
 
 /* ------------------------------------------------------------ accepting */
 
-static void srv_set_sockopts(int fd) {
+static void srv_set_sockopts(const srv *s, int fd) {
   int one = 1;
   (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-  if (srv_g->cfg.sndbuf > 0) {
-    int v = srv_g->cfg.sndbuf;
+  if (s->cfg.sndbuf > 0) {
+    int v = s->cfg.sndbuf;
     (void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &v, sizeof(v));
   }
 }
 
 void srv_accept_cb(struct ev_loop *loop, ev_io *w, int revents) {
+  srv *s = ev_userdata(loop);
   int i;
   (void)revents;
   for (i = 0; i < 64; i++) {
@@ -1137,12 +1125,12 @@ void srv_accept_cb(struct ev_loop *loop, ev_io *w, int revents) {
       close(fd);
       continue;
     }
-    srv_set_sockopts(fd);
+    srv_set_sockopts(s, fd);
     ev_io_init(&c->io, srv_conn_io_cb, fd, EV_READ);
     c->state = SRV_HTTP;
-    srv_g->conns_total++;
-    if (srv_http_new(c) != 0) {
-      srv_g->conns_total--;
+    s->conns_total++;
+    if (srv_http_new(s, c) != 0) {
+      s->conns_total--;
       close(fd);
       free(c);
       continue;
@@ -1163,36 +1151,35 @@ void srv_accept_cb(struct ev_loop *loop, ev_io *w, int revents) {
       addr = srv_http_remote(c);
       snprintf(addr, 64, "%s:%d", host, port);
     }
-    srv_list_push(&srv_g->http_list, c,
-                  srv_now() + srv_g->cfg.handshake_timeout_ns);
+    srv_list_push(&s->http_list, c, srv_now() + s->cfg.handshake_timeout_ns);
     ev_io_start(loop, &c->io);
   }
 }
 
-void srv_conn_init(void) {
-  srv_g->http_list.next = srv_g->http_list.prev = &srv_g->http_list;
-  srv_g->cw_list.next = srv_g->cw_list.prev = &srv_g->cw_list;
+void srv_conn_init(srv *s) {
+  s->http_list.next = s->http_list.prev = &s->http_list;
+  s->cw_list.next = s->cw_list.prev = &s->cw_list;
 }
 
-void srv_conn_fini(void) {
-  while (srv_rx_free_list != NULL) {
-    srv_rx *rx = srv_rx_free_list;
-    srv_rx_free_list = rx->next_free;
+void srv_conn_fini(srv *s) {
+  while (s->rx_free != NULL) {
+    srv_rx *rx = s->rx_free;
+    s->rx_free = rx->next_free;
     wslay_frame_context_free(rx->fc);
     free(rx->msg);
     free(rx);
   }
-  srv_rx_free_n = 0;
-  srv_conn_send_end();
-  if (srv_batch_cur != NULL) {
-    srv_batch_unref(srv_batch_cur);
-    srv_batch_cur = NULL;
+  s->rx_free_n = 0;
+  srv_sh_drained(s);
+  if (s->batch_cur != NULL) {
+    srv_batch_unref(s->batch_cur);
+    s->batch_cur = NULL;
   }
   {
     int k;
     for (k = 0; k < SRV_OQ_CLASSES; k++) {
-      while (srv_oq_pool[k] != NULL) {
-        free(srv_oq_pool_take(k));
+      while (s->oq_pool[k] != NULL) {
+        free(srv_oq_pool_take(s, k));
       }
     }
   }

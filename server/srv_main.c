@@ -1,12 +1,14 @@
 /*
  * srv_main.c - build/wshub: flags, the hub, the backplane, the loop.
  *
- * Every hub event is followed by srv_pump(), which applies the effects
- * the core queued (SENDs go to connection queues, CLOSEs to sockets,
- * backplane and registry effects to bp_apply) and re-arms the one
- * ev_timer from hub_get_expiry().  Queued bytes are written once per
- * loop iteration from an ev_prepare watcher (srv_flush_all), so a burst
- * of deliveries to one socket leaves in one writev.
+ * Every hub event goes through the shell (shell/shell.h), which applies
+ * the effects the core queued (SENDs to connection queues, CLOSEs to
+ * sockets, backplane and registry effects to the bp), acts on every
+ * error with its policy and re-arms the one ev_timer (srv_set_timer).
+ * Queued bytes are written once per loop iteration from an ev_prepare
+ * watcher (srv_flush_all), so a burst of deliveries to one socket leaves
+ * in one writev; a connection past the shell's early-write mark is
+ * written before the next event.
  */
 #include "srv.h"
 #include "bp_redis.h"
@@ -24,138 +26,88 @@
 #include <time.h>
 #include <unistd.h>
 
-srv *srv_g;
-static srv srv_state;
-
 hub_tstamp srv_now(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (hub_tstamp)ts.tv_sec * HUB_NS_PER_S + (hub_tstamp)ts.tv_nsec;
 }
 
-/* ------------------------------------------------------------ effects */
+/* ------------------------------------------------------------ hub timer */
 
-static void srv_arm_hub_timer(void) {
-  hub_tstamp exp = hub_get_expiry(srv_g->h);
+/* The shell's set_timer: one ev_timer at absolute time |at|. */
+static void srv_set_timer(void *user, hub_tstamp at) {
+  srv *s = user;
   hub_tstamp now;
   double delay;
-  if (exp == srv_g->hub_timer_at) {
-    return;
-  }
-  ev_timer_stop(srv_g->loop, &srv_g->hub_timer);
-  srv_g->hub_timer_at = exp;
-  if (exp == HUB_TSTAMP_NONE) {
+  ev_timer_stop(s->loop, &s->hub_timer);
+  if (at == HUB_TSTAMP_NONE) {
     return;
   }
   now = srv_now();
-  delay = exp > now ? (double)(exp - now) / 1e9 : 0.0;
-  /* ev_now() may lag the clock a little; never fire before |exp|. */
-  ev_timer_set(&srv_g->hub_timer, delay + 0.0005, 0.0);
-  ev_timer_start(srv_g->loop, &srv_g->hub_timer);
-}
-
-void srv_pump(void) {
-  const hub_effect *e;
-  if (srv_g->in_pump) {
-    return; /* the outer srv_pump drains what this call would */
-  }
-  srv_g->in_pump = 1;
-again:
-  while ((e = hub_effect_peek(srv_g->h)) != NULL) {
-    hub_conn_id closed = 0;
-    srv_conn *c = e->conn_user;
-    switch (e->type) {
-    case HUB_EFF_SEND:
-      if (srv_conn_send(c, e->buf) != 0) {
-        /* Out of memory for its queue: the frame cannot be delivered,
-           and a lost frame must not pass silently.  Close it (1011). */
-        srv_conn_hub_close(c, 1011, "internal error");
-        closed = e->conn;
-      }
-      break;
-    case HUB_EFF_PING:
-      srv_conn_ping(c);
-      break;
-    case HUB_EFF_CLOSE:
-      if (srv_g->debug) {
-        fprintf(stderr, "wshub: close conn %s:%llu code %u (%s)\n",
-                srv_g->cfg.instance_id, (unsigned long long)e->conn,
-                e->close_code, hub_close_kind_name(e->close_kind));
-      }
-      if (c->state == SRV_WS && c->id == e->conn) {
-        srv_conn_hub_close(c, e->close_code, e->reason);
-        closed = e->conn;
-      }
-      break;
-    default:
-      if (srv_g->bp != NULL) {
-        (void)bp_apply(srv_g->bp, e);
-      }
-      break;
-    }
-    hub_effect_pop(srv_g->h);
-    if (closed != 0) {
-      /* Not while the effect was peeked: this discards queued effects. */
-      hub_on_conn_closed(srv_g->h, closed, srv_now());
-    }
-  }
-  srv_conn_send_end();
-  if (srv_flush_urgent()) {
-    goto again;
-  }
-  srv_arm_hub_timer();
-  srv_g->in_pump = 0;
+  delay = at > now ? (double)(at - now) / 1e9 : 0.0;
+  /* ev_now() may lag the clock a little; never fire before |at|. */
+  ev_timer_set(&s->hub_timer, delay + 0.0005, 0.0);
+  ev_timer_start(s->loop, &s->hub_timer);
 }
 
 static void srv_hub_timer_cb(struct ev_loop *loop, ev_timer *w, int revents) {
-  (void)loop;
+  srv *s = ev_userdata(loop);
   (void)w;
   (void)revents;
-  srv_g->hub_timer_at = HUB_TSTAMP_NONE;
-  hub_handle_expiry(srv_g->h, srv_now());
-  srv_pump();
+  sh_expiry(&s->sh, srv_now());
+}
+
+/* The shell's error hook: a hub call the server got wrong. */
+static void srv_sh_error(void *user, const char *what, int err) {
+  (void)user;
+  fprintf(stderr, "wshub: %s: %s\n", what, hub_strerror(err));
 }
 
 /* ------------------------------------------------------------ backplane */
 
 static void srv_bp_up(void *user) {
-  (void)user;
-  if (srv_g->bp_ups++ > 0) {
-    srv_g->bp_reconnects++;
+  srv *s = user;
+  if (s->bp_ups++ > 0) {
+    s->bp_reconnects++;
   }
   fprintf(stderr, "wshub: redis backplane up\n");
-  hub_on_bp_up(srv_g->h, srv_now());
-  srv_pump();
+  sh_bp_up(&s->sh, srv_now());
 }
 
 static void srv_bp_down(void *user) {
-  (void)user;
+  srv *s = user;
   fprintf(stderr, "wshub: redis backplane down\n");
-  hub_on_bp_down(srv_g->h, srv_now());
-  srv_pump();
+  sh_bp_down(&s->sh, srv_now());
 }
 
 static void srv_bp_msg(void *user, const char *channel, size_t channel_len,
                        const uint8_t *data, size_t len) {
-  (void)user;
-  hub_on_bp_msg(srv_g->h, channel, channel_len, data, len, srv_now());
-  srv_pump();
+  srv *s = user;
+  sh_bp_msg(&s->sh, channel, channel_len, data, len, srv_now());
 }
 
 static void srv_bp_subscribed(void *user, const char *channel,
                               size_t channel_len) {
-  (void)user;
-  hub_on_bp_subscribed(srv_g->h, channel, channel_len, srv_now());
-  srv_pump();
+  srv *s = user;
+  sh_bp_subscribed(&s->sh, channel, channel_len, srv_now());
+}
+
+/* The shell's forced reconnect (out of memory for a backplane event). */
+static void srv_bp_reset(void *user) {
+  srv *s = user;
+  fprintf(stderr, "wshub: out of memory for the backplane: reconnecting\n");
+  if (s->bp != NULL) {
+    bp_redis_reset(s->bp);
+  }
 }
 
 /* ------------------------------------------------------------ metrics */
 
-void srv_metrics(char *buf, size_t cap, size_t *len) {
+void srv_metrics(srv *s, char *buf, size_t cap, size_t *len) {
   hub_stats st;
   size_t n = 0, i;
   int k;
-  hub_get_stats(srv_g->h, &st);
+  hub_get_stats(s->h, &st);
   {
     const struct {
       const char *name;
@@ -177,28 +129,27 @@ void srv_metrics(char *buf, size_t cap, size_t *len) {
       {"wshub_publishes_total", "counter", "Publishes accepted.", st.publishes},
       {"wshub_backplane_up", "gauge",
        "1 while the Redis backplane is connected.",
-       srv_g->bp != NULL ? (unsigned long long)hub_bp_is_up(srv_g->h) : 0},
+       s->bp != NULL ? (unsigned long long)hub_bp_is_up(s->h) : 0},
       {"wshub_backplane_reconnects_total", "counter",
-       "Times the backplane came back.", srv_g->bp_reconnects},
+       "Times the backplane came back.", s->bp_reconnects},
       {"wshub_upgrades_rejected_total", "counter",
-       "Upgrades answered 503 (--max-connections).", srv_g->upgrades_rejected},
+       "Upgrades answered 503 (--max-connections).", s->upgrades_rejected},
       {"wshub_protocol_errors_total", "counter",
-       "Connections closed for a WebSocket protocol error.",
-       srv_g->proto_errors},
+       "Connections closed for a WebSocket protocol error.", s->proto_errors},
       {"wshub_http_requests_total", "counter", "Plain HTTP requests served.",
-       srv_g->http_requests},
+       s->http_requests},
       {"wshub_frames_written_total", "counter",
-       "Message frames written to sockets.", srv_g->frames_written},
+       "Message frames written to sockets.", s->frames_written},
       {"wshub_writev_calls_total", "counter", "writev() calls.",
-       srv_g->writev_calls},
+       s->writev_calls},
       {"wshub_frame_parsers_lent", "gauge",
        "wslay frame contexts lent to connections that have a frame partly "
        "read.",
-       srv_g->rx_lent},
+       s->rx_lent},
       {"wshub_out_queues", "gauge",
-       "Connections with bytes waiting to be written.", srv_g->outqs},
+       "Connections with bytes waiting to be written.", s->outqs},
       {"wshub_sockets", "gauge", "Sockets held (HTTP, WebSocket, closing).",
-       srv_g->conns_total},
+       s->conns_total},
     };
 #define M(...)                                                                 \
   do {                                                                         \
@@ -226,12 +177,9 @@ void srv_metrics(char *buf, size_t cap, size_t *len) {
 /* ------------------------------------------------------------ shutdown */
 
 static void srv_bp_quit_done(void *arg) {
-  (void)arg;
-  ev_break(srv_g->loop, EVBREAK_ALL);
+  srv *s = arg;
+  ev_break(s->loop, EVBREAK_ALL);
 }
-
-static ev_timer srv_quit_timer;
-static int srv_finishing;
 
 static void srv_quit_timer_cb(struct ev_loop *loop, ev_timer *w, int revents) {
   (void)w;
@@ -240,69 +188,67 @@ static void srv_quit_timer_cb(struct ev_loop *loop, ev_timer *w, int revents) {
 }
 
 /* Every client socket is gone (or the shutdown timeout passed). */
-static void srv_finish(void) {
-  if (srv_finishing) {
+static void srv_finish(srv *s) {
+  if (s->finishing) {
     return;
   }
-  srv_finishing = 1;
-  ev_timer_stop(srv_g->loop, &srv_g->shutdown_timer);
-  if (srv_g->bp != NULL) {
+  s->finishing = 1;
+  ev_timer_stop(s->loop, &s->shutdown_timer);
+  if (s->bp != NULL) {
     /* Let the DELs and UNSUBSCRIBEs already sent be answered, briefly. */
-    ev_timer_init(&srv_quit_timer, srv_quit_timer_cb, 2.0, 0.0);
-    ev_timer_start(srv_g->loop, &srv_quit_timer);
-    bp_redis_quit(srv_g->bp, srv_bp_quit_done, NULL);
+    ev_timer_init(&s->quit_timer, srv_quit_timer_cb, 2.0, 0.0);
+    ev_timer_start(s->loop, &s->quit_timer);
+    bp_redis_quit(s->bp, srv_bp_quit_done, s);
   } else {
-    ev_break(srv_g->loop, EVBREAK_ALL);
+    ev_break(s->loop, EVBREAK_ALL);
   }
 }
 
-static void srv_check_done(void) {
-  if (srv_g->shutting_down && srv_g->conns_total == 0) {
-    srv_finish();
+static void srv_check_done(srv *s) {
+  if (s->shutting_down && s->conns_total == 0) {
+    srv_finish(s);
   }
 }
 
 static void srv_shutdown_timer_cb(struct ev_loop *loop, ev_timer *w,
                                   int revents) {
-  (void)loop;
+  srv *s = ev_userdata(loop);
   (void)w;
   (void)revents;
   /* Peers that did not finish their close handshake in time. */
-  while (srv_g->cw_list.next != &srv_g->cw_list) {
-    srv_conn_abort(srv_g->cw_list.next);
+  while (s->cw_list.next != &s->cw_list) {
+    srv_conn_abort(s, s->cw_list.next);
   }
-  srv_close_http_conns();
-  srv_finish();
+  srv_close_http_conns(s);
+  srv_finish(s);
 }
 
-static void srv_begin_shutdown(void) {
-  if (srv_g->shutting_down) {
+static void srv_begin_shutdown(srv *s) {
+  if (s->shutting_down) {
     /* A second signal: stop waiting for peers. */
-    if (!srv_finishing) {
+    if (!s->finishing) {
       fprintf(stderr, "wshub: second signal, not waiting for peers\n");
-      srv_shutdown_timer_cb(srv_g->loop, &srv_g->shutdown_timer, 0);
+      srv_shutdown_timer_cb(s->loop, &s->shutdown_timer, 0);
     }
     return;
   }
   fprintf(stderr, "wshub: shutting down\n");
-  srv_g->shutting_down = 1;
-  ev_io_stop(srv_g->loop, &srv_g->listen_io);
-  close(srv_g->listen_fd);
-  srv_g->listen_fd = -1;
-  srv_close_http_conns();
-  hub_shutdown(srv_g->h, srv_now());
-  srv_pump();
-  ev_timer_init(&srv_g->shutdown_timer, srv_shutdown_timer_cb,
-                (double)srv_g->cfg.shutdown_timeout_ns / 1e9, 0.0);
-  ev_timer_start(srv_g->loop, &srv_g->shutdown_timer);
-  srv_check_done();
+  s->shutting_down = 1;
+  ev_io_stop(s->loop, &s->listen_io);
+  close(s->listen_fd);
+  s->listen_fd = -1;
+  srv_close_http_conns(s);
+  sh_shutdown(&s->sh, srv_now());
+  ev_timer_init(&s->shutdown_timer, srv_shutdown_timer_cb,
+                (double)s->cfg.shutdown_timeout_ns / 1e9, 0.0);
+  ev_timer_start(s->loop, &s->shutdown_timer);
+  srv_check_done(s);
 }
 
 static void srv_signal_cb(struct ev_loop *loop, ev_signal *w, int revents) {
-  (void)loop;
   (void)w;
   (void)revents;
-  srv_begin_shutdown();
+  srv_begin_shutdown(ev_userdata(loop));
 }
 
 /* ------------------------------------------------------------ watchers */
@@ -314,6 +260,7 @@ static void srv_flush_idle_cb(struct ev_loop *loop, ev_idle *w, int revents) {
 }
 
 static void srv_prepare_cb(struct ev_loop *loop, ev_prepare *w, int revents) {
+  srv *s = ev_userdata(loop);
   (void)w;
   (void)revents;
   /*
@@ -323,25 +270,25 @@ static void srv_prepare_cb(struct ev_loop *loop, ev_prepare *w, int revents) {
    * writev instead of costing every subscriber another syscall.  At most
    * one poll is skipped, so nothing waits behind a stream of input.
    */
-  if (srv_g->dirty != NULL && !srv_g->flush_deferred) {
-    srv_g->flush_deferred = 1;
-    ev_idle_start(loop, &srv_g->flush_idle);
+  if (s->dirty != NULL && !s->flush_deferred) {
+    s->flush_deferred = 1;
+    ev_idle_start(loop, &s->flush_idle);
   } else {
-    srv_g->flush_deferred = 0;
-    ev_idle_stop(loop, &srv_g->flush_idle);
-    srv_flush_all();
+    s->flush_deferred = 0;
+    ev_idle_stop(loop, &s->flush_idle);
+    srv_flush_all(s);
   }
-  srv_reap();
-  srv_check_done();
+  srv_reap(s);
+  srv_check_done(s);
 }
 
 static void srv_tick_cb(struct ev_loop *loop, ev_timer *w, int revents) {
+  srv *s = ev_userdata(loop);
   (void)w;
   (void)revents;
-  srv_tick();
-  if (!srv_g->shutting_down && srv_g->listen_fd >= 0 &&
-      !ev_is_active(&srv_g->listen_io)) {
-    ev_io_start(loop, &srv_g->listen_io); /* paused after EMFILE */
+  srv_tick(s);
+  if (!s->shutting_down && s->listen_fd >= 0 && !ev_is_active(&s->listen_io)) {
+    ev_io_start(loop, &s->listen_io); /* paused after EMFILE */
   }
 }
 
@@ -628,13 +575,27 @@ static uint64_t srv_raise_nofile(void) {
   return (uint64_t)rl.rlim_cur;
 }
 
+/* The backoff jitter's seed: different for every instance, process and
+   start, so instances that lose one Redis do not retry in step. */
+static uint64_t srv_link_seed(const char *instance_id) {
+  uint64_t x = UINT64_C(0xcbf29ce484222325);
+  const char *p;
+  for (p = instance_id; *p; p++) {
+    x = (x ^ (uint8_t)*p) * UINT64_C(0x100000001b3);
+  }
+  return x ^ ((uint64_t)getpid() << 32) ^ srv_now() ^ (uint64_t)time(NULL);
+}
+
 int main(int argc, char **argv) {
-  srv *s = &srv_state;
+  /* Static storage: the state holds the 64 KiB read buffer and outlives
+     every callback; it is reached only through the pointer below. */
+  static srv state;
+  srv *s = &state;
   hub_config hc;
+  sh_transport t;
   uint64_t nofile;
   int rc;
 
-  srv_g = s;
   memset(s, 0, sizeof(*s));
   s->listen_fd = -1;
   srv_config_default(&s->cfg);
@@ -668,11 +629,12 @@ int main(int argc, char **argv) {
     fprintf(stderr, "wshub: cannot start libev\n");
     return 1;
   }
+  ev_set_userdata(s->loop, s);
   s->listen_fd = srv_listen(&s->cfg);
   if (s->listen_fd < 0) {
     return 1;
   }
-  srv_conn_init();
+  srv_conn_init(s);
 
   hc = s->cfg.hub;
   hc.instance_id = s->cfg.instance_id;
@@ -680,16 +642,11 @@ int main(int argc, char **argv) {
   hc.unix_time_s = (int64_t)time(NULL);
   hc.seed = srv_random();
   s->started_unix = hc.unix_time_s;
-  s->urgent_msgs =
-    s->cfg.hub.max_queue_msgs / 4 ? s->cfg.hub.max_queue_msgs / 4 : 1;
-  s->urgent_bytes =
-    s->cfg.hub.max_queue_bytes / 4 ? s->cfg.hub.max_queue_bytes / 4 : 1;
   rc = hub_new(&s->h, &hc, NULL, srv_now());
   if (rc != 0) {
     fprintf(stderr, "wshub: %s\n", hub_strerror(rc));
     return 1;
   }
-  s->hub_timer_at = HUB_TSTAMP_NONE;
   ev_timer_init(&s->hub_timer, srv_hub_timer_cb, 0.0, 0.0);
 
   if (s->cfg.redis_url != NULL) {
@@ -698,6 +655,7 @@ int main(int argc, char **argv) {
     char name[160];
     snprintf(name, sizeof(name), "wshub:%.128s", s->cfg.instance_id);
     memset(&ev, 0, sizeof(ev));
+    ev.user = s;
     ev.on_up = srv_bp_up;
     ev.on_down = srv_bp_down;
     ev.on_msg = srv_bp_msg;
@@ -706,6 +664,7 @@ int main(int argc, char **argv) {
     bc.url = s->cfg.redis_url;
     bc.prefix = s->cfg.redis_prefix;
     bc.client_name = name;
+    bc.seed = srv_link_seed(s->cfg.instance_id);
     rc = bp_redis_new(&s->bp, &bc, &ev);
     if (rc != 0) {
       fprintf(stderr, "wshub: --redis %s: %s\n", s->cfg.redis_url,
@@ -713,6 +672,12 @@ int main(int argc, char **argv) {
       return 2;
     }
   }
+
+  srv_transport(s, &t);
+  t.set_timer = srv_set_timer;
+  t.bp_reset = srv_bp_reset;
+  t.error = srv_sh_error;
+  sh_init(&s->sh, s->h, s->bp, &hc, &t);
 
   ev_io_init(&s->listen_io, srv_accept_cb, s->listen_fd, EV_READ);
   ev_io_start(s->loop, &s->listen_io);
@@ -726,7 +691,7 @@ int main(int argc, char **argv) {
   ev_signal_init(&s->sigint, srv_signal_cb, SIGINT);
   ev_signal_start(s->loop, &s->sigint);
 
-  srv_pump();
+  sh_drain(&s->sh, srv_now()); /* what hub_new queued */
   fprintf(stderr, "wshub: instance %s listening on %s:%d (%s backplane)\n",
           s->cfg.instance_id, s->cfg.listen_host, s->cfg.listen_port,
           s->bp != NULL ? "redis" : "embedded");
@@ -737,7 +702,7 @@ int main(int argc, char **argv) {
     s->bp = NULL;
   }
   hub_del(s->h);
-  srv_conn_fini();
+  srv_conn_fini(s);
   fprintf(stderr, "wshub: bye\n");
   return 0;
 }

@@ -22,6 +22,7 @@ enum { H_OTHER = 0, H_UPGRADE, H_CONNECTION, H_KEY, H_VERSION };
 
 struct srv_http {
   http_parser p;
+  srv *s; /* the server, for the parser's callbacks */
   char remote[64];
   char url[512];
   size_t url_len;
@@ -188,8 +189,9 @@ static int srv_on_header_value(http_parser *p, const char *at, size_t n) {
 
 static int srv_on_body(http_parser *p, const char *at, size_t n) {
   srv_http *h = srv_h(p);
-  size_t max = srv_g->cfg.hub.max_message_bytes > SRV_BODY_MIN
-                 ? (size_t)srv_g->cfg.hub.max_message_bytes
+  const srv *s = h->s;
+  size_t max = s->cfg.hub.max_message_bytes > SRV_BODY_MIN
+                 ? (size_t)s->cfg.hub.max_message_bytes
                  : SRV_BODY_MIN;
   if (h->body_len + n > max) {
     h->error_status = 413;
@@ -229,11 +231,12 @@ static const http_parser_settings srv_http_settings = {
   .on_message_complete = srv_on_message_complete,
 };
 
-int srv_http_new(srv_conn *c) {
+int srv_http_new(srv *s, srv_conn *c) {
   srv_http *h = calloc(1, sizeof(*h));
   if (h == NULL) {
     return -1;
   }
+  h->s = s;
   http_parser_init(&h->p, HTTP_REQUEST);
   h->p.data = c;
   c->http = h;
@@ -282,12 +285,12 @@ static const char *srv_status_text(int status) {
 }
 
 /* Queues one response; |close| ends the connection after it. */
-static void srv_respond(srv_conn *c, int status, const char *ctype,
+static void srv_respond(srv *s, srv_conn *c, int status, const char *ctype,
                         const char *body, size_t body_len, int close) {
   char head[256];
   char *buf;
   int hl;
-  if (srv_g->shutting_down) {
+  if (s->shutting_down) {
     close = 1;
   }
   hl = snprintf(head, sizeof(head),
@@ -297,30 +300,29 @@ static void srv_respond(srv_conn *c, int status, const char *ctype,
                 close ? "Connection: close\r\n" : "");
   buf = malloc((size_t)hl + body_len);
   if (buf == NULL) {
-    srv_conn_drop(c);
+    srv_conn_drop(s, c);
     return;
   }
   memcpy(buf, head, (size_t)hl);
   memcpy(buf + hl, body, body_len);
-  if (srv_conn_queue_own(c, buf, (size_t)hl + body_len) != 0) {
+  if (srv_conn_queue_own(s, c, buf, (size_t)hl + body_len) != 0) {
     free(buf);
-    srv_conn_drop(c);
+    srv_conn_drop(s, c);
     return;
   }
   free(buf);
   if (close) {
-    srv_conn_finish(c);
+    srv_conn_finish(s, c);
   } else {
-    srv_list_push(&srv_g->http_list, c,
-                  srv_now() + srv_g->cfg.handshake_timeout_ns);
+    srv_list_push(&s->http_list, c, srv_now() + s->cfg.handshake_timeout_ns);
   }
 }
 
-static void srv_respond_json_error(srv_conn *c, int status, const char *msg,
-                                   int close) {
+static void srv_respond_json_error(srv *s, srv_conn *c, int status,
+                                   const char *msg, int close) {
   char body[256];
   int n = snprintf(body, sizeof(body), "{\"error\":\"%s\"}", msg);
-  srv_respond(c, status, "application/json", body, (size_t)n, close);
+  srv_respond(s, c, status, "application/json", body, (size_t)n, close);
 }
 
 static int srv_token_in(const char *list, const char *tok) {
@@ -352,7 +354,8 @@ static void srv_path(const srv_http *h, char *path, size_t cap) {
 
 /* The RFC 6455 handshake.  |rest| are bytes after the request (already
    WebSocket frames), borrowed. */
-static void srv_upgrade(srv_conn *c, const uint8_t *rest, size_t rest_len) {
+static void srv_upgrade(srv *s, srv_conn *c, const uint8_t *rest,
+                        size_t rest_len) {
   static const char guid[] = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
   srv_http *h = c->http;
   char path[512];
@@ -362,42 +365,41 @@ static void srv_upgrade(srv_conn *c, const uint8_t *rest, size_t rest_len) {
   char accept[64];
   char resp[256];
   int n;
-  hub_conn_id id = 0;
-  int rc;
+  int v;
 
   srv_path(h, path, sizeof(path));
   if (h->p.method != HTTP_GET) {
-    srv_respond_json_error(c, 405, "method not allowed", 1);
+    srv_respond_json_error(s, c, 405, "method not allowed", 1);
     return;
   }
   if (strcmp(path, "/ws") != 0) {
-    srv_respond_json_error(c, 404, "not found", 1);
+    srv_respond_json_error(s, c, 404, "not found", 1);
     return;
   }
   if (strcasecmp(h->upgrade, "websocket") != 0 ||
       !srv_token_in(h->connection, "upgrade") || h->key_len == 0 ||
       h->key_len > 32) {
-    srv_respond_json_error(c, 400, "bad websocket upgrade", 1);
+    srv_respond_json_error(s, c, 400, "bad websocket upgrade", 1);
     return;
   }
   if (strcmp(h->version, "13") != 0) {
     static const char r426[] =
       "HTTP/1.1 426 Upgrade Required\r\nSec-WebSocket-Version: 13\r\n"
       "Content-Length: 0\r\nConnection: close\r\n\r\n";
-    if (srv_conn_queue_own(c, r426, sizeof(r426) - 1) == 0) {
-      srv_conn_finish(c);
+    if (srv_conn_queue_own(s, c, r426, sizeof(r426) - 1) == 0) {
+      srv_conn_finish(s, c);
     } else {
-      srv_conn_drop(c);
+      srv_conn_drop(s, c);
     }
     return;
   }
-  if (srv_g->shutting_down) {
-    srv_respond_json_error(c, 503, "shutting down", 1);
+  if (s->shutting_down) {
+    srv_respond_json_error(s, c, 503, "shutting down", 1);
     return;
   }
-  if (srv_g->conns_ws >= srv_g->max_conns) {
-    srv_g->upgrades_rejected++;
-    srv_respond_json_error(c, 503, "too many connections", 1);
+  if (s->conns_ws >= s->max_conns) {
+    s->upgrades_rejected++;
+    srv_respond_json_error(s, c, 503, "too many connections", 1);
     return;
   }
   memcpy(kbuf, h->key, h->key_len);
@@ -405,62 +407,68 @@ static void srv_upgrade(srv_conn *c, const uint8_t *rest, size_t rest_len) {
   if (EVP_Digest(kbuf, h->key_len + sizeof(guid) - 1, md, &mdlen, EVP_sha1(),
                  NULL) != 1 ||
       mdlen != 20) {
-    srv_respond_json_error(c, 500, "internal error", 1);
+    srv_respond_json_error(s, c, 500, "internal error", 1);
     return;
   }
   EVP_EncodeBlock((unsigned char *)accept, md, 20);
-  rc = hub_on_conn_open(srv_g->h, &id, h->remote, c, srv_now());
-  if (rc != 0) {
-    srv_respond_json_error(c, rc == HUB_ERR_SHUT_DOWN ? 503 : 500,
-                           hub_strerror(rc), 1);
-    srv_pump();
-    return;
-  }
   n = snprintf(resp, sizeof(resp),
                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n",
                accept);
-  c->id = id;
-  c->state = SRV_WS;
-  srv_g->conns_ws++;
-  srv_list_remove(c);
-  srv_http_free(c);
-  if (srv_conn_queue_own(c, resp, (size_t)n) != 0) {
-    /* Tell the hub and give up on this one connection. */
-    c->id = 0;
-    srv_g->conns_ws--;
-    hub_on_conn_closed(srv_g->h, id, srv_now());
-    srv_conn_drop(c);
-    srv_pump();
+  /*
+   * The 101 is queued first, and the connection is a WebSocket with its
+   * id before the hub's effects for it are applied (the shell applies
+   * them before sh_conn_open returns).  A refusal takes it all back.
+   */
+  if (srv_conn_queue_own(s, c, resp, (size_t)n) != 0) {
+    srv_conn_drop(s, c); /* the hub never knew it */
     return;
   }
-  srv_pump();
-  srv_conn_ws_start(c, rest, rest_len);
+  c->state = SRV_WS;
+  s->conns_ws++;
+  v = sh_conn_open(&s->sh, &c->id, h->remote, c, srv_now());
+  if (v != SH_OK) {
+    /* Shutting down, or no memory for it (the shell's policy): 503. */
+    c->id = 0;
+    s->conns_ws--;
+    c->state = SRV_HTTP;
+    srv_conn_unqueue(s, c);
+    srv_respond_json_error(
+      s, c, 503,
+      hub_strerror(v == SH_SHUT_DOWN ? HUB_ERR_SHUT_DOWN : HUB_ERR_NOMEM), 1);
+    return;
+  }
+  if (c->state != SRV_WS) {
+    return; /* closed by the open's own effects: on the close-wait list */
+  }
+  srv_list_remove(c);
+  srv_http_free(c);
+  srv_conn_ws_start(s, c, rest, rest_len);
 }
 
-static void srv_handle_request(srv_conn *c) {
+static void srv_handle_request(srv *s, srv_conn *c) {
   srv_http *h = c->http;
   char path[512];
   int keep = http_should_keep_alive(&h->p) ? 1 : 0;
   int close = !keep;
   int method = h->p.method;
 
-  srv_g->http_requests++;
+  s->http_requests++;
   srv_path(h, path, sizeof(path));
   if (strcmp(path, "/publish") == 0) {
     const char *err = NULL;
-    int rc;
+    int v;
     if (method != HTTP_POST) {
-      srv_respond_json_error(c, 405, "method not allowed", close);
+      srv_respond_json_error(s, c, 405, "method not allowed", close);
       return;
     }
-    rc = hub_publish(srv_g->h, h->body ? h->body : (const uint8_t *)"",
-                     h->body_len, &err, srv_now());
+    v = sh_publish(&s->sh, h->body ? h->body : (const uint8_t *)"", h->body_len,
+                   &err, srv_now());
     h->body_len = 0;
-    if (rc == 0) {
+    if (v == SH_OK) {
       static const char ok[] = "{\"ok\":true}";
-      srv_respond(c, 200, "application/json", ok, sizeof(ok) - 1, close);
-    } else if (rc == HUB_ERR_BAD_REQUEST) {
+      srv_respond(s, c, 200, "application/json", ok, sizeof(ok) - 1, close);
+    } else if (v == SH_BAD_REQUEST) {
       char body[256];
       char esc[160];
       size_t i, j = 0;
@@ -473,48 +481,48 @@ static void srv_handle_request(srv_conn *c) {
       }
       esc[j] = '\0';
       snprintf(body, sizeof(body), "%s", esc);
-      srv_respond_json_error(c, 400, body, close);
-    } else if (rc == HUB_ERR_SHUT_DOWN) {
-      srv_respond_json_error(c, 503, "shutting down", 1);
+      srv_respond_json_error(s, c, 400, body, close);
+    } else if (v == SH_SHUT_DOWN) {
+      srv_respond_json_error(s, c, 503, "shutting down", 1);
     } else {
-      srv_respond_json_error(c, 500, hub_strerror(rc), close);
+      /* Out of memory for it (the shell's policy): try again later. */
+      srv_respond_json_error(s, c, 503, hub_strerror(HUB_ERR_NOMEM), close);
     }
-    srv_pump();
     return;
   }
   if (method != HTTP_GET && method != HTTP_HEAD) {
-    srv_respond_json_error(c, 405, "method not allowed", close);
+    srv_respond_json_error(s, c, 405, "method not allowed", close);
     return;
   }
   if (strcmp(path, "/healthz") == 0) {
-    if (srv_g->shutting_down) {
-      srv_respond(c, 503, "text/plain", "shutting down\n", 14, 1);
-    } else if (srv_g->bp != NULL && !hub_bp_is_up(srv_g->h)) {
-      srv_respond(c, 503, "text/plain", "backplane down\n", 15, close);
+    if (s->shutting_down) {
+      srv_respond(s, c, 503, "text/plain", "shutting down\n", 14, 1);
+    } else if (s->bp != NULL && !hub_bp_is_up(s->h)) {
+      srv_respond(s, c, 503, "text/plain", "backplane down\n", 15, close);
     } else {
-      srv_respond(c, 200, "text/plain", "ok", 2, close);
+      srv_respond(s, c, 200, "text/plain", "ok", 2, close);
     }
   } else if (strcmp(path, "/metrics") == 0) {
     char buf[8192];
     size_t len = 0;
-    srv_metrics(buf, sizeof(buf), &len);
-    srv_respond(c, 200, "text/plain; version=0.0.4", buf, len, close);
+    srv_metrics(s, buf, sizeof(buf), &len);
+    srv_respond(s, c, 200, "text/plain; version=0.0.4", buf, len, close);
   } else if (strcmp(path, "/") == 0) {
-    srv_respond(c, 200, "text/html; charset=utf-8", srv_demo_page,
+    srv_respond(s, c, 200, "text/html; charset=utf-8", srv_demo_page,
                 sizeof(srv_demo_page) - 1, close);
   } else if (strcmp(path, "/ws") == 0) {
-    srv_respond_json_error(c, 426, "websocket upgrade required", close);
+    srv_respond_json_error(s, c, 426, "websocket upgrade required", close);
   } else {
-    srv_respond_json_error(c, 404, "not found", close);
+    srv_respond_json_error(s, c, 404, "not found", close);
   }
 }
 
-void srv_http_feed(srv_conn *c, const uint8_t *data, size_t len) {
+void srv_http_feed(srv *s, srv_conn *c, const uint8_t *data, size_t len) {
   while (len > 0 && c->state == SRV_HTTP) {
     srv_http *h = c->http;
-    if (c->oq_bytes > SRV_HTTP_OUT_MAX) {
+    if (c->q.bytes > SRV_HTTP_OUT_MAX) {
       /* A client that sends requests but does not read the answers. */
-      srv_conn_abort(c);
+      srv_conn_abort(s, c);
       return;
     }
     size_t n =
@@ -524,19 +532,19 @@ void srv_http_feed(srv_conn *c, const uint8_t *data, size_t len) {
       n = len;
     }
     if (h->p.upgrade && (err == HPE_OK || err == HPE_PAUSED)) {
-      srv_upgrade(c, data + n, len - n);
+      srv_upgrade(s, c, data + n, len - n);
       return;
     }
     if (err == HPE_PAUSED) {
       http_parser_pause(&h->p, 0);
       data += n;
       len -= n;
-      srv_handle_request(c);
+      srv_handle_request(s, c);
       continue;
     }
     if (err != HPE_OK) {
       int status = h->error_status ? h->error_status : 400;
-      srv_respond_json_error(c, status, http_errno_name(err), 1);
+      srv_respond_json_error(s, c, status, http_errno_name(err), 1);
       return;
     }
     data += n;
