@@ -149,7 +149,7 @@ TEST_LATE :=
 BINS :=
 
 include $(sort $(wildcard sim/*.mk backplanes/*.mk server/*.mk bench/*.mk \
-  tests/integration/*.mk))
+  tests/integration/*.mk packaging/*.mk))
 
 all: $(BINS) | deps
 
