@@ -284,8 +284,10 @@ def test_documented_config_names(tmp_path):
         out = run_sim(tmp_path, example + "\nclient a on 0\nrun 10ms\n",
                       name="cfg")
         assert out.returncode == 0, (example, out.stdout)
-    # `config` takes every server flag.
-    assert names == {f[2:] for f in help_flags()} - {"help"}, names
+    # `config` takes every server flag, and the simulator's own settings.
+    sim_only = {"alloc-fail-rate"}
+    assert names == ({f[2:] for f in help_flags()} - {"help"}) | sim_only, \
+        names
     out = run_sim(tmp_path, "config no-such-setting 1\nclient a on 0\n",
                   name="cfg")
     assert out.returncode == 1 and b"unknown config" in out.stdout
@@ -310,6 +312,8 @@ def test_documented_sim_options(tmp_path):
         "--keep-going": [["--explore", "--seeds", "1..1", "--keep-going"]],
         "--quiet": [["--explore", "--seeds", "1..1", "--quiet"]],
         "--dump": [["--explore", "--seeds", "1..1", "--dump"]],
+        "--alloc-fail": [["--explore", "--seeds", "1..3", "--alloc-fail",
+                          "0.01"]],
         "--help": [["--help"]],
     }
     unknown = sorted(opts - set(runs))
