@@ -9,7 +9,7 @@
 #                            reproducer that fails on the mutant and passes
 #                            on the real core
 
-SIM_SRC := $(sort $(wildcard sim/*.c)) backplanes/bp.c
+SIM_SRC := $(sort $(wildcard sim/*.c))
 SIM_OBJ := $(SIM_SRC:%.c=$(OBJ)/%.o)
 SIM_BIN := $(BUILD)/wshub-sim
 BINS += $(SIM_BIN)
