@@ -40,8 +40,8 @@ typedef struct sim_config {
   uint64_t shutdown_timeout_ns;
   uint64_t sndbuf;
   /* `config alloc-fail-rate R`: each allocation of an instance's hub
-     (and of its transport's queues) fails with probability R, in parts
-     per billion; 0: never. */
+     (and of its transport's and backplane's queues) fails with probability R,
+     in parts per billion; 0: never. */
   uint32_t alloc_fail_ppb;
   char prefix[64]; /* --redis-prefix */
 } sim_config;
@@ -317,8 +317,9 @@ void sim_strv_clear(sim_strv *v);
 int sim_check_hooks(sim_world *w);
 /* Invariant 7's bookkeeping: instance |in| applies registry effect
    |type| (HUB_EFF_REG_SET or _DEL) on key |name| (before the backplane
-   sees it). */
+   sees it); |sent|: the command is queued on a connected link (else it
+   is lost). */
 void sim_check_reg_effect(sim_world *w, sim_inst *in, int type,
-                          const char *name, size_t len);
+                          const char *name, size_t len, int sent);
 
 #endif /* SIM_H */

@@ -344,6 +344,12 @@ static void scan_live(void *arg, const char *key) {
         if (n < in->nconns && in->conns[n] != NULL && in->conns[n]->open) {
           return;
         }
+        /* Its DEL was lost (not queued for want of memory, or dropped in
+           flight by a reconnect) and no SET was sent since: at-most-once
+           leaves it to its TTL, which Redis enforces. */
+        if (sim_strv_has(&in->lost_dels, key)) {
+          return;
+        }
       }
     }
     ks->found = key;
@@ -431,9 +437,9 @@ void sim_strv_clear(sim_strv *v) {
    sent is in flight until Redis processes it.  A SET sent since makes
    the key the instance's again. */
 void sim_check_reg_effect(sim_world *w, sim_inst *in, int type,
-                          const char *name, size_t len) {
+                          const char *name, size_t len, int sent) {
   char key[256];
-  int up = in->bp != NULL && sim_bp_connected(in->bp);
+  int up = sent;
   if ((type != HUB_EFF_REG_SET && type != HUB_EFF_REG_DEL) || name == NULL) {
     return;
   }

@@ -183,8 +183,12 @@ static void generate(const explorer *ex, uint64_t seed, lines *l) {
       add(l, "heal %u redis", i);
     }
   }
-  /* Liveness: with faults healed and traffic stopped, everything settles
-     within the connection keys' TTL. */
+  /* Liveness: with faults healed (allocation failures stopped too) and
+     traffic stopped, everything settles within the connection keys'
+     TTL. */
+  if (ex->o->alloc_fail != NULL) {
+    add(l, "config alloc-fail-rate 0");
+  }
   add(l, "run 150s");
   add(l, "check liveness");
 }

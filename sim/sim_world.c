@@ -555,41 +555,60 @@ typedef struct sim_tap {
   int idx;
 } sim_tap;
 
-static bp *tap_target(bp *base, int type, const char *name, size_t len) {
+/* Traces the command, draws whether its queueing fails (the backplane's
+   command queue grows through the instance's allocator, as hiredis's
+   does in the server: only while connected, since a disconnected link
+   refuses before it allocates) and keeps invariant 7's books.  Returns
+   0 and the simulated backplane in *b, or HUB_ERR_NOMEM (nothing
+   queued: the shell resets the link after the drain). */
+static int tap_begin(bp *base, int type, const char *name, size_t len, bp **b) {
   sim_tap *t = (sim_tap *)base;
   sim_inst *in = &t->w->insts[t->idx];
+  int up = sim_bp_connected(in->bp), fail = 0;
   if (t->w->loop.trace && name != NULL) {
     sim_trace(&t->w->loop, "effect %d %.*s", type, (int)len, name);
   }
-  sim_check_reg_effect(t->w, in, type, name, len);
-  return sim_bp_bp(in->bp);
+  if (up) {
+    const char *call = in->alloc != NULL ? in->alloc->call : NULL;
+    alloc_in(in, "the backplane queue");
+    fail = sim_alloc_fails(in->alloc);
+    alloc_in(in, call);
+  }
+  sim_check_reg_effect(t->w, in, type, name, len, up && !fail);
+  *b = sim_bp_bp(in->bp);
+  return fail ? HUB_ERR_NOMEM : 0;
 }
 
 static int tap_subscribe(bp *base, const char *channel, size_t len) {
-  bp *b = tap_target(base, HUB_EFF_BP_SUBSCRIBE, channel, len);
-  return b->ops->subscribe(b, channel, len);
+  bp *b;
+  int rc = tap_begin(base, HUB_EFF_BP_SUBSCRIBE, channel, len, &b);
+  return rc != 0 ? rc : b->ops->subscribe(b, channel, len);
 }
 
 static int tap_unsubscribe(bp *base, const char *channel, size_t len) {
-  bp *b = tap_target(base, HUB_EFF_BP_UNSUBSCRIBE, channel, len);
-  return b->ops->unsubscribe(b, channel, len);
+  bp *b;
+  int rc = tap_begin(base, HUB_EFF_BP_UNSUBSCRIBE, channel, len, &b);
+  return rc != 0 ? rc : b->ops->unsubscribe(b, channel, len);
 }
 
 static int tap_publish(bp *base, const char *channel, size_t len,
                        const uint8_t *data, size_t dlen) {
-  bp *b = tap_target(base, HUB_EFF_BP_PUBLISH, channel, len);
-  return b->ops->publish(b, channel, len, data, dlen);
+  bp *b;
+  int rc = tap_begin(base, HUB_EFF_BP_PUBLISH, channel, len, &b);
+  return rc != 0 ? rc : b->ops->publish(b, channel, len, data, dlen);
 }
 
 static int tap_set(bp *base, const char *key, size_t len, const uint8_t *val,
                    size_t vlen, uint32_t ttl_s) {
-  bp *b = tap_target(base, HUB_EFF_REG_SET, key, len);
-  return b->ops->set(b, key, len, val, vlen, ttl_s);
+  bp *b;
+  int rc = tap_begin(base, HUB_EFF_REG_SET, key, len, &b);
+  return rc != 0 ? rc : b->ops->set(b, key, len, val, vlen, ttl_s);
 }
 
 static int tap_del(bp *base, const char *key, size_t len) {
-  bp *b = tap_target(base, HUB_EFF_REG_DEL, key, len);
-  return b->ops->del(b, key, len);
+  bp *b;
+  int rc = tap_begin(base, HUB_EFF_REG_DEL, key, len, &b);
+  return rc != 0 ? rc : b->ops->del(b, key, len);
 }
 
 static void tap_free(bp *base) {
