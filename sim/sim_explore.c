@@ -186,10 +186,13 @@ static void generate(const explorer *ex, uint64_t seed, lines *l) {
       add(l, "heal %u redis", i);
     }
   }
-  /* Liveness: with faults healed (allocation failures stopped too) and
-     traffic stopped, everything settles within the connection keys'
-     TTL. */
+  /* Liveness: with faults healed (allocation failures stopped too, a
+     minute later) and traffic stopped, everything settles within the
+     connection keys' TTL. */
   if (ex->o->alloc_fail != NULL) {
+    /* A minute of timers (expiry, pings, registry refreshes) with the
+       failures still on, then they stop too. */
+    add(l, "run 60s");
     add(l, "config alloc-fail-rate 0");
   }
   add(l, "run 150s");
