@@ -9,15 +9,18 @@
 #                            reproducer that fails on the mutant and passes
 #                            on the real core
 
-SIM_SRC := $(sort $(wildcard sim/*.c)) backplanes/bp.c
+SIM_SRC := $(sort $(wildcard sim/*.c))
 SIM_OBJ := $(SIM_SRC:%.c=$(OBJ)/%.o)
 SIM_BIN := $(BUILD)/wshub-sim
 BINS += $(SIM_BIN)
 
-$(SIM_BIN): $(SIM_OBJ) $(CORE_LIB)
+# The simulator drives its instances through the shell, as the server does.
+$(SIM_OBJ): CFLAGS += -Ishell
+
+$(SIM_BIN): $(SIM_OBJ) $(SHELL_LIB) $(CORE_LIB)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  LD      $@")
-	$(Q)$(CC) $(LDFLAGS) -o $@ $(SIM_OBJ) $(CORE_LIB)
+	$(Q)$(CC) $(LDFLAGS) -o $@ $(SIM_OBJ) $(SHELL_LIB) $(CORE_LIB)
 
 SCENARIO_FILES := $(sort $(wildcard scenarios/*.scn))
 # The sanitizer build is several times slower: explore fewer seeds there.
