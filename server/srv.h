@@ -44,6 +44,10 @@ typedef struct srv_config {
   hub_tstamp handshake_timeout_ns;
   uint64_t max_connections; /* 0: from the open-file limit */
   int sndbuf;               /* SO_SNDBUF for client sockets, 0 = default */
+  const char *tls_cert;     /* PEM files; both or neither (srv_tls.h) */
+  const char *tls_key;
+  int log_level; /* srv_log_level (srv_log.h) */
+  int log_json;
 } srv_config;
 
 /* Connection states. */
@@ -107,6 +111,8 @@ typedef struct srv_conn {
   hub_conn_id id;               /* 0 unless known to the hub */
   srv_http *http;               /* only while in SRV_HTTP */
   srv_rx *rx;                   /* only while a frame is partly read */
+  struct ssl_st *tls;           /* with --tls-cert: the TLS state */
+  uint8_t tls_read_ww;          /* the last TLS read wants EV_WRITE */
 } srv_conn;
 
 #define SRV_RBUF_SIZE 65536
@@ -126,7 +132,12 @@ typedef struct srv {
   ev_prepare prepare;
   ev_idle flush_idle; /* active while a flush is deferred: poll, no wait */
   int flush_deferred;
-  ev_signal sigterm, sigint;
+  ev_signal sigterm, sigint, sighup;
+  struct ssl_ctx_st *tls_ctx; /* with --tls-cert (srv_tls.h) */
+  int claiming; /* 1: not serving until the instance key is claimed;
+                   2: serving, the claim waits for Redis (srv_main.c) */
+  ev_timer claim_timer;
+  int exit_code; /* main's, once the loop ends */
   ev_timer shutdown_timer;
   ev_timer quit_timer; /* the backplane's last answers, at exit */
   int shutting_down;
