@@ -10,7 +10,7 @@ failure (lost, duplicate, out-of-order or misrouted deliveries, failed
 connections or publishes, the Redis economy of E); 1 otherwise.  A missed
 performance target is printed as MISS and fails only with --strict.
 
-  bench/run.py [--build build] [--only A,B,C,D,E,L,W] \
+  bench/run.py [--build build] [--only A,B,C,D,E,L,W,T] \
                [--backplane embedded,redis] [--smoke] [--strict] \
                [--window N]
 """
@@ -406,6 +406,46 @@ class Bench:
                 env.stop()
             self.check_clean("W%d" % (4 * w), bp, r)
 
+    def run_t(self, bp):
+        """TLS next to plain TCP (issue 12): server cost per handshake and
+        per delivery at 10,000 subscribers of one channel.  Driven by
+        bench/tls_cost.py (Python asyncio + ssl: the C load generator has
+        no TLS client).  Embedded backplane only; informational."""
+        if bp != "embedded":
+            return
+        argv = [sys.executable, os.path.join(ROOT, "bench", "tls_cost.py"),
+                "--wshub", self.args.wshub]
+        if self.args.smoke:
+            argv += ["--subs", "200", "--msgs", "20", "--handshakes", "50"]
+        r = subprocess.run(argv, stdout=subprocess.PIPE, text=True,
+                           timeout=900)
+        res = {}
+        for ln in r.stdout.splitlines():
+            if ln.startswith("RESULT "):
+                print(ln, flush=True)
+                self.lines.append(ln)
+                kv = parse_result(ln)
+                res[kv.get("mode")] = kv
+        if r.returncode != 0 or set(res) != {"plain", "tls"}:
+            raise RuntimeError("tls_cost.py failed (exit %d)" % r.returncode)
+        for mode in ("plain", "tls"):
+            kv = dict(res[mode])
+            kv["conns"] = kv.get("subs")
+            self.results.append(("T-" + mode, bp, kv))
+        p, t = res["plain"], res["tls"]
+        self.tls_summary = (
+            "T: per delivery at %d subs, server run time: plain %.3f us, "
+            "TLS %.3f us (+%.3f us, x%.2f); per handshake (connect + "
+            "upgrade): plain %.1f us, TLS (%s) %.1f us (+%.1f us)" % (
+                p["subs"], p["run_us_per_deliv_wshub"],
+                t["run_us_per_deliv_wshub"],
+                t["run_us_per_deliv_wshub"] - p["run_us_per_deliv_wshub"],
+                t["run_us_per_deliv_wshub"] / p["run_us_per_deliv_wshub"],
+                p["run_us_per_handshake_wshub"], t.get("key"),
+                t["run_us_per_handshake_wshub"],
+                t["run_us_per_handshake_wshub"] -
+                p["run_us_per_handshake_wshub"]))
+
     # ----------------------------------------------------------- output
 
     def table(self):
@@ -441,6 +481,8 @@ class Bench:
               "ticks) over the publish phase / deliveries;")
         print("run us/deliv: the same from schedstat run time (ns); "
               "redis us/deliv: redis-server's, same method.")
+        if getattr(self, "tls_summary", None):
+            print(self.tls_summary)
         print("A, C and L ran --repeat times on fresh processes; the row is "
               "the median run, the last column the range of its key figure "
               "(run us/deliv or p99 us).")
@@ -461,7 +503,7 @@ class Bench:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--build", default="build")
-    ap.add_argument("--only", default="A,B,C,D,E,L,W")
+    ap.add_argument("--only", default="A,B,C,D,E,L,W,T")
     ap.add_argument("--backplane", default="embedded,redis")
     ap.add_argument("--smoke", action="store_true",
                     help="tiny sizes, seconds; checks the machinery only")
