@@ -134,7 +134,7 @@ static void bp_redis_schedule(bp_redis *r) {
     bp_redis_log(r, BP_LOG_WARN,
                  r->lost_was_up ? "redis backplane down"
                                 : "redis connect failed",
-                 "reason", r->reason[0] ? r->reason : "unknown", "retry_in_s",
+                 "reason", r->reason[0] ? r->reason : "unknown", "#retry_in_s",
                  retry, (const char *)NULL);
     r->reason[0] = '\0';
     r->lost_was_up = 0;

@@ -24,8 +24,9 @@ enum { BP_LOG_DEBUG = 0, BP_LOG_INFO, BP_LOG_WARN, BP_LOG_ERROR };
 
 /*
  * bp_redis_log_cb reports one event: |msg| and |fields|, key/value
- * strings ended by NULL ("addr", "reason", "retry_in_s"), all borrowed
- * for the call.  The backplane does not depend on the server's logger.
+ * strings ended by NULL ("addr", "reason", "#retry_in_s"), all borrowed
+ * for the call.  A key starting with '#' has a numeric value.  The backplane
+ * does not depend on the server's logger.
  */
 typedef void (*bp_redis_log_cb)(void *user, int level, const char *msg,
                                 const char *const *fields);

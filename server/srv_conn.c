@@ -734,7 +734,7 @@ static int srv_sh_close(void *user, void *conn_user, hub_conn_id id,
     snprintf(conn, sizeof(conn), "%s:%llu", s->cfg.instance_id,
              (unsigned long long)id);
     snprintf(scode, sizeof(scode), "%u", code);
-    srv_log(SRV_LOG_DEBUG, "close", "conn", conn, "code", scode, "reason",
+    srv_log(SRV_LOG_DEBUG, "close", "conn", conn, "#code", scode, "reason",
             kind < HUB_CLOSE_KIND_MAX ? hub_close_kind_name(kind) : reason,
             (const char *)NULL);
   }

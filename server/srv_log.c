@@ -175,11 +175,13 @@ void srv_log_fields(srv_log_level level, const char *msg,
     srv_puts(&l, "\",\"msg\":");
     srv_put_json_str(&l, msg);
     for (i = 0; fields != NULL && fields[i] != NULL; i += 2) {
+      const char *k = fields[i];
       const char *v = fields[i + 1] != NULL ? fields[i + 1] : "";
+      int num = k[0] == '#';
       srv_put(&l, ",", 1);
-      srv_put_json_str(&l, fields[i]);
+      srv_put_json_str(&l, k + num);
       srv_put(&l, ":", 1);
-      if (srv_is_number(v)) {
+      if (num && srv_is_number(v)) {
         srv_puts(&l, v);
       } else {
         srv_put_json_str(&l, v);
@@ -203,7 +205,7 @@ void srv_log_fields(srv_log_level level, const char *msg,
     srv_puts(&l, msg);
     for (i = 0; fields != NULL && fields[i] != NULL; i += 2) {
       srv_put(&l, " ", 1);
-      srv_puts(&l, fields[i]);
+      srv_puts(&l, fields[i] + (fields[i][0] == '#'));
       srv_put(&l, "=", 1);
       srv_put_text_val(&l, fields[i + 1] != NULL ? fields[i + 1] : "");
     }

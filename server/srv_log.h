@@ -9,8 +9,8 @@
  *          "msg":"redis backplane up","addr":"127.0.0.1:6379"}
  *
  * In text, a value with a space, a quote or '=' is written in double
- * quotes (logfmt).  In JSON, a value that is a plain decimal number is
- * written as a number, every other value as a string.
+ * quotes (logfmt).  In JSON, the values of numeric fields (see srv_log)
+ * are numbers, every other value is a string.
  *
  * The wall clock is read here, and only here: core/, shell/ and sim/
  * never see it.  The log's settings are process-wide (like syslog's):
@@ -43,7 +43,10 @@ int srv_log_enabled(srv_log_level level);
 
 /*
  * srv_log writes one line: |msg| and then the fields, given as key,
- * value string pairs and ended by NULL:
+ * value string pairs and ended by NULL.  A key that starts with '#'
+ * holds a number: JSON writes its value bare (when it is a plain
+ * decimal number); the '#' itself is not written.  Every other value is
+ * a string, whatever it looks like (an instance id "1" stays "1"):
  *
  *   srv_log(SRV_LOG_WARN, "redis connect failed", "addr", a,
  *           "reason", r, (const char *)NULL);

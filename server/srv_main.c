@@ -774,10 +774,12 @@ static void srv_serve(srv *s) {
   }
   srv_log(SRV_LOG_INFO, "listening", "version", srv_version, "revision",
           srv_revision, "instance", s->cfg.instance_id, "listen", listen,
-          "scheme", s->tls_ctx != NULL ? "https" : "http", "backplane",
-          s->bp != NULL ? "redis" : "embedded", "redis_addr",
-          s->bp != NULL ? redis : "", "registry",
-          s->cfg.hub.registry ? "on" : "off", (const char *)NULL);
+          "scheme", s->tls_ctx != NULL ? "https" : "http", "registry",
+          s->cfg.hub.registry ? "on" : "off", "backplane",
+          s->bp != NULL ? "redis" : "embedded",
+          /* Last: embedded, the NULL key ends the fields here. */
+          s->bp != NULL ? "redis_addr" : (const char *)NULL, redis,
+          (const char *)NULL);
 }
 
 static void srv_claim_done(void *arg, int result, long long ttl_left_s) {
@@ -801,7 +803,7 @@ static void srv_claim_done(void *arg, int result, long long ttl_left_s) {
              "--instance-id)",
              key, ttl_left_s);
     srv_log(SRV_LOG_ERROR, "instance id in use, refusing to start", "instance",
-            s->cfg.instance_id, "key", key, "ttl_s", ttl, "reason", why,
+            s->cfg.instance_id, "key", key, "#ttl_s", ttl, "reason", why,
             (const char *)NULL);
     s->exit_code = 1;
     ev_break(s->loop, EVBREAK_ALL);

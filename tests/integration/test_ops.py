@@ -79,13 +79,14 @@ def test_startup_line_text(wshub):
     assert re.match(r"\d+\.\d+\.\d+", fields["version"])
     assert fields["listen"] == "127.0.0.1:%d" % w.port
     assert fields["backplane"] == "embedded"
+    assert "redis_addr" not in fields
     assert fields["scheme"] == "http"
 
 
 def test_json_logs_backplane_failure_and_startup(wshub):
     port = closed_port()
     w = wshub("--redis", "redis://127.0.0.1:%d" % port, "--registry", "off",
-              "--log-format", "json")
+              "--log-format", "json", "--instance-id", "42")
 
     def failure():
         return [e for e in json_events(w)
@@ -101,6 +102,7 @@ def test_json_logs_backplane_failure_and_startup(wshub):
     assert start["redis_addr"] == "127.0.0.1:%d" % port
     assert start["listen"] == "127.0.0.1:%d" % w.port
     assert start["version"]
+    assert start["instance"] == "42"  # an id is a string, even if numeric
     # The retry delays grow (backoff), and each line says how long.
     wait_for(lambda: len(failure()) >= 3, 5, what="three failures")
 
