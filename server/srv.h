@@ -106,12 +106,14 @@ typedef struct srv_conn {
   uint32_t oq_head;     /* first unsent entry */
   uint32_t oq_head_off; /* bytes of oq[oq_head] already written */
   ev_io io;
+  /* With --tls-cert: the TLS state.  Next to io, whose fd every read and
+     write touches: testing it costs plain connections no cache miss. */
+  struct ssl_st *tls;
   struct srv_conn *prev, *next; /* the timed list (HTTP or close-wait) */
   hub_tstamp deadline;          /* for the timed list */
   hub_conn_id id;               /* 0 unless known to the hub */
   srv_http *http;               /* only while in SRV_HTTP */
   srv_rx *rx;                   /* only while a frame is partly read */
-  struct ssl_st *tls;           /* with --tls-cert: the TLS state */
   uint8_t tls_read_ww;          /* the last TLS read wants EV_WRITE */
 } srv_conn;
 
