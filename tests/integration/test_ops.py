@@ -296,6 +296,27 @@ def test_plain_http_on_tls_port_refused_cleanly(wshub, tmp_path):
     assert https(w.port, "GET", "/healthz", ctx) == (200, b"ok")
 
 
+def test_tls_handshake_timeout(wshub, tmp_path):
+    """A client that never finishes its TLS handshake is dropped by
+    --handshake-timeout, like one that never upgrades."""
+    cert, key = make_cert(str(tmp_path), "a", "wshub-test-a")
+    w = wshub("--tls-cert", cert, "--tls-key", key,
+              "--handshake-timeout", "0.5")
+    silent = socket.create_connection(("127.0.0.1", w.port), 2)
+    partial = socket.create_connection(("127.0.0.1", w.port), 2)
+    partial.sendall(b"\x16\x03\x01\x02\x00\x01")  # a ClientHello, cut
+    for s in (silent, partial):
+        s.settimeout(3)
+        t0 = time.monotonic()
+        try:
+            assert s.recv(100) == b""
+        except ConnectionResetError:
+            pass
+        assert time.monotonic() - t0 < 2.5
+        s.close()
+    assert w.proc.poll() is None
+
+
 def test_tls_reload_on_sighup(wshub, tmp_path):
     d = str(tmp_path)
     cert_a, key_a = make_cert(d, "a", "wshub-test-a")
