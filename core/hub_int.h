@@ -48,6 +48,16 @@ int hub_config_valid(const hub_config *cfg);
 
 typedef struct hub_topic hub_topic;
 typedef struct hub_conn hub_conn;
+typedef struct hub_grants hub_grants; /* hub_auth.c */
+
+/* A connection's authentication (hub_auth.c); all zero with it off. */
+typedef struct hub_conn_auth {
+  hub_grants *grants;  /* NULL: authentication off, everything granted */
+  hub_link exp_link;   /* in hub->auth_exp, by expires, while it expires */
+  hub_tstamp expires;  /* HUB_TSTAMP_NONE: never */
+  hub_buf *refresh_id; /* the waiting refresh's raw id JSON, or NULL */
+  int refreshing;      /* a VERIFY was emitted, not yet answered */
+} hub_conn_auth;
 
 typedef struct hub_sub {
   hub_link topic_link; /* in topic->acked or topic->pending */
@@ -109,6 +119,7 @@ struct hub_conn {
      connection to evict. */
   int evict;
   hub_conn *evict_next;
+  hub_conn_auth auth;
 };
 
 /* A connection key whose REG_DEL was emitted while the backplane was down
@@ -127,12 +138,13 @@ struct hub {
   size_t instance_id_len;
   hub_htab conn_tab;
   hub_htab topic_tab;
-  hub_link conns;   /* open connections, open order */
-  hub_link pings;   /* open connections by next ping */
-  hub_link pongs;   /* open connections by last pong */
-  hub_link writes;  /* open connections with frames waiting */
-  hub_link topics;  /* creation order */
-  hub_link orphans; /* hub_orphan, by expiry */
+  hub_link conns;    /* open connections, open order */
+  hub_link pings;    /* open connections by next ping */
+  hub_link pongs;    /* open connections by last pong */
+  hub_link writes;   /* open connections with frames waiting */
+  hub_link topics;   /* creation order */
+  hub_link orphans;  /* hub_orphan, by expiry */
+  hub_link auth_exp; /* connections whose token expires, by expiry */
   size_t norphans;
   hub_conn_id next_conn_id;
   size_t nconns_open;
@@ -165,5 +177,6 @@ struct hub {
 #include "hub_registry.h"
 #include "hub_conn.h"
 #include "hub_topic.h"
+#include "hub_auth.h"
 
 #endif /* HUB_INT_H */
