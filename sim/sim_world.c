@@ -401,9 +401,25 @@ static void inst_timer(sim_world *w, sim_inst *in) {
                NULL);
 }
 
+/* The answer to a VERIFY, after its effect is popped.  NOMEM: close
+   1011, as for a message. */
+static void inst_verified(sim_world *w, sim_inst *in, hub_conn_id id,
+                          uint32_t tok) {
+  const char *err = NULL;
+  const hub_auth *a = sim_auth_verify(w, tok, &err);
+  sim_conn *k;
+  alloc_in(in, "hub_on_conn_verified");
+  if (hub_on_conn_verified(in->h, id, a, err, w->loop.now) == HUB_ERR_NOMEM &&
+      (k = inst_conn(in, id)) != NULL && k->open) {
+    conn_close(w, in, k, id, 1011, "internal error");
+  }
+}
+
 static void inst_drain(sim_world *w, sim_inst *in) {
   const hub_effect *e;
   size_t i;
+  hub_conn_id vconn = 0;
+  uint32_t vtok = 0;
   if (in->h == NULL) {
     return;
   }
@@ -450,6 +466,10 @@ static void inst_drain(sim_world *w, sim_inst *in) {
           conn_close(w, in, k, e->conn, e->close_code, e->reason);
         }
         break;
+      case HUB_EFF_VERIFY:
+        vconn = e->conn;
+        vtok = sim_auth_token_num((const char *)e->buf->data, e->buf->len);
+        break;
       default:
         if (in->bp != NULL) {
           if (w->loop.trace && e->name) {
@@ -462,6 +482,10 @@ static void inst_drain(sim_world *w, sim_inst *in) {
         break;
       }
       hub_effect_pop(in->h);
+      if (vconn != 0) {
+        inst_verified(w, in, vconn, vtok);
+        vconn = 0;
+      }
     }
     {
       int called = 0;
@@ -997,11 +1021,11 @@ void sim_redis_publish_text(sim_world *w, const char *chan, size_t chan_len,
 }
 
 static int reply_type(const char *t, size_t n) {
-  static const char *names[] = {"\"message\"", "\"subscribed\"",
+  static const char *names[] = {"\"message\"",      "\"subscribed\"",
                                 "\"unsubscribed\"", "\"published\"",
-                                "\"error\""};
+                                "\"error\"",        "\"refreshed\""};
   int i;
-  for (i = 0; i < 5; i++) {
+  for (i = 0; i < 6; i++) {
     if (strlen(names[i]) == n && memcmp(names[i], t, n) == 0) {
       return i;
     }
@@ -1111,7 +1135,17 @@ static void ev_conn_open(sim_world *w, sim_client *c) {
   snprintf(addr, sizeof(addr), "127.0.0.1:%u",
            40000u + (unsigned)(c - w->clients));
   alloc_in(in, "hub_on_conn_open");
-  rv = hub_on_conn_open(in->h, &id, addr, NULL, w->loop.now);
+  if (w->cfg.hub.auth) {
+    /* The server verifies the token on the upgrade: a client without a
+       good one is answered 401 and never reaches the hub. */
+    const char *err;
+    const hub_auth *a = sim_auth_verify(w, c->auth_tok, &err);
+    rv = a != NULL
+           ? hub_on_conn_open_auth(in->h, &id, addr, a, NULL, w->loop.now)
+           : HUB_ERR_INVALID_ARGUMENT;
+  } else {
+    rv = hub_on_conn_open(in->h, &id, addr, NULL, w->loop.now);
+  }
   if (rv != 0) {
     /* Policy: refused; the client sees its connection closed without a
        code. */
@@ -1422,6 +1456,7 @@ void sim_world_fini(sim_world *w) {
   }
   /* Frames still in flight point at their instance's allocator. */
   sim_loop_fini(&w->loop, ev_drop);
+  sim_auth_fini(w);
   for (i = 0; i < w->ninsts; i++) {
     free(w->insts[i].alloc);
   }
