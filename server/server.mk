@@ -10,7 +10,7 @@ $(WSHUB): $(SERVER_OBJ) $(SHELL_LIB) $(CORE_LIB)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) -o $@ $(SERVER_OBJ) $(SHELL_LIB) $(CORE_LIB) \
-	  -lev -lwslay -lhiredis -lhttp_parser -lcrypto
+	  -lev -lwslay -lhiredis -lhttp_parser -ljwt -lcrypto
 
 BINS += $(WSHUB)
 

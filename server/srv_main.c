@@ -11,6 +11,7 @@
  * written before the next event.
  */
 #include "srv.h"
+#include "srv_auth.h"
 #include "bp_redis.h"
 
 #include <errno.h>
@@ -55,6 +56,21 @@ static void srv_hub_timer_cb(struct ev_loop *loop, ev_timer *w, int revents) {
   (void)w;
   (void)revents;
   sh_expiry(&s->sh, srv_now());
+}
+
+/* The shell's verify hook: a refresh token, checked like the upgrade's. */
+static int srv_verify(void *user, void *conn_user, hub_conn_id id,
+                      const char *token, size_t len, const hub_auth **auth,
+                      const char **err) {
+  srv *s = user;
+  (void)conn_user;
+  (void)id;
+  if (s->auth->alg == SRV_ALG_NONE || strlen(token) != len) {
+    *err = "malformed token";
+    return -1;
+  }
+  *auth = srv_auth_verify(s->auth, token, srv_now(), err);
+  return *auth != NULL ? 0 : -1;
 }
 
 /* The shell's error hook: a hub call the server got wrong. */
@@ -324,6 +340,14 @@ static const char srv_usage[] =
   "  --handshake-timeout S     drop a client not upgraded by then (10)\n"
   "  --sndbuf BYTES            SO_SNDBUF of client sockets (0 = OS "
   "default)\n"
+  "  --token-secret S          HS256 secret: WebSocket clients need a JWT "
+  "(auth on)\n"
+  "  --token-key FILE          PEM public key, RSA (RS256) or EC P-256 "
+  "(ES256): auth on\n"
+  "  --api-key K               POST /publish and GET /history need "
+  "Authorization: Bearer K\n"
+  "  --allowed-origins LIST    comma-separated origins allowed to upgrade "
+  "(any)\n"
   "  --help                    this text\n"
   "Durations take seconds (\"1.5\") or a unit (\"250ms\", \"2s\").\n";
 
@@ -344,6 +368,10 @@ enum {
   O_MAXCONN,
   O_HANDSHAKE,
   O_SNDBUF,
+  O_TOKEN_SECRET,
+  O_TOKEN_KEY,
+  O_API_KEY,
+  O_ORIGINS,
   O_HELP
 };
 
@@ -364,6 +392,10 @@ static const struct option srv_longopts[] = {
   {"max-connections", required_argument, NULL, O_MAXCONN},
   {"handshake-timeout", required_argument, NULL, O_HANDSHAKE},
   {"sndbuf", required_argument, NULL, O_SNDBUF},
+  {"token-secret", required_argument, NULL, O_TOKEN_SECRET},
+  {"token-key", required_argument, NULL, O_TOKEN_KEY},
+  {"api-key", required_argument, NULL, O_API_KEY},
+  {"allowed-origins", required_argument, NULL, O_ORIGINS},
   {"help", no_argument, NULL, O_HELP},
   {NULL, 0, NULL, 0}};
 
@@ -432,6 +464,18 @@ static int srv_set_option(srv_config *cfg, int opt, const char *val,
       goto bad;
     }
     cfg->sndbuf = (int)u;
+    return 0;
+  case O_TOKEN_SECRET:
+    cfg->token_secret = val;
+    return 0;
+  case O_TOKEN_KEY:
+    cfg->token_key = val;
+    return 0;
+  case O_API_KEY:
+    cfg->api_key = val;
+    return 0;
+  case O_ORIGINS:
+    cfg->allowed_origins = val;
     return 0;
   case O_SHUTDOWN:
     dur = &cfg->shutdown_timeout_ns;
@@ -590,7 +634,9 @@ int main(int argc, char **argv) {
   /* Static storage: the state holds the 64 KiB read buffer and outlives
      every callback; it is reached only through the pointer below. */
   static srv state;
+  static srv_auth auth;
   srv *s = &state;
+  char err[256];
   hub_config hc;
   sh_transport t;
   uint64_t nofile;
@@ -616,6 +662,14 @@ int main(int argc, char **argv) {
     fprintf(stderr, "wshub: --registry on needs --redis\n");
     return 2;
   }
+  if (srv_auth_init(&auth, s->cfg.token_secret, s->cfg.token_key,
+                    s->cfg.api_key, s->cfg.allowed_origins, err,
+                    sizeof(err)) != 0) {
+    fprintf(stderr, "wshub: %s\n", err);
+    return 2;
+  }
+  s->auth = &auth;
+  s->cfg.hub.auth = auth.alg != SRV_ALG_NONE;
   nofile = srv_raise_nofile();
   s->max_conns = s->cfg.max_connections;
   if (s->max_conns == 0) {
@@ -676,6 +730,7 @@ int main(int argc, char **argv) {
   srv_transport(s, &t);
   t.set_timer = srv_set_timer;
   t.bp_reset = srv_bp_reset;
+  t.verify = srv_verify;
   t.error = srv_sh_error;
   sh_init(&s->sh, s->h, s->bp, &hc, &t);
 
@@ -703,6 +758,7 @@ int main(int argc, char **argv) {
   }
   hub_del(s->h);
   srv_conn_fini(s);
+  srv_auth_fini(&auth);
   fprintf(stderr, "wshub: bye\n");
   return 0;
 }

@@ -6,6 +6,7 @@
  * connection speaks HTTP; an upgraded connection frees it.
  */
 #include "srv.h"
+#include "srv_auth.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,13 +19,21 @@
 #define SRV_HDR_MAX 8192           /* request line and headers */
 #define SRV_BODY_MIN (1 << 20) /* POST bodies up to max(this, max-message) */
 
-enum { H_OTHER = 0, H_UPGRADE, H_CONNECTION, H_KEY, H_VERSION };
+enum {
+  H_OTHER = 0,
+  H_UPGRADE,
+  H_CONNECTION,
+  H_KEY,
+  H_VERSION,
+  H_AUTHZ,
+  H_ORIGIN
+};
 
 struct srv_http {
   http_parser p;
   srv *s; /* the server, for the parser's callbacks */
   char remote[64];
-  char url[512];
+  char url[SRV_HDR_MAX]; /* a token may ride in the query */
   size_t url_len;
   char field[32];
   size_t field_len;
@@ -38,6 +47,11 @@ struct srv_http {
   size_t connection_len;
   char version[8];
   size_t version_len;
+  char authz[SRV_HDR_MAX]; /* Authorization (a bearer token) */
+  size_t authz_len;
+  char origin[256];
+  size_t origin_len;
+  int has_origin;
   size_t hdr_bytes;
   uint8_t *body;
   size_t body_len;
@@ -107,6 +121,9 @@ static int srv_on_message_begin(http_parser *p) {
   h->connection_len = h->version_len = h->hdr_bytes = h->body_len = 0;
   h->url[0] = h->key[0] = h->upgrade[0] = h->connection[0] = '\0';
   h->version[0] = '\0';
+  h->authz_len = h->origin_len = 0;
+  h->authz[0] = h->origin[0] = '\0';
+  h->has_origin = 0;
   h->last_was_value = 0;
   h->hdr = H_OTHER;
   h->error_status = 0;
@@ -163,6 +180,11 @@ static int srv_on_header_value(http_parser *p, const char *at, size_t n) {
       h->hdr = H_KEY;
     } else if (strcmp(h->field, "sec-websocket-version") == 0) {
       h->hdr = H_VERSION;
+    } else if (strcmp(h->field, "authorization") == 0) {
+      h->hdr = H_AUTHZ;
+    } else if (strcmp(h->field, "origin") == 0) {
+      h->hdr = H_ORIGIN;
+      h->has_origin = 1;
     } else {
       h->hdr = H_OTHER;
     }
@@ -180,6 +202,16 @@ static int srv_on_header_value(http_parser *p, const char *at, size_t n) {
     break;
   case H_VERSION:
     (void)srv_append(h->version, &h->version_len, sizeof(h->version), at, n);
+    break;
+  case H_AUTHZ:
+    (void)srv_append(h->authz, &h->authz_len, sizeof(h->authz), at, n);
+    break;
+  case H_ORIGIN:
+    /* One too long for the buffer is on no list: it is refused. */
+    if (srv_append(h->origin, &h->origin_len, sizeof(h->origin), at, n) != 0) {
+      h->origin_len = 0;
+      strcpy(h->origin, "?");
+    }
     break;
   default:
     break;
@@ -263,6 +295,10 @@ static const char *srv_status_text(int status) {
     return "OK";
   case 400:
     return "Bad Request";
+  case 401:
+    return "Unauthorized";
+  case 403:
+    return "Forbidden";
   case 404:
     return "Not Found";
   case 405:
@@ -364,6 +400,7 @@ static void srv_upgrade(srv *s, srv_conn *c, const uint8_t *rest,
   unsigned int mdlen = 0;
   char accept[64];
   char resp[256];
+  const hub_auth *auth = NULL;
   int n;
   int v;
 
@@ -397,6 +434,22 @@ static void srv_upgrade(srv *s, srv_conn *c, const uint8_t *rest,
     srv_respond_json_error(s, c, 503, "shutting down", 1);
     return;
   }
+  if (!srv_auth_origin_ok(s->auth, h->has_origin ? h->origin : NULL)) {
+    s->upgrades_rejected++;
+    srv_respond_json_error(s, c, 403, "origin not allowed", 1);
+    return;
+  }
+  if (s->auth->alg != SRV_ALG_NONE) {
+    /* Verified before anything is queued: a refusal is a plain 401. */
+    static char tok[SRV_HDR_MAX];
+    const char *why = "missing token";
+    if (srv_auth_token(h->url, h->authz, tok, sizeof(tok)) != 0 ||
+        (auth = srv_auth_verify(s->auth, tok, srv_now(), &why)) == NULL) {
+      s->upgrades_rejected++;
+      srv_respond_json_error(s, c, 401, why, 1);
+      return;
+    }
+  }
   if (s->conns_ws >= s->max_conns) {
     s->upgrades_rejected++;
     srv_respond_json_error(s, c, 503, "too many connections", 1);
@@ -426,7 +479,18 @@ static void srv_upgrade(srv *s, srv_conn *c, const uint8_t *rest,
   }
   c->state = SRV_WS;
   s->conns_ws++;
-  v = sh_conn_open(&s->sh, &c->id, h->remote, c, srv_now());
+  v = auth != NULL
+        ? sh_conn_open_auth(&s->sh, &c->id, h->remote, auth, c, srv_now())
+        : sh_conn_open(&s->sh, &c->id, h->remote, c, srv_now());
+  if (v == SH_BAD_REQUEST) {
+    c->id = 0;
+    s->conns_ws--;
+    c->state = SRV_HTTP;
+    srv_conn_unqueue(s, c);
+    s->upgrades_rejected++;
+    srv_respond_json_error(s, c, 401, "invalid claims", 1);
+    return;
+  }
   if (v != SH_OK) {
     /* Shutting down, or no memory for it (the shell's policy): 503. */
     c->id = 0;
@@ -455,6 +519,16 @@ static void srv_handle_request(srv *s, srv_conn *c) {
 
   s->http_requests++;
   srv_path(h, path, sizeof(path));
+  if (strcmp(path, "/publish") == 0 || strcmp(path, "/history") == 0) {
+    int st = srv_auth_api(s->auth, h->authz_len > 0 ? h->authz : NULL);
+    if (st != 0) {
+      h->body_len = 0;
+      srv_respond_json_error(
+        s, c, st, st == 403 ? "the HTTP API needs --api-key" : "unauthorized",
+        close);
+      return;
+    }
+  }
   if (strcmp(path, "/publish") == 0) {
     const char *err = NULL;
     int v;
