@@ -395,6 +395,143 @@ static void test_auth_alloc_failures(void **state) {
   }
 }
 
+/* --------------------------------------------- through the shell */
+
+typedef struct sk {
+  th t;
+  sh s;
+  hub_conn_id id;
+  sh_oq q;
+  char last[512]; /* the last SEND's payload */
+  size_t sends, verifies, closes;
+  uint16_t close_code;
+  int fail_next_answer; /* verify arms allocation failure for the answer */
+} sk;
+
+static int sk_send(void *user, void *conn_user, hub_conn_id id, hub_buf *b) {
+  sk *k = user;
+  size_t n = hub_buf_payload_len(b);
+  (void)conn_user;
+  (void)id;
+  if (n >= sizeof(k->last)) {
+    n = sizeof(k->last) - 1;
+  }
+  memcpy(k->last, hub_buf_payload(b), n);
+  k->last[n] = '\0';
+  k->sends++;
+  return 0;
+}
+
+static void sk_ping(void *user, void *conn_user, hub_conn_id id) {
+  (void)user;
+  (void)conn_user;
+  (void)id;
+}
+
+static int sk_close(void *user, void *conn_user, hub_conn_id id, uint16_t code,
+                    const char *reason, hub_close_kind kind) {
+  sk *k = user;
+  (void)conn_user;
+  (void)id;
+  (void)reason;
+  (void)kind;
+  k->closes++;
+  k->close_code = code;
+  return SH_CLOSE_DONE;
+}
+
+static int sk_write(void *user, sh_oq *q, hub_conn_id *id, size_t *msgs,
+                    size_t *bytes) {
+  (void)user;
+  (void)q;
+  *id = 0;
+  *msgs = *bytes = 0;
+  return 0;
+}
+
+static void sk_set_timer(void *user, hub_tstamp at) {
+  (void)user;
+  (void)at;
+}
+
+static int sk_verify(void *user, void *conn_user, hub_conn_id id,
+                     const char *token, size_t len, const hub_auth **auth,
+                     const char **err) {
+  static hub_auth a;
+  sk *k = user;
+  (void)conn_user;
+  assert_int_equal(id, k->id);
+  assert_int_equal(strlen(token), len);
+  k->verifies++;
+  if (strcmp(token, "good") != 0) {
+    *err = "bad signature";
+    return -1;
+  }
+  a = alice(HUB_TSTAMP_NONE);
+  a.nsubscribe = 0; /* narrower: drops every subscription */
+  *auth = &a;
+  if (k->fail_next_answer) {
+    th_mem_fail_at(&k->t.mem, 1, 1);
+  }
+  return 0;
+}
+
+static void sk_start(sk *k) {
+  sh_transport tr;
+  hub_auth a = alice(HUB_TSTAMP_NONE);
+  memset(k, 0, sizeof(*k));
+  start_auth(&k->t);
+  memset(&tr, 0, sizeof(tr));
+  tr.user = k;
+  tr.send = sk_send;
+  tr.ping = sk_ping;
+  tr.close = sk_close;
+  tr.write = sk_write;
+  tr.set_timer = sk_set_timer;
+  tr.verify = sk_verify;
+  sh_init(&k->s, k->t.h, NULL, &k->t.cfg, &tr);
+  sh_drain(&k->s, k->t.now);
+  a.sub_len = 0;
+  assert_int_equal(sh_conn_open_auth(&k->s, &k->id, "x", &a, k, k->t.now),
+                   SH_BAD_REQUEST);
+  a.sub_len = 5;
+  assert_int_equal(sh_conn_open_auth(&k->s, &k->id, "x", &a, k, k->t.now),
+                   SH_OK);
+}
+
+static void sk_msg(sk *k, const char *m) {
+  sh_conn_msg(&k->s, k->id, k, 0, (const uint8_t *)m, strlen(m), k->t.now);
+}
+
+static void test_auth_shell_verify(void **state) {
+  sk *k = calloc(1, sizeof(*k));
+  (void)state;
+  assert_non_null(k);
+  sk_start(k);
+  sk_msg(k, "{\"type\":\"subscribe\",\"channel\":\"news\"}");
+  assert_string_equal(k->last,
+                      "{\"type\":\"subscribed\",\"channel\":\"news\"}");
+  sk_msg(k, "{\"type\":\"refresh\",\"token\":\"bad\",\"id\":1}");
+  assert_int_equal(k->verifies, 1);
+  assert_string_equal(
+    k->last, "{\"type\":\"error\",\"id\":1,\"error\":\"bad signature\"}");
+  sk_msg(k, "{\"type\":\"refresh\",\"token\":\"good\",\"id\":2}");
+  assert_int_equal(k->verifies, 2);
+  assert_string_equal(k->last, "{\"type\":\"unsubscribed\",\"channel\":"
+                               "\"news\",\"reason\":\"permission denied\"}");
+  assert_int_equal(hub_channel_subscribers(k->t.h, "news", 4), 0);
+  assert_int_equal(k->closes, 0);
+  /* The answer out of memory: the shell closes that connection 1011. */
+  k->fail_next_answer = 1;
+  sk_msg(k, "{\"type\":\"refresh\",\"token\":\"good\",\"id\":3}");
+  th_mem_fail_at(&k->t.mem, 0, 0);
+  assert_int_equal(k->closes, 1);
+  assert_int_equal(k->close_code, 1011);
+  th_check(&k->t);
+  th_fini(&k->t);
+  free(k);
+}
+
 /* ---------------------------------------------------- sh_claims */
 
 static void test_auth_claims_parse(void **state) {
@@ -459,6 +596,7 @@ int main(void) {
     cmocka_unit_test(test_auth_verify_discarded_on_close),
     cmocka_unit_test(test_auth_registry_user),
     cmocka_unit_test(test_auth_alloc_failures),
+    cmocka_unit_test(test_auth_shell_verify),
     cmocka_unit_test(test_auth_claims_parse),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
