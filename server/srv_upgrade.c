@@ -19,6 +19,47 @@
 #define SRV_HDR_MAX 8192           /* request line and headers */
 #define SRV_BODY_MIN (1 << 20) /* POST bodies up to max(this, max-message) */
 
+/* A string that grows as a header arrives: the request line and the
+   Authorization header may carry a token of kilobytes, which most
+   requests do not, and hundreds of handshakes may be in progress. */
+typedef struct srv_str {
+  char *p;
+  size_t len;
+  size_t cap;
+} srv_str;
+
+/* Appends; returns 0, -1 past |max| bytes, -2 out of memory. */
+static int srv_str_append(srv_str *s, size_t max, const char *at, size_t n) {
+  if (s->len + n >= max) {
+    return -1;
+  }
+  if (s->len + n + 1 > s->cap) {
+    size_t cap = s->cap ? s->cap : 64;
+    char *p;
+    while (cap < s->len + n + 1) {
+      cap *= 2;
+    }
+    p = realloc(s->p, cap);
+    if (p == NULL) {
+      return -2;
+    }
+    s->p = p;
+    s->cap = cap;
+  }
+  memcpy(s->p + s->len, at, n);
+  s->len += n;
+  s->p[s->len] = '\0';
+  return 0;
+}
+
+static const char *srv_str_c(const srv_str *s) {
+  return s->len > 0 ? s->p : "";
+}
+
+static void srv_str_clear(srv_str *s) {
+  s->len = 0;
+}
+
 enum {
   H_OTHER = 0,
   H_UPGRADE,
@@ -33,8 +74,7 @@ struct srv_http {
   http_parser p;
   srv *s; /* the server, for the parser's callbacks */
   char remote[64];
-  char url[SRV_HDR_MAX]; /* a token may ride in the query */
-  size_t url_len;
+  srv_str url; /* a token may ride in the query */
   char field[32];
   size_t field_len;
   int last_was_value;
@@ -47,8 +87,7 @@ struct srv_http {
   size_t connection_len;
   char version[8];
   size_t version_len;
-  char authz[SRV_HDR_MAX]; /* Authorization (a bearer token) */
-  size_t authz_len;
+  srv_str authz; /* Authorization (a bearer token) */
   char origin[256];
   size_t origin_len;
   int has_origin;
@@ -117,12 +156,14 @@ static int srv_count_hdr(srv_http *h, size_t n) {
 
 static int srv_on_message_begin(http_parser *p) {
   srv_http *h = srv_h(p);
-  h->url_len = h->field_len = h->key_len = h->upgrade_len = 0;
+  h->field_len = h->key_len = h->upgrade_len = 0;
+  srv_str_clear(&h->url);
+  srv_str_clear(&h->authz);
   h->connection_len = h->version_len = h->hdr_bytes = h->body_len = 0;
-  h->url[0] = h->key[0] = h->upgrade[0] = h->connection[0] = '\0';
+  h->key[0] = h->upgrade[0] = h->connection[0] = '\0';
   h->version[0] = '\0';
-  h->authz_len = h->origin_len = 0;
-  h->authz[0] = h->origin[0] = '\0';
+  h->origin_len = 0;
+  h->origin[0] = '\0';
   h->has_origin = 0;
   h->last_was_value = 0;
   h->hdr = H_OTHER;
@@ -135,8 +176,14 @@ static int srv_on_url(http_parser *p, const char *at, size_t n) {
   if (srv_count_hdr(h, n) != 0) {
     return -1;
   }
-  if (srv_append(h->url, &h->url_len, sizeof(h->url), at, n) != 0) {
+  switch (srv_str_append(&h->url, SRV_HDR_MAX, at, n)) {
+  case 0:
+    break;
+  case -1:
     h->error_status = 414;
+    return -1;
+  default:
+    h->error_status = 500;
     return -1;
   }
   return 0;
@@ -204,7 +251,10 @@ static int srv_on_header_value(http_parser *p, const char *at, size_t n) {
     (void)srv_append(h->version, &h->version_len, sizeof(h->version), at, n);
     break;
   case H_AUTHZ:
-    (void)srv_append(h->authz, &h->authz_len, sizeof(h->authz), at, n);
+    if (srv_str_append(&h->authz, SRV_HDR_MAX, at, n) == -2) {
+      h->error_status = 500;
+      return -1;
+    }
     break;
   case H_ORIGIN:
     /* One too long for the buffer is on no list: it is refused. */
@@ -277,6 +327,8 @@ int srv_http_new(srv *s, srv_conn *c) {
 
 void srv_http_free(srv_conn *c) {
   if (c->http != NULL) {
+    free(c->http->url.p);
+    free(c->http->authz.p);
     free(c->http->body);
     free(c->http);
     c->http = NULL;
@@ -380,11 +432,12 @@ static int srv_token_in(const char *list, const char *tok) {
 }
 
 static void srv_path(const srv_http *h, char *path, size_t cap) {
-  size_t n = strcspn(h->url, "?#");
+  const char *url = srv_str_c(&h->url);
+  size_t n = strcspn(url, "?#");
   if (n >= cap) {
     n = cap - 1;
   }
-  memcpy(path, h->url, n);
+  memcpy(path, url, n);
   path[n] = '\0';
 }
 
@@ -443,7 +496,8 @@ static void srv_upgrade(srv *s, srv_conn *c, const uint8_t *rest,
     /* Verified before anything is queued: a refusal is a plain 401. */
     static char tok[SRV_HDR_MAX];
     const char *why = "missing token";
-    if (srv_auth_token(h->url, h->authz, tok, sizeof(tok)) != 0 ||
+    if (srv_auth_token(srv_str_c(&h->url), h->authz.len > 0 ? h->authz.p : NULL,
+                       tok, sizeof(tok)) != 0 ||
         (auth = srv_auth_verify(s->auth, tok, srv_now(), &why)) == NULL) {
       s->upgrades_rejected++;
       srv_respond_json_error(s, c, 401, why, 1);
@@ -520,7 +574,7 @@ static void srv_handle_request(srv *s, srv_conn *c) {
   s->http_requests++;
   srv_path(h, path, sizeof(path));
   if (strcmp(path, "/publish") == 0 || strcmp(path, "/history") == 0) {
-    int st = srv_auth_api(s->auth, h->authz_len > 0 ? h->authz : NULL);
+    int st = srv_auth_api(s->auth, h->authz.len > 0 ? h->authz.p : NULL);
     if (st != 0) {
       h->body_len = 0;
       srv_respond_json_error(
