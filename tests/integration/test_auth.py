@@ -573,3 +573,15 @@ def test_bad_redis_urls_refused(tmp_path):
         r = subprocess.run([WSHUB, "--listen", "127.0.0.1:%d" % free_port(),
                             "--redis", url], capture_output=True, timeout=10)
         assert r.returncode == 2, url
+
+
+def test_flags_from_env(wshub):
+    w = wshub(env={"WSHUB_TOKEN_SECRET": SECRET, "WSHUB_API_KEY": "ek",
+                   "WSHUB_ALLOWED_ORIGINS": "https://ok.example"})
+    expect_401(w.port, None, "missing token")
+    assert raw_upgrade(w.port, "/ws?token=" + mint({"sub": "a"}))[0] == 101
+    assert raw_upgrade(w.port, "/ws?token=" + mint({"sub": "a"}),
+                       ("Origin: https://bad.example",))[0] == 403
+    body = b'{"channel":"n","data":1}'
+    assert http_auth(w.port, "POST", "/publish", body, "ek")[0] == 200
+    assert http_auth(w.port, "POST", "/publish", body)[0] == 401
