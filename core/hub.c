@@ -73,7 +73,6 @@ int hub_new(hub **out, const hub_config *cfg, const hub_mem *mem,
   hub_link_init(&h->writes);
   hub_link_init(&h->topics);
   hub_link_init(&h->orphans);
-  hub_link_init(&h->auth_exp);
   h->next_conn_id = 1;
   h->now = now;
   h->t_start = now;
@@ -103,6 +102,7 @@ void hub_del(hub *h) {
   hub_conn_free_all(h);
   hub_topic_free_all(h);
   hub_registry_free(h);
+  hub_auth_free(h);
   hub_htab_free(h->mem, &h->conn_tab);
   hub_htab_free(h->mem, &h->topic_tab);
   hub_mem_free(h->mem, h);

@@ -7,8 +7,11 @@
  *
  * With authentication off no connection has grants and nothing here
  * emits anything, so the protocol's bytes are those of a hub without
- * it.  The expiry close comes from the connection's term of the fact
- * reserve (its CLOSE, hub_conn.c), and a refresh in flight holds no
+ * it.  Expiring connections are kept in a binary min-heap (any order of
+ * expiries costs O(log n) per open, refresh or close); its array is
+ * grown before the change that may need the slot, so removal (a fact)
+ * never allocates.  The expiry close comes from the connection's term of the
+ * fact reserve (its CLOSE, hub_conn.c), and a refresh in flight holds no
  * reserved effect: its answer is a request that reserves for itself.
  */
 #include "hub_int.h"
@@ -162,41 +165,97 @@ int hub_auth_granted(const hub_conn *c, int publish, const char *ch,
 
 /* ------------------------------------------------------------ expiry */
 
-/* Tokens of one issuer mostly expire in the order they were given out,
-   so the place is searched from the tail. */
-static void exp_link(hub *h, hub_conn *c) {
-  hub_link *l = h->auth_exp.prev;
-
-  while (l != &h->auth_exp &&
-         CONTAINER_OF(l, hub_conn, auth.exp_link)->auth.expires >
-           c->auth.expires) {
-    l = l->prev;
-  }
-  /* Insert after |l|. */
-  c->auth.exp_link.prev = l;
-  c->auth.exp_link.next = l->next;
-  l->next->prev = &c->auth.exp_link;
-  l->next = &c->auth.exp_link;
+/* Heap order: earlier expiry first, then lower id (a fixed order for
+   equal expiries, so closes are deterministic). */
+static int heap_less(const hub_conn *a, const hub_conn *b) {
+  return a->auth.expires < b->auth.expires ||
+         (a->auth.expires == b->auth.expires && a->id < b->id);
 }
 
-static void exp_unlink(hub_conn *c) {
-  if (hub_link_linked(&c->auth.exp_link)) {
-    hub_link_remove(&c->auth.exp_link);
+static void heap_set(hub *h, size_t i, hub_conn *c) {
+  h->auth_heap[i] = c;
+  c->auth.heap_idx = i;
+}
+
+static void heap_up(hub *h, size_t i) {
+  hub_conn *c = h->auth_heap[i];
+  while (i > 0) {
+    size_t p = (i - 1) / 2;
+    if (!heap_less(c, h->auth_heap[p])) {
+      break;
+    }
+    heap_set(h, i, h->auth_heap[p]);
+    i = p;
   }
+  heap_set(h, i, c);
+}
+
+static void heap_down(hub *h, size_t i) {
+  hub_conn *c = h->auth_heap[i];
+  for (;;) {
+    size_t l = 2 * i + 1, m = i;
+    const hub_conn *best = c;
+    if (l < h->auth_n && heap_less(h->auth_heap[l], best)) {
+      m = l;
+      best = h->auth_heap[l];
+    }
+    if (l + 1 < h->auth_n && heap_less(h->auth_heap[l + 1], best)) {
+      m = l + 1;
+    }
+    if (m == i) {
+      break;
+    }
+    heap_set(h, i, h->auth_heap[m]);
+    i = m;
+  }
+  heap_set(h, i, c);
+}
+
+static void heap_remove(hub *h, hub_conn *c) {
+  size_t i = c->auth.heap_idx;
+  hub_conn *last;
+  if (i == HUB_AUTH_NO_HEAP) {
+    return;
+  }
+  HUB_ASSERT(i < h->auth_n && h->auth_heap[i] == c);
+  c->auth.heap_idx = HUB_AUTH_NO_HEAP;
+  last = h->auth_heap[--h->auth_n];
+  if (last != c) {
+    heap_set(h, i, last);
+    heap_up(h, i);
+    heap_down(h, last->auth.heap_idx);
+  }
+}
+
+int hub_auth_reserve(hub *h) {
+  size_t cap;
+  hub_conn **v;
+  if (h->auth_n < h->auth_cap) {
+    return 0;
+  }
+  cap = h->auth_cap ? 2 * h->auth_cap : 16;
+  v = hub_mem_realloc(h->mem, h->auth_heap, cap * sizeof(*v));
+  if (v == NULL) {
+    return HUB_ERR_NOMEM;
+  }
+  h->auth_heap = v;
+  h->auth_cap = cap;
+  return 0;
 }
 
 void hub_auth_attach(hub *h, hub_conn *c, hub_grants *g, hub_tstamp expires) {
   c->auth.grants = g;
   c->auth.expires = expires;
-  hub_link_init(&c->auth.exp_link);
+  c->auth.heap_idx = HUB_AUTH_NO_HEAP;
   if (g != NULL && expires != HUB_TSTAMP_NONE) {
-    exp_link(h, c);
+    HUB_ASSERT(h->auth_n < h->auth_cap);
+    heap_set(h, h->auth_n++, c);
+    heap_up(h, c->auth.heap_idx);
   }
 }
 
 void hub_auth_conn_gone(hub *h, hub_conn *c) {
-  (void)h;
-  exp_unlink(c);
+  heap_remove(h, c);
 }
 
 void hub_auth_conn_free(hub *h, hub_conn *c) {
@@ -207,23 +266,39 @@ void hub_auth_conn_free(hub *h, hub_conn *c) {
   c->auth.refreshing = 0;
 }
 
-hub_tstamp hub_auth_get_expiry(const hub *h) {
-  if (hub_link_empty(&h->auth_exp)) {
-    return HUB_TSTAMP_NONE;
+void hub_auth_free(hub *h) {
+  hub_mem_free(h->mem, h->auth_heap);
+  h->auth_heap = NULL;
+  h->auth_n = h->auth_cap = 0;
+}
+
+int hub_auth_check(const hub *h) {
+  size_t i;
+  for (i = 0; i < h->auth_n; i++) {
+    const hub_conn *c = h->auth_heap[i];
+    if (c->auth.heap_idx != i || c->closing || c->auth.grants == NULL ||
+        c->auth.expires == HUB_TSTAMP_NONE ||
+        (i > 0 && heap_less(c, h->auth_heap[(i - 1) / 2]))) {
+      return -1;
+    }
   }
-  return CONTAINER_OF(h->auth_exp.next, hub_conn, auth.exp_link)->auth.expires;
+  return h->auth_n <= h->auth_cap ? 0 : -1;
+}
+
+hub_tstamp hub_auth_get_expiry(const hub *h) {
+  return h->auth_n > 0 ? h->auth_heap[0]->auth.expires : HUB_TSTAMP_NONE;
 }
 
 int hub_auth_handle_expiry(hub *h) {
-  while (!hub_link_empty(&h->auth_exp)) {
-    hub_conn *c = CONTAINER_OF(h->auth_exp.next, hub_conn, auth.exp_link);
+  while (h->auth_n > 0) {
+    hub_conn *c = h->auth_heap[0];
     if (c->auth.expires > h->now) {
       break;
     }
     if (hub_effq_reserve(h, hub_conn_close_cost(c)) != 0) {
       return HUB_ERR_NOMEM;
     }
-    /* The retire takes it off the list. */
+    /* The retire takes it off the heap. */
     hub_conn_close(h, c, HUB_CLOSE_TOKEN_EXPIRED);
   }
   return 0;
@@ -390,7 +465,7 @@ int hub_auth_verified(hub *h, hub_conn *c, const hub_auth *a, const char *err) {
       memset(revoked, 0, nrev * sizeof(*revoked));
     }
   }
-  if (ok == NULL || (nrev > 0 && revoked == NULL) ||
+  if (ok == NULL || (nrev > 0 && revoked == NULL) || hub_auth_reserve(h) != 0 ||
       hub_effq_reserve(h, cost) != 0) {
     goto nomem;
   }
@@ -410,7 +485,7 @@ int hub_auth_verified(hub *h, hub_conn *c, const hub_auth *a, const char *err) {
   /* The change: new grants and expiry, the reply, then the revocations
      in subscription order. */
   hub_grants_free(h, c->auth.grants);
-  exp_unlink(c);
+  heap_remove(h, c);
   hub_auth_attach(h, c, g, a->expires);
   hub_buf_unref(c->auth.refresh_id);
   c->auth.refresh_id = NULL;

@@ -27,10 +27,13 @@ const char *hub_auth_sub(const hub_conn *c, size_t *len);
 int hub_auth_granted(const hub_conn *c, int publish, const char *ch,
                      size_t len);
 
+/* Room in the expiry heap for one more connection (before a change that
+   may add one).  Returns 0 or HUB_ERR_NOMEM. */
+int hub_auth_reserve(hub *h);
 /* |c| opened with |g| (ownership transferred) expiring at |expires|;
-   puts it on the expiry list. */
+   puts it on the expiry heap (room reserved). */
 void hub_auth_attach(hub *h, hub_conn *c, hub_grants *g, hub_tstamp expires);
-/* |c| is retired: off the expiry list. */
+/* |c| is retired: off the expiry heap. */
 void hub_auth_conn_gone(hub *h, hub_conn *c);
 /* Frees |c|'s grants and its waiting refresh (hub_on_conn_closed,
    hub_del). */
@@ -43,6 +46,11 @@ int hub_auth_deny(hub *h, hub_conn *c, const hub_req *req);
 int hub_auth_refresh(hub *h, hub_conn *c, const hub_req *req);
 /* hub_on_conn_verified for open connection |c|. */
 int hub_auth_verified(hub *h, hub_conn *c, const hub_auth *a, const char *err);
+
+/* Frees the expiry heap (hub_del). */
+void hub_auth_free(hub *h);
+/* 0 if the heap is consistent (hub_check). */
+int hub_auth_check(const hub *h);
 
 /* The token expiry timers: the earliest (or HUB_TSTAMP_NONE), and the
    4001 closes due at h->now.  hub_auth_handle_expiry returns 0 or

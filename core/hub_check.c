@@ -117,16 +117,16 @@ int hub_check(const hub *h, const char **why) {
               "registry key state");
         CHECK((c->auth.grants != NULL) == (h->cfg.auth != 0),
               "grants without authentication, or none with it");
-        CHECK(hub_link_linked(&c->auth.exp_link) ==
+        CHECK((c->auth.heap_idx != HUB_AUTH_NO_HEAP) ==
                 (c->auth.grants != NULL && c->auth.expires != HUB_TSTAMP_NONE),
-              "token expiry list membership");
+              "token expiry heap membership");
         CHECK(c->auth.refreshing || c->auth.refresh_id == NULL,
               "refresh id without a refresh");
-        nexp += hub_link_linked(&c->auth.exp_link) != 0;
+        nexp += c->auth.heap_idx != HUB_AUTH_NO_HEAP;
       }
       if (c->closing) {
-        CHECK(!hub_link_linked(&c->auth.exp_link),
-              "closing connection on the expiry list");
+        CHECK(c->auth.heap_idx == HUB_AUTH_NO_HEAP,
+              "closing connection on the expiry heap");
       }
     }
   }
@@ -151,13 +151,8 @@ int hub_check(const hub *h, const char **why) {
     return -1;
   }
   CHECK(hub_link_len(&h->orphans) == h->norphans, "orphan count");
-  CHECK(hub_link_len(&h->auth_exp) == nexp, "token expiry list count");
-  if (check_sorted(&h->auth_exp,
-                   offsetof(hub_conn, auth.expires) -
-                     offsetof(hub_conn, auth.exp_link),
-                   why) != 0) {
-    return -1;
-  }
+  CHECK(h->auth_n == nexp, "token expiry heap count");
+  CHECK(hub_auth_check(h) == 0, "token expiry heap order");
   CHECK(h->eff_head <= h->eff_tail && h->eff_tail <= h->eff_cap,
         "effect queue bounds");
   /* The reservation rule (hub_effq.h): every fact event to come fits. */

@@ -96,6 +96,11 @@ int hub_conn_open(hub *h, hub_conn_id *id, const char *remote_addr,
     return HUB_ERR_NOMEM;
   }
   if (auth != NULL) {
+    if (auth->expires != HUB_TSTAMP_NONE && hub_auth_reserve(h) != 0) {
+      hub_buf_unref(key);
+      hub_buf_unref(value);
+      return HUB_ERR_NOMEM;
+    }
     g = hub_grants_new(h, auth);
   }
   c = hub_mem_malloc(h->mem, sizeof(*c));

@@ -49,11 +49,13 @@ int hub_config_valid(const hub_config *cfg);
 typedef struct hub_topic hub_topic;
 typedef struct hub_conn hub_conn;
 typedef struct hub_grants hub_grants; /* hub_auth.c */
+#define HUB_AUTH_NO_HEAP SIZE_MAX
 
 /* A connection's authentication (hub_auth.c); all zero with it off. */
 typedef struct hub_conn_auth {
   hub_grants *grants;  /* NULL: authentication off, everything granted */
-  hub_link exp_link;   /* in hub->auth_exp, by expires, while it expires */
+  size_t heap_idx;     /* in hub->auth_heap while it expires, else
+                          HUB_AUTH_NO_HEAP */
   hub_tstamp expires;  /* HUB_TSTAMP_NONE: never */
   hub_buf *refresh_id; /* the waiting refresh's raw id JSON, or NULL */
   int refreshing;      /* a VERIFY was emitted, not yet answered */
@@ -138,13 +140,17 @@ struct hub {
   size_t instance_id_len;
   hub_htab conn_tab;
   hub_htab topic_tab;
-  hub_link conns;    /* open connections, open order */
-  hub_link pings;    /* open connections by next ping */
-  hub_link pongs;    /* open connections by last pong */
-  hub_link writes;   /* open connections with frames waiting */
-  hub_link topics;   /* creation order */
-  hub_link orphans;  /* hub_orphan, by expiry */
-  hub_link auth_exp; /* connections whose token expires, by expiry */
+  hub_link conns;   /* open connections, open order */
+  hub_link pings;   /* open connections by next ping */
+  hub_link pongs;   /* open connections by last pong */
+  hub_link writes;  /* open connections with frames waiting */
+  hub_link topics;  /* creation order */
+  hub_link orphans; /* hub_orphan, by expiry */
+  /* Connections whose token expires: a binary min-heap by (expires,
+     id), so any order of expiries costs O(log n) per change. */
+  hub_conn **auth_heap;
+  size_t auth_n;
+  size_t auth_cap;
   size_t norphans;
   hub_conn_id next_conn_id;
   size_t nconns_open;

@@ -295,12 +295,23 @@ const hub_auth *srv_auth_verify(srv_auth *a, const char *token, hub_tstamp now,
       *reason = "token expired";
       return NULL;
     }
-    /* An exp centuries ahead stays far in the future without
-       overflowing the clock. */
     if (left > 1e9) {
-      left = 1e9;
+      /* Centuries ahead: far in the future, without overflow. */
+      a->claims.auth.expires = now + (hub_tstamp)1e18;
+    } else {
+      /* exp on the hub's clock, through the offset between the clocks
+         rounded up to a whole second: tokens with one exp get one
+         deadline (the hub's timer heap then has ties, not a spread),
+         never before exp and at most a second after it, and a step
+         of the wall clock is followed. */
+      struct timespec ts;
+      int64_t d, d_s;
+      clock_gettime(CLOCK_REALTIME, &ts);
+      d = (int64_t)now - ((int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec);
+      d_s = d >= 0 ? (d + 999999999) / 1000000000 : -((-d) / 1000000000);
+      a->claims.auth.expires =
+        (hub_tstamp)((a->claims.exp + d_s) * (int64_t)1000000000);
     }
-    a->claims.auth.expires = now + (hub_tstamp)(left * 1e9);
   }
   return &a->claims.auth;
 }

@@ -168,6 +168,72 @@ static void test_auth_expiry_closes_4001(void **state) {
   th_fini(&t);
 }
 
+static th_eff *refresh(th *t, hub_conn_id c, const char *tok);
+
+/* Expiries in any order close in (expires, id) order; closes by the
+   peer and refreshes in between keep the heap whole. */
+static void test_auth_expiry_heap_order(void **state) {
+  th t;
+  enum { N = 300 };
+  static hub_conn_id ids[N];
+  static hub_tstamp exp[N];
+  uint64_t x = 88172645463325252u;
+  size_t i, closed = 0;
+  hub_tstamp last = 0;
+  hub_conn_id last_id = 0;
+  (void)state;
+  start_auth(&t);
+  for (i = 0; i < N; i++) {
+    hub_auth a;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    /* Few distinct values: many ties. */
+    exp[i] = TH_T0 + TH_S(1 + x % 50);
+    a = alice(i % 7 == 0 ? HUB_TSTAMP_NONE : exp[i]);
+    ids[i] = open_auth(&t, &a);
+  }
+  th_check(&t);
+  /* Some leave early, one gets an expiry by refresh. */
+  for (i = 0; i < N; i += 11) {
+    th_closed(&t, ids[i]);
+  }
+  th_check(&t);
+  {
+    hub_auth a = alice(TH_T0 + TH_S(25));
+    refresh(&t, ids[7], "t");
+    assert_int_equal(hub_on_conn_verified(t.h, ids[7], &a, NULL, t.now), 0);
+    th_drain(&t);
+    th_written_all(&t, ids[7]);
+    exp[7] = TH_T0 + TH_S(25);
+  }
+  th_clear(&t);
+  th_advance_to(&t, TH_T0 + TH_S(60));
+  for (i = 0; i < t.n; i++) {
+    th_eff *e = &t.effs[i];
+    size_t k;
+    if (e->type != HUB_EFF_CLOSE) {
+      continue;
+    }
+    assert_int_equal(e->close_code, 4001);
+    for (k = 0; k < N && ids[k] != e->conn; k++) {
+    }
+    assert_true(k < N);
+    assert_true(exp[k] > last || (exp[k] == last && e->conn > last_id));
+    last = exp[k];
+    last_id = e->conn;
+    closed++;
+  }
+  /* Every 7th has no exp (7 got one by refresh), every 11th left. */
+  for (i = 0; i < N; i++) {
+    int expect = (i % 7 != 0 || i == 7) && i % 11 != 0;
+    closed -= (size_t)expect;
+  }
+  assert_int_equal(closed, 0);
+  th_check(&t);
+  th_fini(&t);
+}
+
 static th_eff *refresh(th *t, hub_conn_id c, const char *tok) {
   char m[256];
   th_eff *e;
@@ -591,6 +657,7 @@ int main(void) {
     cmocka_unit_test(test_auth_off_grants_everything),
     cmocka_unit_test(test_auth_expiry_closes_4001),
     cmocka_unit_test(test_auth_refresh_extends),
+    cmocka_unit_test(test_auth_expiry_heap_order),
     cmocka_unit_test(test_auth_refresh_narrower_unsubscribes),
     cmocka_unit_test(test_auth_refresh_failures_change_nothing),
     cmocka_unit_test(test_auth_verify_discarded_on_close),
