@@ -260,9 +260,11 @@ void hub_del(hub *h);
 
 /* A connection opened.  |remote_addr| is copied; |user| is returned in
    this connection's effects.  *id receives the new connection's id.
-   Returns 0, HUB_ERR_SHUT_DOWN (after hub_shutdown) or HUB_ERR_NOMEM; on
-   an error there is no connection and *id is unchanged.  NOMEM: the
-   driver refuses the connection. */
+   Returns 0, HUB_ERR_SHUT_DOWN (after hub_shutdown),
+   HUB_ERR_INVALID_ARGUMENT (config.auth is on: use
+   hub_on_conn_open_auth) or HUB_ERR_NOMEM; on an error there is no
+   connection and *id is unchanged.  NOMEM: the driver refuses the
+   connection. */
 int hub_on_conn_open(hub *h, hub_conn_id *id, const char *remote_addr,
                      void *user, hub_tstamp now);
 
