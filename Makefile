@@ -57,9 +57,9 @@ export ASAN_OPTIONS := detect_leaks=1:abort_on_error=0
 # Every other target only checks, once per build directory, that the
 # headers and tools it needs are there, and names the missing packages.
 DEB_BUILD_PKGS := build-essential pkg-config libwslay-dev libhiredis-dev \
-  libev-dev libhttp-parser-dev libssl-dev
+  libev-dev libhttp-parser-dev libssl-dev libjwt-dev
 DEB_TEST_PKGS := libcmocka-dev libjsmn-dev redis-server redis-tools python3 \
-  python3-pytest python3-websockets python3-redis gcovr clang-format binutils \
+  python3-pytest python3-websockets python3-redis python3-jwt gcovr clang-format binutils \
   clang libclang-rt-14-dev
 DEB_PKGS := $(DEB_BUILD_PKGS) $(DEB_TEST_PKGS)
 
@@ -101,7 +101,8 @@ deps-build:
 # is reported with the package that provides it.  A stamp file keeps
 # them to one run per build directory.
 BUILD_NEEDS := wslay/wslay.h:libwslay-dev hiredis/hiredis.h:libhiredis-dev \
-  ev.h:libev-dev http_parser.h:libhttp-parser-dev openssl/sha.h:libssl-dev
+  ev.h:libev-dev http_parser.h:libhttp-parser-dev openssl/sha.h:libssl-dev \
+  jwt.h:libjwt-dev
 TEST_NEEDS := cmocka.h:libcmocka-dev jsmn.h:libjsmn-dev
 TEST_TOOLS := redis-server:redis-server redis-cli:redis-tools \
   clang-format:clang-format nm:binutils
@@ -132,7 +133,7 @@ $(BUILD)/.test-deps-ok: | $(BUILD)/.build-deps-ok
 	  t=$${tp%%:*}; p=$${tp##*:}; \
 	  command -v $$t >/dev/null 2>&1 || missing="$$missing $$p"; \
 	done; \
-	for m in pytest:python3-pytest websockets:python3-websockets redis:python3-redis; do \
+	for m in pytest:python3-pytest websockets:python3-websockets redis:python3-redis jwt:python3-jwt; do \
 	  $(PYTHON) -c "import $${m%%:*}" >/dev/null 2>&1 || missing="$$missing $${m##*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \

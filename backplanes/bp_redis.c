@@ -33,6 +33,12 @@ typedef struct bp_redis {
   char host[256];
   int port;
   int db;
+  /* From the URL (bp_redis_auth.c): unix:// socket path ("" for TCP),
+     and AUTH's user name ("": the default user) and password. */
+  char unix_path[256];
+  char user[256];
+  char pass[256];
+  int has_auth;
   char *prefix;
   size_t prefix_len;
   char *chan_prefix; /* prefix + "chan:" */
@@ -186,6 +192,28 @@ static void bp_redis_disconnect_cb(const redisAsyncContext *ac, int status) {
   bp_redis_lost(r);
 }
 
+static void bp_redis_ready(bp_redis *r, const redisAsyncContext *ac);
+
+/* AUTH's answer.  A refusal (wrong password or user) is logged and
+   handled like any outage: the connection is dropped and the link
+   retries with backoff. */
+static void bp_redis_auth_cb(redisAsyncContext *ac, void *reply, void *priv) {
+  bp_redis *r = priv;
+  const redisReply *rep = reply;
+  if (rep == NULL || (ac != r->sub && ac != r->pub)) {
+    return; /* disconnected meanwhile */
+  }
+  if (rep->type == REDIS_REPLY_ERROR) {
+    bp_redis_log(r, BP_LOG_ERROR,
+                 "redis AUTH refused: check the user and password in --redis",
+                 "reason", rep->str, (const char *)NULL);
+    snprintf(r->reason, sizeof(r->reason), "AUTH refused: %s", rep->str);
+    redisAsyncDisconnect(ac);
+    return;
+  }
+  bp_redis_ready(r, ac);
+}
+
 static void bp_redis_connect_cb(const redisAsyncContext *ac, int status) {
   bp_redis *r = bp_redis_of(ac);
   if (status != REDIS_OK) {
@@ -199,6 +227,14 @@ static void bp_redis_connect_cb(const redisAsyncContext *ac, int status) {
     bp_redis_lost(r);
     return;
   }
+  if (r->has_auth) {
+    return; /* ready once AUTH answers (bp_redis_auth_cb) */
+  }
+  bp_redis_ready(r, ac);
+}
+
+/* |ac| is connected (and authenticated): up once both are. */
+static void bp_redis_ready(bp_redis *r, const redisAsyncContext *ac) {
   if (ac == r->sub) {
     r->sub_ok = 1;
   } else if (ac == r->pub) {
@@ -251,7 +287,9 @@ static void bp_redis_sub_cb(redisAsyncContext *ac, void *reply, void *priv) {
 }
 
 static redisAsyncContext *bp_redis_open(bp_redis *r, const char *role) {
-  redisAsyncContext *ac = redisAsyncConnect(r->host, r->port);
+  redisAsyncContext *ac = r->unix_path[0] != '\0'
+                            ? redisAsyncConnectUnix(r->unix_path)
+                            : redisAsyncConnect(r->host, r->port);
   if (ac == NULL) {
     return NULL;
   }
@@ -266,7 +304,16 @@ static redisAsyncContext *bp_redis_open(bp_redis *r, const char *role) {
   }
   redisAsyncSetConnectCallback(ac, bp_redis_connect_cb);
   redisAsyncSetDisconnectCallback(ac, bp_redis_disconnect_cb);
-  /* Queued now, sent first once connected. */
+  /* Queued now, sent first once connected; AUTH before anything else
+     (with ACLs, even CLIENT SETNAME needs it). */
+  if (r->has_auth && (r->user[0] != '\0'
+                        ? redisAsyncCommand(ac, bp_redis_auth_cb, r,
+                                            "AUTH %s %s", r->user, r->pass)
+                        : redisAsyncCommand(ac, bp_redis_auth_cb, r, "AUTH %s",
+                                            r->pass)) != REDIS_OK) {
+    redisAsyncFree(ac);
+    return NULL;
+  }
   (void)redisAsyncCommand(ac, NULL, NULL, "CLIENT SETNAME %s:%s", r->name,
                           role);
   if (r->db != 0) {
@@ -501,17 +548,16 @@ void bp_redis_quit(bp *b, void (*done)(void *arg), void *arg) {
   ev_timer_start(r->loop, &r->quit_poll);
 }
 
+#include "bp_redis_url.c"
+
 static int bp_redis_parse_url(bp_redis *r, const char *url) {
   const char *p = url, *colon, *slash;
   size_t hl;
   char *end;
   long v;
-  if (strncmp(p, "redis://", 8) != 0) {
-    return -1;
-  }
-  p += 8;
-  if (strchr(p, '@') != NULL) {
-    return -1; /* no AUTH support */
+  int rc = bp_redis_parse_auth(r, &p);
+  if (rc <= 0) {
+    return rc; /* a unix:// URL (0), or a bad one */
   }
   slash = strchr(p, '/');
   colon = strchr(p, ':');

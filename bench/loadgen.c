@@ -82,6 +82,7 @@ typedef struct lg_pid {
   uint64_t ticks0, ticks1; /* utime+stime */
   uint64_t run0_ns, run1_ns;
   uint64_t rss0_kb, rss1_kb;
+  uint64_t conn_run0_ns, conn_run1_ns; /* over the connect phase */
 } lg_pid;
 
 typedef struct lg_opts {
@@ -107,6 +108,7 @@ typedef struct lg_opts {
   int redis_port;
   const char *redis_prefix;
   const char *label;
+  const char *token; /* sent as ?token= on every upgrade, or NULL */
   lg_pid pids[LG_MAX_PIDS];
   int npids;
   int tls;
@@ -634,7 +636,7 @@ static void ws_open(uint32_t idx) {
 static void ws_start_handshake(wsconn *c, uint32_t idx) {
   uint8_t key[16];
   char key64[32];
-  char req[512];
+  char req[LG_HANDSHAKE_MAX];
   random_bytes(key, sizeof key);
   EVP_EncodeBlock((unsigned char *)key64, key, sizeof key);
   /* The accept value is base64(SHA-1(key + GUID)), RFC 6455 4.2.2. */
@@ -645,12 +647,13 @@ static void ws_start_handshake(wsconn *c, uint32_t idx) {
   SHA1((const unsigned char *)cat, (size_t)n, sha);
   EVP_EncodeBlock((unsigned char *)c->accept, sha, sizeof sha);
   n = snprintf(req, sizeof req,
-               "GET /ws HTTP/1.1\r\n"
+               "GET /ws%s%s HTTP/1.1\r\n"
                "Host: %s:%u\r\n"
                "Upgrade: websocket\r\n"
                "Connection: Upgrade\r\n"
                "Sec-WebSocket-Key: %s\r\n"
                "Sec-WebSocket-Version: 13\r\n\r\n",
+               opt.token ? "?token=" : "", opt.token ? opt.token : "",
                inet_ntoa(opt.servers[c->server].sin_addr),
                ntohs(opt.servers[c->server].sin_port), key64);
   c->state = WS_HANDSHAKE;
@@ -1553,7 +1556,8 @@ static void usage(void) {
           "and\n"
           "                       CLIENT LIST subscriber connections\n"
           "  --redis-prefix P     (ws:)\n"
-          "  --label TEXT         copied to the start of the RESULT line\n");
+          "  --label TEXT         copied to the start of the RESULT line\n"
+          "  --token JWT          sent as ?token= on every upgrade\n");
   exit(2);
 }
 
@@ -1654,6 +1658,8 @@ static void parse_args(int argc, char **argv) {
       opt.redis_prefix = v;
     } else if (ARG("--label")) {
       opt.label = v;
+    } else if (ARG("--token")) {
+      opt.token = v;
     } else {
       usage();
     }
@@ -1725,6 +1731,7 @@ int main(int argc, char **argv) {
   /* Phase 1: connect and subscribe. */
   for (int i = 0; i < opt.npids; i++) {
     opt.pids[i].rss0_kb = proc_rss_kb(opt.pids[i].pid);
+    opt.pids[i].conn_run0_ns = proc_run_ns(opt.pids[i].pid);
   }
   uint64_t t0 = now_ns();
   uint64_t deadline = t0 + (uint64_t)(opt.connect_timeout_s * 1e9);
@@ -1737,6 +1744,9 @@ int main(int argc, char **argv) {
   }
   uint64_t t1 = now_ns();
   double connect_s = (double)(t1 - t0) / 1e9;
+  for (int i = 0; i < opt.npids; i++) {
+    opt.pids[i].conn_run1_ns = proc_run_ns(opt.pids[i].pid);
+  }
   fprintf(stderr,
           "loadgen: %u of %u subscribed in %.2f s (%u failed, %u still "
           "pending)%s%s\n",
@@ -1924,6 +1934,19 @@ int main(int argc, char **argv) {
            ready_before_publish
              ? (double)rss_kb * 1024.0 / (double)ready_before_publish
              : 0.0);
+    {
+      /* Connection set-up: accept, upgrade (and token), subscribe. */
+      uint64_t cns = 0;
+      for (int j = 0; j < opt.npids; j++) {
+        if (strcmp(opt.pids[j].name, nm) == 0) {
+          cns += opt.pids[j].conn_run1_ns - opt.pids[j].conn_run0_ns;
+        }
+      }
+      printf(" connect_run_us_per_conn_%s=%.2f", nm,
+             ready_before_publish
+               ? (double)cns / 1e3 / (double)ready_before_publish
+               : 0.0);
+    }
     if (opt.msgs > 0) {
       double cpu_s = (double)ticks / (double)clk_tck;
       printf(" cpu_s_%s=%.2f cpu_us_per_deliv_%s=%.3f run_s_%s=%.3f "

@@ -300,18 +300,48 @@ class Bench:
                 self.target("A 10,000 subs: server CPU us/delivery (%s)" % bp,
                             r.get("cpu_us_per_deliv_wshub"), T_A_CPU_US, "us")
 
+    def auth_variants(self):
+        """(name, server flags, token) for B with authentication: an
+        HS256 secret and an ES256 key made with openssl, tokens minted
+        with python3-jwt (every channel granted, exp an hour ahead)."""
+        try:
+            import jwt
+        except ImportError:
+            print("  (python3-jwt missing: B without authentication only)")
+            return []
+        d = self.args.logdir
+        key = os.path.join(d, "bench-ec.pem")
+        pub = os.path.join(d, "bench-ec.pub")
+        subprocess.run(["openssl", "ecparam", "-name", "prime256v1",
+                        "-genkey", "-noout", "-out", key], check=True,
+                       capture_output=True)
+        subprocess.run(["openssl", "ec", "-in", key, "-pubout", "-out", pub],
+                       check=True, capture_output=True)
+        claims = {"sub": "bench", "subscribe": ["*"], "publish": ["*"],
+                  "exp": int(time.time()) + 3600}
+        secret = "bench-secret-0123456789abcdef"
+        return [
+            ("B-hs256", ["--token-secret", secret],
+             jwt.encode(claims, secret, algorithm="HS256")),
+            ("B-es256", ["--token-key", pub],
+             jwt.encode(claims, open(key).read(), algorithm="ES256"))]
+
     def run_b(self, bp):
         n = 500 if self.args.smoke else 19900
-        env = Env(self.args, "b-%s" % bp, bp, 1)
-        try:
-            r = self.loadgen(env, "B", bp, [
-                "--conns", n, "--channels", n, "--msgs", 0,
-                "--idle-ms", 1000, "--concurrency", 500])
-        finally:
-            env.stop()
-        self.check_clean("B", bp, r)
-        self.target("B idle subscribed conn: server RSS bytes/conn (%s)" %
-                    bp, r.get("rss_per_conn_bytes_wshub"), T_B_RSS_BYTES, "B")
+        for name, extra, token in [("B", [], None)] + self.auth_variants():
+            env = Env(self.args, "%s-%s" % (name.lower(), bp), bp, 1, extra)
+            try:
+                r = self.loadgen(env, name, bp, [
+                    "--conns", n, "--channels", n, "--msgs", 0,
+                    "--idle-ms", 1000, "--concurrency", 500] +
+                    (["--token", token] if token else []))
+            finally:
+                env.stop()
+            self.check_clean(name, bp, r)
+            if name == "B":
+                self.target("B idle subscribed conn: server RSS bytes/conn "
+                            "(%s)" % bp, r.get("rss_per_conn_bytes_wshub"),
+                            T_B_RSS_BYTES, "B")
 
     def run_c(self, bp):
         sizes = [(200, 2)] if self.args.smoke else \
@@ -486,7 +516,7 @@ class Bench:
         cols = ["scenario", "backplane", "conns", "deliveries", "deliv/s",
                 "cpu us/deliv", "run us/deliv", "redis us/deliv", "p50 ms",
                 "p99 ms", "lost", "ooo", "frames/writev", "rss B/conn",
-                "connect s", "range over runs"]
+                "connect s", "setup us/conn", "range over runs"]
         rows = []
         for sc, bp, r in self.results:
             def f(key, fmt="%.0f", scale=1.0):
@@ -500,8 +530,10 @@ class Bench:
                 f("p50_us", "%.2f", 1e-3), f("p99_us", "%.2f", 1e-3),
                 f("lost", "%d"), f("ooo", "%d"),
                 f("frames_per_writev", "%.1f"),
-                f("rss_per_conn_bytes_wshub") if sc == "B" else "-",
-                f("connect_s", "%.2f"), r.get("_range", "")])
+                f("rss_per_conn_bytes_wshub") if sc.startswith("B") else "-",
+                f("connect_s", "%.2f"),
+                f("connect_run_us_per_conn_wshub", "%.1f")
+                if sc.startswith("B") else "-", r.get("_range", "")])
         w = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c)
              for i, c in enumerate(cols)]
         line = "  ".join(c.rjust(w[i]) for i, c in enumerate(cols))
@@ -517,6 +549,9 @@ class Bench:
               "redis us/deliv: redis-server's, same method.")
         if getattr(self, "tls_summary", None):
             print(self.tls_summary)
+        print("setup us/conn (B): the server's schedstat run time over the "
+              "connect phase (accept, upgrade with its token, subscribe) / "
+              "connections.")
         print("A, C and L ran --repeat times on fresh processes; the row is "
               "the median run, the last column the range of its key figure "
               "(run us/deliv or p99 us).")

@@ -102,6 +102,7 @@ void hub_del(hub *h) {
   hub_conn_free_all(h);
   hub_topic_free_all(h);
   hub_registry_free(h);
+  hub_auth_free(h);
   hub_htab_free(h->mem, &h->conn_tab);
   hub_htab_free(h->mem, &h->topic_tab);
   hub_mem_free(h->mem, h);
@@ -115,7 +116,38 @@ int hub_on_conn_open(hub *h, hub_conn_id *id, const char *remote_addr,
   if (h->shut_down) {
     return HUB_ERR_SHUT_DOWN;
   }
-  return hub_conn_open(h, id, remote_addr ? remote_addr : "", user);
+  if (h->cfg.auth) {
+    return HUB_ERR_INVALID_ARGUMENT;
+  }
+  return hub_conn_open(h, id, remote_addr ? remote_addr : "", NULL, user);
+}
+
+int hub_on_conn_open_auth(hub *h, hub_conn_id *id, const char *remote_addr,
+                          const hub_auth *auth, void *user, hub_tstamp now) {
+  advance(h, now);
+  if (h->shut_down) {
+    return HUB_ERR_SHUT_DOWN;
+  }
+  if (!h->cfg.auth) {
+    auth = NULL;
+  } else if (auth == NULL || hub_auth_valid(auth) != 0) {
+    return HUB_ERR_INVALID_ARGUMENT;
+  }
+  return hub_conn_open(h, id, remote_addr ? remote_addr : "", auth, user);
+}
+
+int hub_on_conn_verified(hub *h, hub_conn_id id, const hub_auth *auth,
+                         const char *err, hub_tstamp now) {
+  hub_conn *c = hub_conn_find(h, id);
+
+  advance(h, now);
+  if (c == NULL) {
+    return HUB_ERR_UNKNOWN_CONN;
+  }
+  if (c->closing) {
+    return 0;
+  }
+  return hub_auth_verified(h, c, auth, err);
 }
 
 int hub_on_conn_msg(hub *h, hub_conn_id id, int binary, const uint8_t *data,
@@ -219,6 +251,8 @@ hub_tstamp hub_get_expiry(const hub *h) {
   }
   t = hub_conn_get_expiry(h);
   x = hub_registry_get_expiry(h);
+  t = x < t ? x : t;
+  x = hub_auth_get_expiry(h);
   return x < t ? x : t;
 }
 
@@ -231,6 +265,9 @@ int hub_handle_expiry(hub *h, hub_tstamp now) {
   }
   hub_registry_expire_orphans(h);
   rv = hub_conn_handle_expiry(h);
+  if (rv == 0) {
+    rv = hub_auth_handle_expiry(h);
+  }
   if (rv != 0) {
     return rv;
   }

@@ -104,6 +104,7 @@ typedef enum hub_close_kind {
   HUB_CLOSE_TOO_BIG,       /* 1009 inbound message too big */
   HUB_CLOSE_BINARY,        /* 1003 binary frame */
   HUB_CLOSE_BAD_UTF8,      /* 1007 invalid UTF-8 in a text frame */
+  HUB_CLOSE_TOKEN_EXPIRED, /* 4001 the token's exp passed, no refresh */
   HUB_CLOSE_KIND_MAX
 } hub_close_kind;
 
@@ -133,7 +134,12 @@ typedef enum hub_effect_type {
   /* Registry: SET key |name| to |buf| with a TTL of |ttl_s| seconds. */
   HUB_EFF_REG_SET,
   /* Registry: DEL key |name|. */
-  HUB_EFF_REG_DEL
+  HUB_EFF_REG_DEL,
+  /* Authentication (config.auth): verify the token in |buf| (the raw
+     text of the refresh request's "token" string, NUL-terminated; not
+     necessarily a well-formed token) for |conn|, then answer with
+     hub_on_conn_verified.  The core checks no signatures. */
+  HUB_EFF_VERIFY
 } hub_effect_type;
 
 /*
@@ -147,11 +153,12 @@ typedef struct hub_effect {
   hub_close_kind close_kind; /* CLOSE */
   uint16_t close_code;       /* CLOSE */
   uint32_t ttl_s;            /* REG_SET */
-  hub_conn_id conn;          /* SEND, PING, CLOSE */
-  void *conn_user;           /* SEND, PING, CLOSE: as given at open */
+  hub_conn_id conn;          /* SEND, PING, CLOSE, VERIFY */
+  void *conn_user;           /* SEND, PING, CLOSE, VERIFY: as given at open */
   hub_buf *name;             /* BP_*: channel; REG_*: key */
-  hub_buf *buf;              /* SEND: frame; BP_PUBLISH: data; REG_SET: value */
-  const char *reason;        /* CLOSE: static text for the close frame */
+  hub_buf *buf;       /* SEND: frame; BP_PUBLISH: data; REG_SET: value; VERIFY:
+                         token */
+  const char *reason; /* CLOSE: static text for the close frame */
 } hub_effect;
 
 /*
@@ -183,6 +190,12 @@ typedef struct hub_config {
   int64_t unix_time_s;
   /* Seeds the core's hash function; any value works. */
   uint64_t seed;
+  /* 1: authentication is on (`--token-secret`/`--token-key`; scenario
+     `config auth on`): every connection opens with the claims of a
+     verified token (hub_on_conn_open_auth), subscribes and publishes
+     need a grant, and the token's expiry closes with 4001.  0: nothing
+     is checked and everything is granted. */
+  int auth;
 } hub_config;
 
 void hub_config_default(hub_config *cfg);
@@ -191,8 +204,8 @@ void hub_config_default(hub_config *cfg);
  * hub_config_set sets the field of |cfg| named by the server flag |name|
  * (CONTRACT.md, without "--"): max-queue-msgs, max-queue-bytes,
  * max-message-bytes, ping-interval, pong-timeout, write-timeout,
- * heartbeat-interval (durations as hub_parse_duration reads them, not 0)
- * and registry (on|off).  Both strings are borrowed.  Returns 0,
+ * heartbeat-interval (durations as hub_parse_duration reads them, not 0),
+ * registry (on|off) and auth (on|off).  Both strings are borrowed.  Returns 0,
  * HUB_ERR_INVALID_ARGUMENT for a bad value (|cfg| unchanged), or 1 when
  * |name| is not a hub setting (the caller's to handle).
  */
@@ -247,11 +260,64 @@ void hub_del(hub *h);
 
 /* A connection opened.  |remote_addr| is copied; |user| is returned in
    this connection's effects.  *id receives the new connection's id.
-   Returns 0, HUB_ERR_SHUT_DOWN (after hub_shutdown) or HUB_ERR_NOMEM; on
-   an error there is no connection and *id is unchanged.  NOMEM: the
-   driver refuses the connection. */
+   Returns 0, HUB_ERR_SHUT_DOWN (after hub_shutdown),
+   HUB_ERR_INVALID_ARGUMENT (config.auth is on: use
+   hub_on_conn_open_auth) or HUB_ERR_NOMEM; on an error there is no
+   connection and *id is unchanged.  NOMEM: the driver refuses the
+   connection. */
 int hub_on_conn_open(hub *h, hub_conn_id *id, const char *remote_addr,
                      void *user, hub_tstamp now);
+
+/*
+ * Authentication.  The driver verifies a token (signature, exp, nbf:
+ * the core checks none of them) and hands the core the claims it needs.
+ * Every pointer is borrowed for the call; the core copies what it keeps.
+ * Globs are NUL-terminated: `*` matches any run of characters and
+ * `{sub}` stands for |sub|, taken literally.  An empty list grants
+ * nothing.
+ */
+#define HUB_AUTH_SUB_MAX 128   /* bytes of sub */
+#define HUB_AUTH_GLOBS_MAX 64  /* globs per list */
+#define HUB_AUTH_GLOB_MAX 1024 /* bytes of one glob */
+
+typedef struct hub_auth {
+  const char *sub; /* 1..HUB_AUTH_SUB_MAX bytes (no NUL) */
+  size_t sub_len;
+  const char *const *subscribe; /* |nsubscribe| globs */
+  size_t nsubscribe;
+  const char *const *publish; /* |npublish| globs */
+  size_t npublish;
+  /* When the token expires, on the core's clock (the driver converts
+     exp); HUB_TSTAMP_NONE: it does not. */
+  hub_tstamp expires;
+} hub_auth;
+
+/* hub_on_conn_open with the claims of the connection's verified token
+   (|auth|, borrowed for the call; required when config.auth is on,
+   ignored when off).  Its sub goes into the registry value ("user").
+   Returns what hub_on_conn_open returns, or HUB_ERR_INVALID_ARGUMENT
+   when |auth| is missing (auth on) or breaks a HUB_AUTH_* limit (no
+   connection; the server answers 401).  hub_on_conn_open on a hub with
+   auth on is HUB_ERR_INVALID_ARGUMENT. */
+int hub_on_conn_open_auth(hub *h, hub_conn_id *id, const char *remote_addr,
+                          const hub_auth *auth, void *user, hub_tstamp now);
+
+/*
+ * The answer to a HUB_EFF_VERIFY for connection |id|: |auth| holds the
+ * refresh token's claims (borrowed for the call), or is NULL when it
+ * failed to verify, with |err| a static reason for the error reply.  A
+ * verified token with the connection's sub replaces its grants and
+ * expiry: "refreshed" is sent, and each subscription the new grants no
+ * longer allow ends with an "unsubscribed" frame whose reason is
+ * "permission denied".  Otherwise an "error" reply is sent and nothing
+ * changes.  Ignored (0) for a closing connection.  Returns 0,
+ * HUB_ERR_UNKNOWN_CONN, HUB_ERR_INVALID_ARGUMENT (no refresh is waiting
+ * on |id|: the driver's bug) or HUB_ERR_NOMEM (nothing changed, the
+ * refresh still waits).  NOMEM: the driver closes that connection with
+ * 1011, as for hub_on_conn_msg.
+ */
+int hub_on_conn_verified(hub *h, hub_conn_id id, const hub_auth *auth,
+                         const char *err, hub_tstamp now);
 
 /* One complete message.  |binary| is nonzero for a binary message.
    |data| is borrowed for the call.  When |len| is over max_message_bytes
@@ -320,7 +386,8 @@ int hub_publish(hub *h, const uint8_t *body, size_t len, const char **errmsg,
 /* The earliest time hub_handle_expiry has work, or HUB_TSTAMP_NONE. */
 hub_tstamp hub_get_expiry(const hub *h);
 
-/* Pings, pong and write timeouts, registry heartbeat: everything due at
+/* Pings, pong and write timeouts, token expiry, registry heartbeat:
+   everything due at
    or before |now|.  Returns 0 or HUB_ERR_NOMEM.  Unlike the other
    requests, NOMEM may come after partial progress: each timer's work is
    done whole or not at all, what was done is in the effects, and the

@@ -27,7 +27,7 @@ static int check_sorted(const hub_link *head, size_t off, const char **why) {
 int hub_check(const hub *h, const char **why) {
   const hub_link *l, *m;
   size_t ntopics = 0, nsubs = 0, nchannels = 0, nbp = 0, nopen = 0, i;
-  size_t nconns = 0, nreplies = 0;
+  size_t nconns = 0, nreplies = 0, nexp = 0;
 
   for (l = h->topics.next; l != &h->topics; l = l->next) {
     const hub_topic *t = CONTAINER_OF(l, hub_topic, all);
@@ -115,6 +115,18 @@ int hub_check(const hub *h, const char **why) {
               "queue past its limit");
         CHECK(h->shut_down || c->reg_live == (h->cfg.registry != 0),
               "registry key state");
+        CHECK((c->auth.grants != NULL) == (h->cfg.auth != 0),
+              "grants without authentication, or none with it");
+        CHECK((c->auth.heap_idx != HUB_AUTH_NO_HEAP) ==
+                (c->auth.grants != NULL && c->auth.expires != HUB_TSTAMP_NONE),
+              "token expiry heap membership");
+        CHECK(c->auth.refreshing || c->auth.refresh_id == NULL,
+              "refresh id without a refresh");
+        nexp += c->auth.heap_idx != HUB_AUTH_NO_HEAP;
+      }
+      if (c->closing) {
+        CHECK(c->auth.heap_idx == HUB_AUTH_NO_HEAP,
+              "closing connection on the expiry heap");
       }
     }
   }
@@ -139,6 +151,8 @@ int hub_check(const hub *h, const char **why) {
     return -1;
   }
   CHECK(hub_link_len(&h->orphans) == h->norphans, "orphan count");
+  CHECK(h->auth_n == nexp, "token expiry heap count");
+  CHECK(hub_auth_check(h) == 0, "token expiry heap order");
   CHECK(h->eff_head <= h->eff_tail && h->eff_tail <= h->eff_cap,
         "effect queue bounds");
   /* The reservation rule (hub_effq.h): every fact event to come fits. */

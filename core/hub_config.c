@@ -105,6 +105,16 @@ int hub_config_set(hub_config *cfg, const char *name, const char *value) {
     }
     return 0;
   }
+  if (strcmp(name, "auth") == 0) {
+    if (strcmp(value, "on") == 0) {
+      cfg->auth = 1;
+    } else if (strcmp(value, "off") == 0) {
+      cfg->auth = 0;
+    } else {
+      return HUB_ERR_INVALID_ARGUMENT;
+    }
+    return 0;
+  }
   if (strcmp(name, "max-queue-msgs") == 0) {
     if (hub_parse_u64(value, &v) != 0 || v == 0 || v > UINT32_MAX) {
       return HUB_ERR_INVALID_ARGUMENT;

@@ -20,8 +20,8 @@ size_t hub_conn_fact_cost(const hub *h) {
 
 const char *hub_close_kind_name(hub_close_kind kind) {
   static const char *const names[HUB_CLOSE_KIND_MAX] = {
-    "shutdown",     "slow_msgs", "slow_bytes", "write_timeout",
-    "pong_timeout", "too_big",   "binary",     "bad_utf8"};
+    "shutdown", "slow_msgs", "slow_bytes", "write_timeout", "pong_timeout",
+    "too_big",  "binary",    "bad_utf8",   "token_expired"};
   if ((unsigned)kind >= HUB_CLOSE_KIND_MAX) {
     return "unknown";
   }
@@ -38,6 +38,8 @@ static uint16_t close_code(hub_close_kind kind) {
     return 1003;
   case HUB_CLOSE_BAD_UTF8:
     return 1007;
+  case HUB_CLOSE_TOKEN_EXPIRED:
+    return 4001;
   default:
     return 1008;
   }
@@ -60,6 +62,8 @@ static const char *close_reason(hub_close_kind kind) {
     return "binary frames are not supported";
   case HUB_CLOSE_BAD_UTF8:
     return "invalid UTF-8";
+  case HUB_CLOSE_TOKEN_EXPIRED:
+    return "token expired";
   default:
     return "";
   }
@@ -80,18 +84,29 @@ hub_conn *hub_conn_find(const hub *h, hub_conn_id id) {
 /* ------------------------------------------------------ open, close */
 
 int hub_conn_open(hub *h, hub_conn_id *id, const char *remote_addr,
-                  void *user) {
+                  const hub_auth *auth, void *user) {
   hub_conn *c;
   hub_buf *key = NULL, *value = NULL;
+  hub_grants *g = NULL;
   hub_conn_id cid = h->next_conn_id;
 
   /* The REG_SET, and the new connection's term of the fact reserve. */
   if (hub_effq_reserve(h, 1 + 3) != 0 ||
-      hub_registry_conn_bufs(h, cid, remote_addr, &key, &value) != 0) {
+      hub_registry_conn_bufs(h, cid, remote_addr, auth, &key, &value) != 0) {
     return HUB_ERR_NOMEM;
   }
+  if (auth != NULL) {
+    if (auth->expires != HUB_TSTAMP_NONE && hub_auth_reserve(h) != 0) {
+      hub_buf_unref(key);
+      hub_buf_unref(value);
+      return HUB_ERR_NOMEM;
+    }
+    g = hub_grants_new(h, auth);
+  }
   c = hub_mem_malloc(h->mem, sizeof(*c));
-  if (c == NULL) {
+  if (c == NULL || (auth != NULL && g == NULL)) {
+    hub_mem_free(h->mem, c);
+    hub_grants_free(h, g);
     hub_buf_unref(key);
     hub_buf_unref(value);
     return HUB_ERR_NOMEM;
@@ -114,6 +129,7 @@ int hub_conn_open(hub *h, hub_conn_id *id, const char *remote_addr,
   hub_link_push_tail(&h->pings, &c->ping_link);
   c->last_pong = h->now;
   hub_link_push_tail(&h->pongs, &c->pong_link);
+  hub_auth_attach(h, c, g, auth != NULL ? auth->expires : HUB_TSTAMP_NONE);
   h->nconns_open++;
   hub_registry_conn_open(h, c);
   *id = cid;
@@ -128,6 +144,7 @@ static void conn_retire(hub *h, hub_conn *c) {
     hub_sub_release(h, CONTAINER_OF(c->subs.next, hub_sub, conn_link));
   }
   hub_registry_conn_gone(h, c);
+  hub_auth_conn_gone(h, c);
   hub_link_remove(&c->all);
   hub_link_remove(&c->ping_link);
   hub_link_remove(&c->pong_link);
@@ -172,6 +189,7 @@ void hub_conn_closed(hub *h, hub_conn_id id) {
   /* Nothing queued may reach a connection that is gone. */
   hub_effq_discard_conn(h, c);
   hub_htab_remove(&h->conn_tab, &c->hnode);
+  hub_auth_conn_free(h, c);
   hub_buf_unref(c->key);
   hub_buf_unref(c->value);
   hub_mem_free(h->mem, c);
@@ -186,6 +204,7 @@ void hub_conn_free_all(hub *h) {
       hub_conn *c = CONTAINER_OF(h->conn_tab.b[i], hub_conn, hnode);
       h->conn_tab.b[i] = c->hnode.next;
       hub_sub_free_all(h, c);
+      hub_auth_conn_free(h, c);
       hub_buf_unref(c->key);
       hub_buf_unref(c->value);
       hub_mem_free(h->mem, c);

@@ -19,7 +19,9 @@ static inline size_t hub_conn_close_cost(const hub_conn *c) {
 
 /* hub_on_conn_open, hub_on_conn_pong, hub_on_conn_written and
    hub_on_conn_closed, after advancing the clock. */
-int hub_conn_open(hub *h, hub_conn_id *id, const char *remote_addr, void *user);
+/* |auth| NULL: authentication off (hub_on_conn_open_auth checked it). */
+int hub_conn_open(hub *h, hub_conn_id *id, const char *remote_addr,
+                  const hub_auth *auth, void *user);
 void hub_conn_pong(hub *h, hub_conn_id id);
 void hub_conn_written(hub *h, hub_conn_id id, size_t msgs, size_t bytes);
 void hub_conn_closed(hub *h, hub_conn_id id);

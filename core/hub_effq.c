@@ -67,7 +67,7 @@ void hub_effq_discard_conn(hub *h, const hub_conn *c) {
     hub_effect *e = &h->effs[i];
     if (e->conn == c->id &&
         (e->type == HUB_EFF_SEND || e->type == HUB_EFF_PING ||
-         e->type == HUB_EFF_CLOSE)) {
+         e->type == HUB_EFF_CLOSE || e->type == HUB_EFF_VERIFY)) {
       hub_effq_release(e);
     }
   }

@@ -42,7 +42,7 @@ static inline hub_effect *hub_effq_push(hub *h, hub_effect_type type) {
   return e;
 }
 
-/* A SEND, PING or CLOSE for |c|.  Inline: the fan-out pushes one per
+/* A SEND, PING, CLOSE or VERIFY for |c|.  Inline: the fan-out pushes one per
    delivery. */
 static inline hub_effect *hub_effq_push_conn(hub *h, hub_effect_type type,
                                              hub_conn *c) {
@@ -59,7 +59,8 @@ void hub_effq_push_name(hub *h, hub_effect_type type, hub_buf *name);
 /* Drops an effect's buffer references and blanks it (peek skips it). */
 void hub_effq_release(hub_effect *e);
 
-/* Blanks every queued SEND, PING and CLOSE for |c| (it is gone). */
+/* Blanks every queued SEND, PING, CLOSE and VERIFY for |c| (it is
+   gone). */
 void hub_effq_discard_conn(hub *h, const hub_conn *c);
 
 /* Releases everything queued (hub_del). */

@@ -48,6 +48,18 @@ int hub_config_valid(const hub_config *cfg);
 
 typedef struct hub_topic hub_topic;
 typedef struct hub_conn hub_conn;
+typedef struct hub_grants hub_grants; /* hub_auth.c */
+#define HUB_AUTH_NO_HEAP SIZE_MAX
+
+/* A connection's authentication (hub_auth.c); all zero with it off. */
+typedef struct hub_conn_auth {
+  hub_grants *grants;  /* NULL: authentication off, everything granted */
+  size_t heap_idx;     /* in hub->auth_heap while it expires, else
+                          HUB_AUTH_NO_HEAP */
+  hub_tstamp expires;  /* HUB_TSTAMP_NONE: never */
+  hub_buf *refresh_id; /* the waiting refresh's raw id JSON, or NULL */
+  int refreshing;      /* a VERIFY was emitted, not yet answered */
+} hub_conn_auth;
 
 typedef struct hub_sub {
   hub_link topic_link; /* in topic->acked or topic->pending */
@@ -109,6 +121,7 @@ struct hub_conn {
      connection to evict. */
   int evict;
   hub_conn *evict_next;
+  hub_conn_auth auth;
 };
 
 /* A connection key whose REG_DEL was emitted while the backplane was down
@@ -133,6 +146,11 @@ struct hub {
   hub_link writes;  /* open connections with frames waiting */
   hub_link topics;  /* creation order */
   hub_link orphans; /* hub_orphan, by expiry */
+  /* Connections whose token expires: a binary min-heap by (expires,
+     id), so any order of expiries costs O(log n) per change. */
+  hub_conn **auth_heap;
+  size_t auth_n;
+  size_t auth_cap;
   size_t norphans;
   hub_conn_id next_conn_id;
   size_t nconns_open;
@@ -165,5 +183,6 @@ struct hub {
 #include "hub_registry.h"
 #include "hub_conn.h"
 #include "hub_topic.h"
+#include "hub_auth.h"
 
 #endif /* HUB_INT_H */

@@ -11,9 +11,10 @@
 
 #include <string.h>
 
-enum { K_TYPE, K_CHANNEL, K_DATA, K_ID, K_MAX };
+enum { K_TYPE, K_CHANNEL, K_DATA, K_ID, K_TOKEN, K_MAX };
 
-static const char *const req_keys[K_MAX] = {"type", "channel", "data", "id"};
+static const char *const req_keys[K_MAX] = {"type", "channel", "data", "id",
+                                            "token"};
 
 static int str_eq(const char *s, size_t len, const char *lit) {
   return strlen(lit) == len && memcmp(s, lit, len) == 0;
@@ -65,6 +66,16 @@ int hub_req_parse(const char *s, size_t len, int publish_body, hub_req *req,
       req->type = HUB_REQ_UNSUBSCRIBE;
     } else if (str_eq(type, type_len, "publish")) {
       req->type = HUB_REQ_PUBLISH;
+    } else if (str_eq(type, type_len, "refresh")) {
+      /* Its token is checked by hub_proto_on_msg: without
+         authentication a refresh is an unknown type. */
+      req->type = HUB_REQ_REFRESH;
+      req->token_kind = m[K_TOKEN].kind;
+      if (m[K_TOKEN].kind == HUB_JSON_STRING) {
+        req->token = s + m[K_TOKEN].value.off + 1;
+        req->token_len = m[K_TOKEN].value.len - 2;
+      }
+      return 0;
     } else {
       *err = "unknown type";
       return -1;
@@ -133,7 +144,18 @@ int hub_proto_on_msg(hub *h, hub_conn *c, int binary, const uint8_t *data,
     kind = HUB_CLOSE_BAD_UTF8;
     goto close;
   }
-  if (hub_req_parse((const char *)data, len, 0, &req, &err) != 0) {
+  err = NULL;
+  if (hub_req_parse((const char *)data, len, 0, &req, &err) == 0 &&
+      req.type == HUB_REQ_REFRESH) {
+    if (c->auth.grants == NULL) {
+      err = "unknown type";
+    } else if (req.token_kind == HUB_JSON_NONE) {
+      err = "missing field: token";
+    } else if (req.token == NULL) {
+      err = "token must be a string";
+    }
+  }
+  if (err != NULL) {
     hub_buf *f;
     /* The error reply, and an eviction by it. */
     if (hub_effq_reserve(h, 1 + hub_conn_close_cost(c)) != 0) {
@@ -148,11 +170,19 @@ int hub_proto_on_msg(hub *h, hub_conn *c, int binary, const uint8_t *data,
   }
   switch (req.type) {
   case HUB_REQ_SUBSCRIBE:
+    if (!hub_auth_granted(c, 0, req.channel, req.channel_len)) {
+      return hub_auth_deny(h, c, &req);
+    }
     return hub_topic_subscribe(h, c, &req);
   case HUB_REQ_UNSUBSCRIBE:
     return hub_topic_unsubscribe(h, c, &req);
   case HUB_REQ_PUBLISH:
+    if (!hub_auth_granted(c, 1, req.channel, req.channel_len)) {
+      return hub_auth_deny(h, c, &req);
+    }
     return hub_topic_publish(h, c, &req);
+  case HUB_REQ_REFRESH:
+    return hub_auth_refresh(h, c, &req);
   }
   return 0;
 

@@ -9,7 +9,8 @@
 typedef enum hub_req_type {
   HUB_REQ_SUBSCRIBE = 1,
   HUB_REQ_UNSUBSCRIBE,
-  HUB_REQ_PUBLISH
+  HUB_REQ_PUBLISH,
+  HUB_REQ_REFRESH /* hub_auth.c; token checked by hub_proto_on_msg */
 } hub_req_type;
 
 #define HUB_ID_LEN_MAX 256
@@ -22,6 +23,9 @@ typedef struct hub_req {
   size_t data_len;
   const char *id; /* raw JSON text of id, or NULL */
   size_t id_len;
+  const char *token; /* refresh: the raw text between the quotes, or NULL */
+  size_t token_len;
+  hub_json_kind token_kind; /* refresh: HUB_JSON_NONE when absent */
 } hub_req;
 
 /*

@@ -63,7 +63,8 @@ int hub_registry_init(hub *h) {
 }
 
 int hub_registry_conn_bufs(hub *h, hub_conn_id id, const char *remote,
-                           hub_buf **key, hub_buf **value) {
+                           const hub_auth *auth, hub_buf **key,
+                           hub_buf **value) {
   size_t idlen = h->instance_id_len + 1 + hub_u64_len(id);
   size_t rlen = strlen(remote);
   int64_t t = unix_now(h);
@@ -73,6 +74,9 @@ int hub_registry_conn_bufs(hub *h, hub_conn_id id, const char *remote,
               hub_i64_len(t);
   hub_wr w;
 
+  if (auth != NULL) {
+    vn += sizeof(",\"user\":") - 1 + hub_json_str_len(auth->sub, auth->sub_len);
+  }
   *key = hub_buf_new(h->mem, 5 + idlen);
   *value = hub_buf_new(h->mem, vn);
   if (*key == NULL || *value == NULL) {
@@ -100,6 +104,10 @@ int hub_registry_conn_bufs(hub *h, hub_conn_id id, const char *remote,
   hub_wr_json_str(&w, remote, rlen);
   hub_wr_str(&w, ",\"connected_at\":");
   hub_wr_i64(&w, t);
+  if (auth != NULL) {
+    hub_wr_str(&w, ",\"user\":");
+    hub_wr_json_str(&w, auth->sub, auth->sub_len);
+  }
   hub_wr_str(&w, "}");
   HUB_ASSERT(w.p == w.end);
   return 0;

@@ -21,9 +21,11 @@ size_t hub_registry_heartbeat_cost(const hub *h);
 int hub_registry_heartbeat(hub *h);
 
 /* "conn:<instance>:<n>" and its JSON value (new references), or
-   HUB_ERR_NOMEM with neither. */
+   HUB_ERR_NOMEM with neither.  With |auth| the value ends with the
+   token's "user". */
 int hub_registry_conn_bufs(hub *h, hub_conn_id id, const char *remote,
-                           hub_buf **key, hub_buf **value);
+                           const hub_auth *auth, hub_buf **key,
+                           hub_buf **value);
 /* |c| opened: its REG_SET (1 reserved effect) when the registry is on. */
 void hub_registry_conn_open(hub *h, hub_conn *c);
 /* |c| is retired: its REG_DEL (1 effect, from its connection's term of

@@ -24,7 +24,7 @@ $(WSHUB): $(SERVER_OBJ) $(SHELL_LIB) $(CORE_LIB)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) -o $@ $(SERVER_OBJ) $(SHELL_LIB) $(CORE_LIB) \
-	  -lev -lwslay -lhiredis -lhttp_parser -lssl -lcrypto
+	  -lev -lwslay -lhiredis -lhttp_parser -ljwt -lssl -lcrypto
 
 BINS += $(WSHUB)
 

@@ -48,6 +48,11 @@ typedef struct srv_config {
   const char *tls_key;
   int log_level; /* srv_log_level (srv_log.h) */
   int log_json;
+  /* Authentication (srv_auth.c); NULL when not given. */
+  const char *token_secret;
+  const char *token_key;
+  const char *api_key;
+  const char *allowed_origins;
 } srv_config;
 
 /* Connection states. */
@@ -125,8 +130,9 @@ typedef struct srv {
   struct ev_loop *loop; /* its ev_userdata is this srv */
   srv_config cfg;
   hub *h;
-  sh sh;  /* every hub event goes through it */
-  bp *bp; /* NULL when embedded */
+  sh sh;                 /* every hub event goes through it */
+  bp *bp;                /* NULL when embedded */
+  struct srv_auth *auth; /* srv_auth.h; alg NONE: authentication off */
   int listen_fd;
   ev_io listen_io;
   ev_timer hub_timer; /* armed by the shell (set_timer) */

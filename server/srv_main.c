@@ -11,6 +11,7 @@
  * written before the next event.
  */
 #include "srv.h"
+#include "srv_auth.h"
 #include "bp_redis.h"
 #include "srv_log.h"
 #include "srv_proc.h"
@@ -59,6 +60,21 @@ static void srv_hub_timer_cb(struct ev_loop *loop, ev_timer *w, int revents) {
   (void)w;
   (void)revents;
   sh_expiry(&s->sh, srv_now());
+}
+
+/* The shell's verify hook: a refresh token, checked like the upgrade's. */
+static int srv_verify(void *user, void *conn_user, hub_conn_id id,
+                      const char *token, size_t len, const hub_auth **auth,
+                      const char **err) {
+  srv *s = user;
+  (void)conn_user;
+  (void)id;
+  if (s->auth->alg == SRV_ALG_NONE || strlen(token) != len) {
+    *err = "malformed token";
+    return -1;
+  }
+  *auth = srv_auth_verify(s->auth, token, srv_now(), err);
+  return *auth != NULL ? 0 : -1;
 }
 
 /* The shell's error hook: a hub call the server got wrong. */
@@ -344,8 +360,9 @@ static const char srv_usage[] =
   "line wins.\n\n"
   "  --listen HOST:PORT        where HTTP and WebSocket are served "
   "(127.0.0.1:8080)\n"
-  "  --redis URL               redis://host:port[/db]; absent = embedded "
-  "backplane\n"
+  "  --redis URL               redis://[user:password@]host:port[/db] or "
+  "unix:///path.sock;\n"
+  "                            absent = embedded backplane\n"
   "  --redis-prefix P          prefix of every Redis key and channel (ws:)\n"
   "  --instance-id ID          unique id of this instance "
   "(hostname-pid-random);\n"
@@ -386,6 +403,14 @@ static const char srv_usage[] =
   "  --log-format F            text or json, one line per event on stderr "
   "(text)\n"
   "  --version                 print the version and exit\n"
+  "  --token-secret S          HS256 secret: WebSocket clients need a JWT "
+  "(auth on)\n"
+  "  --token-key FILE          PEM public key, RSA (RS256) or EC P-256 "
+  "(ES256): auth on\n"
+  "  --api-key K               POST /publish and GET /history need "
+  "Authorization: Bearer K\n"
+  "  --allowed-origins LIST    comma-separated origins allowed to upgrade "
+  "(any)\n"
   "  --help                    this text\n"
   "Durations take seconds (\"1.5\") or a unit (\"250ms\", \"2s\", "
   "\"1m\", \"1h\").\n"
@@ -419,6 +444,10 @@ enum {
   O_LOG_LEVEL,
   O_LOG_FORMAT,
   O_VERSION,
+  O_TOKEN_SECRET,
+  O_TOKEN_KEY,
+  O_API_KEY,
+  O_ORIGINS,
   O_HELP
 };
 
@@ -444,6 +473,10 @@ static const struct option srv_longopts[] = {
   {"log-level", required_argument, NULL, O_LOG_LEVEL},
   {"log-format", required_argument, NULL, O_LOG_FORMAT},
   {"version", no_argument, NULL, O_VERSION},
+  {"token-secret", required_argument, NULL, O_TOKEN_SECRET},
+  {"token-key", required_argument, NULL, O_TOKEN_KEY},
+  {"api-key", required_argument, NULL, O_API_KEY},
+  {"allowed-origins", required_argument, NULL, O_ORIGINS},
   {"help", no_argument, NULL, O_HELP},
   {NULL, 0, NULL, 0}};
 
@@ -533,6 +566,18 @@ static int srv_set_option(srv_config *cfg, int opt, const char *val,
       goto bad;
     }
     srv_log_setup((srv_log_level)cfg->log_level, cfg->log_json);
+    return 0;
+  case O_TOKEN_SECRET:
+    cfg->token_secret = val;
+    return 0;
+  case O_TOKEN_KEY:
+    cfg->token_key = val;
+    return 0;
+  case O_API_KEY:
+    cfg->api_key = val;
+    return 0;
+  case O_ORIGINS:
+    cfg->allowed_origins = val;
     return 0;
   case O_SHUTDOWN:
     dur = &cfg->shutdown_timeout_ns;
@@ -858,7 +903,9 @@ int main(int argc, char **argv) {
   /* Static storage: the state holds the 64 KiB read buffer and outlives
      every callback; it is reached only through the pointer below. */
   static srv state;
+  static srv_auth auth;
   srv *s = &state;
+  char err[256];
   hub_config hc;
   sh_transport t;
   uint64_t nofile;
@@ -901,7 +948,6 @@ int main(int argc, char **argv) {
     return 2;
   }
   if (s->cfg.tls_cert != NULL) {
-    char err[512];
     s->tls_ctx =
       srv_tls_load(s->cfg.tls_cert, s->cfg.tls_key, err, sizeof(err));
     if (s->tls_ctx == NULL) {
@@ -910,6 +956,15 @@ int main(int argc, char **argv) {
       return 1;
     }
   }
+  if (srv_auth_init(&auth, s->cfg.token_secret, s->cfg.token_key,
+                    s->cfg.api_key, s->cfg.allowed_origins, err,
+                    sizeof(err)) != 0) {
+    srv_log(SRV_LOG_ERROR, "bad authentication settings", "reason", err,
+            (const char *)NULL);
+    return 2;
+  }
+  s->auth = &auth;
+  s->cfg.hub.auth = auth.alg != SRV_ALG_NONE;
   nofile = srv_raise_nofile();
   s->max_conns = s->cfg.max_connections;
   if (s->max_conns == 0) {
@@ -976,6 +1031,7 @@ int main(int argc, char **argv) {
   srv_transport(s, &t);
   t.set_timer = srv_set_timer;
   t.bp_reset = srv_bp_reset;
+  t.verify = srv_verify;
   t.error = srv_sh_error;
   sh_init(&s->sh, s->h, s->bp, &hc, &t);
 
@@ -1009,6 +1065,7 @@ int main(int argc, char **argv) {
   }
   hub_del(s->h);
   srv_conn_fini(s);
+  srv_auth_fini(&auth);
   srv_tls_ctx_free(s->tls_ctx);
   srv_log(s->exit_code != 0 ? SRV_LOG_ERROR : SRV_LOG_INFO, "bye",
           (const char *)NULL);

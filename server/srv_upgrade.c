@@ -6,6 +6,7 @@
  * connection speaks HTTP; an upgraded connection frees it.
  */
 #include "srv.h"
+#include "srv_auth.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,14 +19,62 @@
 #define SRV_HDR_MAX 8192           /* request line and headers */
 #define SRV_BODY_MIN (1 << 20) /* POST bodies up to max(this, max-message) */
 
-enum { H_OTHER = 0, H_UPGRADE, H_CONNECTION, H_KEY, H_VERSION };
+/* A string that grows as a header arrives: the request line and the
+   Authorization header may carry a token of kilobytes, which most
+   requests do not, and hundreds of handshakes may be in progress. */
+typedef struct srv_str {
+  char *p;
+  size_t len;
+  size_t cap;
+} srv_str;
+
+/* Appends; returns 0, -1 past |max| bytes, -2 out of memory. */
+static int srv_str_append(srv_str *s, size_t max, const char *at, size_t n) {
+  if (s->len + n >= max) {
+    return -1;
+  }
+  if (s->len + n + 1 > s->cap) {
+    size_t cap = s->cap ? s->cap : 64;
+    char *p;
+    while (cap < s->len + n + 1) {
+      cap *= 2;
+    }
+    p = realloc(s->p, cap);
+    if (p == NULL) {
+      return -2;
+    }
+    s->p = p;
+    s->cap = cap;
+  }
+  memcpy(s->p + s->len, at, n);
+  s->len += n;
+  s->p[s->len] = '\0';
+  return 0;
+}
+
+static const char *srv_str_c(const srv_str *s) {
+  return s->len > 0 ? s->p : "";
+}
+
+static void srv_str_clear(srv_str *s) {
+  s->len = 0;
+}
+
+enum {
+  H_OTHER = 0,
+  H_UPGRADE,
+  H_CONNECTION,
+  H_KEY,
+  H_VERSION,
+  H_AUTHZ,
+  H_ORIGIN
+};
 
 struct srv_http {
   http_parser p;
   srv *s; /* the server, for the parser's callbacks */
   char remote[64];
-  char url[512];
-  size_t url_len;
+  srv_str url; /* a token may ride in the query */
   char field[32];
   size_t field_len;
   int last_was_value;
@@ -38,6 +87,10 @@ struct srv_http {
   size_t connection_len;
   char version[8];
   size_t version_len;
+  srv_str authz; /* Authorization (a bearer token) */
+  char origin[256];
+  size_t origin_len;
+  int has_origin;
   size_t hdr_bytes;
   uint8_t *body;
   size_t body_len;
@@ -103,10 +156,15 @@ static int srv_count_hdr(srv_http *h, size_t n) {
 
 static int srv_on_message_begin(http_parser *p) {
   srv_http *h = srv_h(p);
-  h->url_len = h->field_len = h->key_len = h->upgrade_len = 0;
+  h->field_len = h->key_len = h->upgrade_len = 0;
+  srv_str_clear(&h->url);
+  srv_str_clear(&h->authz);
   h->connection_len = h->version_len = h->hdr_bytes = h->body_len = 0;
-  h->url[0] = h->key[0] = h->upgrade[0] = h->connection[0] = '\0';
+  h->key[0] = h->upgrade[0] = h->connection[0] = '\0';
   h->version[0] = '\0';
+  h->origin_len = 0;
+  h->origin[0] = '\0';
+  h->has_origin = 0;
   h->last_was_value = 0;
   h->hdr = H_OTHER;
   h->error_status = 0;
@@ -118,8 +176,14 @@ static int srv_on_url(http_parser *p, const char *at, size_t n) {
   if (srv_count_hdr(h, n) != 0) {
     return -1;
   }
-  if (srv_append(h->url, &h->url_len, sizeof(h->url), at, n) != 0) {
+  switch (srv_str_append(&h->url, SRV_HDR_MAX, at, n)) {
+  case 0:
+    break;
+  case -1:
     h->error_status = 414;
+    return -1;
+  default:
+    h->error_status = 500;
     return -1;
   }
   return 0;
@@ -163,6 +227,11 @@ static int srv_on_header_value(http_parser *p, const char *at, size_t n) {
       h->hdr = H_KEY;
     } else if (strcmp(h->field, "sec-websocket-version") == 0) {
       h->hdr = H_VERSION;
+    } else if (strcmp(h->field, "authorization") == 0) {
+      h->hdr = H_AUTHZ;
+    } else if (strcmp(h->field, "origin") == 0) {
+      h->hdr = H_ORIGIN;
+      h->has_origin = 1;
     } else {
       h->hdr = H_OTHER;
     }
@@ -180,6 +249,19 @@ static int srv_on_header_value(http_parser *p, const char *at, size_t n) {
     break;
   case H_VERSION:
     (void)srv_append(h->version, &h->version_len, sizeof(h->version), at, n);
+    break;
+  case H_AUTHZ:
+    if (srv_str_append(&h->authz, SRV_HDR_MAX, at, n) == -2) {
+      h->error_status = 500;
+      return -1;
+    }
+    break;
+  case H_ORIGIN:
+    /* One too long for the buffer is on no list: it is refused. */
+    if (srv_append(h->origin, &h->origin_len, sizeof(h->origin), at, n) != 0) {
+      h->origin_len = 0;
+      strcpy(h->origin, "?");
+    }
     break;
   default:
     break;
@@ -245,6 +327,8 @@ int srv_http_new(srv *s, srv_conn *c) {
 
 void srv_http_free(srv_conn *c) {
   if (c->http != NULL) {
+    free(c->http->url.p);
+    free(c->http->authz.p);
     free(c->http->body);
     free(c->http);
     c->http = NULL;
@@ -263,6 +347,10 @@ static const char *srv_status_text(int status) {
     return "OK";
   case 400:
     return "Bad Request";
+  case 401:
+    return "Unauthorized";
+  case 403:
+    return "Forbidden";
   case 404:
     return "Not Found";
   case 405:
@@ -344,11 +432,12 @@ static int srv_token_in(const char *list, const char *tok) {
 }
 
 static void srv_path(const srv_http *h, char *path, size_t cap) {
-  size_t n = strcspn(h->url, "?#");
+  const char *url = srv_str_c(&h->url);
+  size_t n = strcspn(url, "?#");
   if (n >= cap) {
     n = cap - 1;
   }
-  memcpy(path, h->url, n);
+  memcpy(path, url, n);
   path[n] = '\0';
 }
 
@@ -364,6 +453,7 @@ static void srv_upgrade(srv *s, srv_conn *c, const uint8_t *rest,
   unsigned int mdlen = 0;
   char accept[64];
   char resp[256];
+  const hub_auth *auth = NULL;
   int n;
   int v;
 
@@ -397,6 +487,23 @@ static void srv_upgrade(srv *s, srv_conn *c, const uint8_t *rest,
     srv_respond_json_error(s, c, 503, "shutting down", 1);
     return;
   }
+  if (!srv_auth_origin_ok(s->auth, h->has_origin ? h->origin : NULL)) {
+    s->upgrades_rejected++;
+    srv_respond_json_error(s, c, 403, "origin not allowed", 1);
+    return;
+  }
+  if (s->auth->alg != SRV_ALG_NONE) {
+    /* Verified before anything is queued: a refusal is a plain 401. */
+    static char tok[SRV_HDR_MAX];
+    const char *why = "missing token";
+    if (srv_auth_token(srv_str_c(&h->url), h->authz.len > 0 ? h->authz.p : NULL,
+                       tok, sizeof(tok)) != 0 ||
+        (auth = srv_auth_verify(s->auth, tok, srv_now(), &why)) == NULL) {
+      s->upgrades_rejected++;
+      srv_respond_json_error(s, c, 401, why, 1);
+      return;
+    }
+  }
   if (s->conns_ws >= s->max_conns) {
     s->upgrades_rejected++;
     srv_respond_json_error(s, c, 503, "too many connections", 1);
@@ -426,7 +533,18 @@ static void srv_upgrade(srv *s, srv_conn *c, const uint8_t *rest,
   }
   c->state = SRV_WS;
   s->conns_ws++;
-  v = sh_conn_open(&s->sh, &c->id, h->remote, c, srv_now());
+  v = auth != NULL
+        ? sh_conn_open_auth(&s->sh, &c->id, h->remote, auth, c, srv_now())
+        : sh_conn_open(&s->sh, &c->id, h->remote, c, srv_now());
+  if (v == SH_BAD_REQUEST) {
+    c->id = 0;
+    s->conns_ws--;
+    c->state = SRV_HTTP;
+    srv_conn_unqueue(s, c);
+    s->upgrades_rejected++;
+    srv_respond_json_error(s, c, 401, "invalid claims", 1);
+    return;
+  }
   if (v != SH_OK) {
     /* Shutting down, or no memory for it (the shell's policy): 503. */
     c->id = 0;
@@ -455,6 +573,16 @@ static void srv_handle_request(srv *s, srv_conn *c) {
 
   s->http_requests++;
   srv_path(h, path, sizeof(path));
+  if (strcmp(path, "/publish") == 0 || strcmp(path, "/history") == 0) {
+    int st = srv_auth_api(s->auth, h->authz.len > 0 ? h->authz.p : NULL);
+    if (st != 0) {
+      h->body_len = 0;
+      srv_respond_json_error(
+        s, c, st, st == 403 ? "the HTTP API needs --api-key" : "unauthorized",
+        close);
+      return;
+    }
+  }
   if (strcmp(path, "/publish") == 0) {
     const char *err = NULL;
     int v;

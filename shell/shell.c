@@ -132,8 +132,27 @@ static void sh_arm_timer(sh *s) {
   }
 }
 
+/* The answer to a VERIFY.  NOMEM: close that connection 1011, as for a
+   message (the refresh cannot be served). */
+static void sh_verified(sh *s, hub_conn_id id, void *conn_user,
+                        const hub_auth *auth, const char *err, hub_tstamp now) {
+  int rc = hub_on_conn_verified(s->h, id, auth, err, now);
+  if (rc == HUB_ERR_NOMEM) {
+    hub_conn_id closed = sh_close_internal(s, conn_user, id);
+    if (closed != 0) {
+      (void)hub_on_conn_closed(s->h, closed, now);
+    }
+  } else if (rc != 0 && rc != HUB_ERR_UNKNOWN_CONN) {
+    sh_error(s, "hub_on_conn_verified", rc);
+  }
+}
+
 void sh_drain(sh *s, hub_tstamp now) {
   const hub_effect *e;
+  hub_conn_id vid = 0;
+  void *vuser = NULL;
+  const hub_auth *vauth = NULL;
+  const char *verr = NULL;
   for (;;) {
     while ((e = hub_effect_peek(s->h)) != NULL) {
       hub_conn_id closed = 0;
@@ -150,6 +169,20 @@ void sh_drain(sh *s, hub_tstamp now) {
         closed = sh_close(s, e->conn_user, e->conn, e->close_code, e->reason,
                           e->close_kind);
         break;
+      case HUB_EFF_VERIFY:
+        /* Verified now, answered after the pop (the answer is an event
+           and |e| is one of the effects it may discard). */
+        vid = e->conn;
+        vuser = e->conn_user;
+        vauth = NULL;
+        verr = "token verification unavailable";
+        if (s->t.verify != NULL &&
+            s->t.verify(s->t.user, e->conn_user, e->conn,
+                        (const char *)e->buf->data, e->buf->len, &vauth,
+                        &verr) != 0) {
+          vauth = NULL;
+        }
+        break;
       default:
         sh_apply_bp(s, e);
         break;
@@ -159,6 +192,10 @@ void sh_drain(sh *s, hub_tstamp now) {
         /* Only now: the report discards the connection's queued
            effects, and |e| was one of them. */
         (void)hub_on_conn_closed(s->h, closed, now);
+      }
+      if (vid != 0) {
+        sh_verified(s, vid, vuser, vauth, verr, now);
+        vid = 0;
       }
     }
     if (s->t.drained != NULL) {
@@ -190,6 +227,22 @@ int sh_conn_open(sh *s, hub_conn_id *id, const char *remote_addr,
     if (rc != HUB_ERR_NOMEM) {
       sh_error(s, "hub_on_conn_open", rc);
     }
+    s->st.refused++;
+    v = SH_UNAVAILABLE;
+  }
+  sh_drain(s, now);
+  return v;
+}
+
+int sh_conn_open_auth(sh *s, hub_conn_id *id, const char *remote_addr,
+                      const hub_auth *auth, void *conn_user, hub_tstamp now) {
+  int rc = hub_on_conn_open_auth(s->h, id, remote_addr, auth, conn_user, now);
+  int v = SH_OK;
+  if (rc == HUB_ERR_SHUT_DOWN) {
+    v = SH_SHUT_DOWN;
+  } else if (rc == HUB_ERR_INVALID_ARGUMENT) {
+    v = SH_BAD_REQUEST;
+  } else if (rc != 0) {
     s->st.refused++;
     v = SH_UNAVAILABLE;
   }

@@ -101,6 +101,13 @@ typedef struct sh_transport {
   /* Optional (may be NULL).  The effect queue is empty: release what
      was kept for the drain (the server's current batch). */
   void (*drained)(void *user);
+  /* Authentication: verify refresh token |token| (|len| bytes, NUL-
+     terminated; untrusted) for connection |id|.  Returns 0 and sets
+     *auth to its claims (valid until the next call), or -1 and sets
+     *err to a static reason.  The shell answers the hub
+     (hub_on_conn_verified).  May be NULL when config.auth is off. */
+  int (*verify)(void *user, void *conn_user, hub_conn_id id, const char *token,
+                size_t len, const hub_auth **auth, const char **err);
   /* Optional.  A hub call failed in a way that is the driver's bug, not a
      policy case (HUB_ERR_UNKNOWN_CONN, HUB_ERR_INVALID_ARGUMENT): for a
      log line.  |what| is the hub function's name. */
@@ -172,6 +179,11 @@ enum {
    connection's own id field as |id|). */
 int sh_conn_open(sh *s, hub_conn_id *id, const char *remote_addr,
                  void *conn_user, hub_tstamp now);
+/* sh_conn_open with the claims of a verified token (|auth| borrowed for
+   the call).  Also returns SH_BAD_REQUEST: the claims break a HUB_AUTH_*
+   limit (the server answers 401). */
+int sh_conn_open_auth(sh *s, hub_conn_id *id, const char *remote_addr,
+                      const hub_auth *auth, void *conn_user, hub_tstamp now);
 void sh_conn_msg(sh *s, hub_conn_id id, void *conn_user, int binary,
                  const uint8_t *data, size_t len, hub_tstamp now);
 void sh_conn_pong(sh *s, hub_conn_id id, hub_tstamp now);
@@ -203,6 +215,31 @@ void sh_shutdown(sh *s, hub_tstamp now);
  */
 int sh_conn_ping_in(sh *s, hub_conn_id id, void *conn_user, const sh_oq *q,
                     size_t frames, hub_tstamp now);
+
+/*
+ * Claims: the payload JSON of a verified token (the server's, after
+ * libjwt checked its signature; the simulator's, which has none) read
+ * into the hub_auth the core takes.  sub is required (a string of 1 to
+ * 128 bytes); subscribe and publish, when present, are arrays of
+ * strings; exp and nbf are NumericDates (a fraction is truncated).
+ * Other claims are ignored.  The driver converts exp into
+ * auth.expires on the core's clock (it stays HUB_TSTAMP_NONE here).
+ */
+typedef struct sh_claims {
+  hub_auth auth; /* points into this struct */
+  int has_exp, has_nbf;
+  int64_t exp, nbf; /* Unix seconds */
+  char sub[HUB_AUTH_SUB_MAX + 1];
+  const char *subscribe[HUB_AUTH_GLOBS_MAX];
+  const char *publish[HUB_AUTH_GLOBS_MAX];
+  size_t used;
+  char bytes[8192]; /* the globs, NUL-terminated */
+} sh_claims;
+
+/* Reads |json| (|len| bytes, borrowed) into |c|.  Returns 0, or -1 with
+ *err a static reason (for a 401 or an error reply). */
+int sh_claims_parse(sh_claims *c, const char *json, size_t len,
+                    const char **err);
 
 /* Encodes a close frame into |f| (SH_CLOSE_FRAME_MAX bytes); code 0
    gives an empty close frame.  Returns its length. */

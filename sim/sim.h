@@ -173,6 +173,7 @@ typedef struct sim_client {
   sim_cstate *ch;
   size_t nch;
   uint64_t types[8]; /* replies by type, see sim_reply_type */
+  uint32_t auth_tok; /* `claims ...`: its token (sim_auth.c), 0: none */
   sim_recv *log;
   size_t nlog, caplog;
   sim_seqmap seqs;
@@ -184,6 +185,7 @@ enum sim_reply_type {
   SIM_R_UNSUBSCRIBED,
   SIM_R_PUBLISHED,
   SIM_R_ERROR,
+  SIM_R_REFRESHED,
   SIM_R_OTHER,
   SIM_R_MAX
 };
@@ -215,7 +217,31 @@ struct sim_world {
   /* Set by the statement runner for SIM_EV_STMT. */
   void (*stmt_cb)(sim_world *w, void *stmt);
   void *stmt_arg;
+  /* The tokens of `claims` and `refresh` statements (sim_auth.c). */
+  struct sim_auth_tok *toks;
+  size_t ntoks, captoks;
+  sh_claims claims; /* the last verified token's claims (sim_auth_verify) */
 };
+
+/* sim_auth.c: the simulator's stand-in for token verification.  A token
+   is "sim:<n>", naming claims JSON a statement gave (and how long after
+   its verification it expires); "verifying" it reads those claims as
+   the server reads a verified token's (sh_claims_parse). */
+typedef struct sim_auth_tok {
+  char *claims;
+  int has_exp;
+  uint64_t expires_in_ns;
+} sim_auth_tok;
+/* Registers a token; returns its number (>= 1). */
+uint32_t sim_auth_token(sim_world *w, const char *claims, int has_exp,
+                        uint64_t expires_in_ns);
+/* Token |tok| (0: none, as for a client without claims) verified now:
+   its claims, valid until the next call, or NULL with *err the reason
+   the server would give. */
+const hub_auth *sim_auth_verify(sim_world *w, uint32_t tok, const char **err);
+/* The number in a "sim:<n>" token, 0 for anything else. */
+uint32_t sim_auth_token_num(const char *s, size_t len);
+void sim_auth_fini(sim_world *w);
 
 /* sim_world.c */
 int sim_world_init(sim_world *w, uint64_t seed);

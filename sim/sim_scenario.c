@@ -132,6 +132,37 @@ static char *rest(char **p) {
   return s;
 }
 
+/* Cuts a JSON object off *p: from its '{' to the matching '}' (braces
+   inside strings do not count); NULL if there is none. */
+static char *json_arg(char **p) {
+  char *s = skip_ws(*p), *e;
+  int depth = 0, in_str = 0;
+  if (*s != '{') {
+    return NULL;
+  }
+  for (e = s; *e; e++) {
+    if (in_str) {
+      if (*e == '\\' && e[1] != '\0') {
+        e++;
+      } else if (*e == '"') {
+        in_str = 0;
+      }
+    } else if (*e == '"') {
+      in_str = 1;
+    } else if (*e == '{') {
+      depth++;
+    } else if (*e == '}' && --depth == 0) {
+      e++;
+      if (*e) {
+        *e++ = '\0';
+      }
+      *p = e;
+      return s;
+    }
+  }
+  return NULL;
+}
+
 static int parse_u64(const char *s, uint64_t *out) {
   return hub_parse_u64(s, out) == 0 ? 0 : -1;
 }
@@ -228,9 +259,44 @@ static int set_config(runner *rn, const char *name, const char *val) {
   return 0;
 }
 
+/* `claims {...} [expires-in D]` after a client or refresh: the token's
+   number, 0 on a bad statement (failed). */
+static uint32_t claims_arg(runner *rn, char **p) {
+  char *json = json_arg(p), *opt;
+  uint64_t d = 0;
+  int has_exp = 0;
+  if (json == NULL) {
+    fail(rn, "claims need a JSON object");
+    return 0;
+  }
+  opt = skip_ws(*p);
+  if (strncmp(opt, "expires-in", 10) == 0 &&
+      (opt[10] == ' ' || opt[10] == '\t')) {
+    (void)tok(p);
+    if (parse_dur(tok(p), &d) != 0) {
+      fail(rn, "expires-in needs a duration");
+      return 0;
+    }
+    has_exp = 1;
+  }
+  return sim_auth_token(&rn->w, json, has_exp, d);
+}
+
 static int client_cmd(runner *rn, sim_client *c, const char *verb, char *args) {
   char buf[512];
   char *p = args;
+  if (strcmp(verb, "refresh") == 0) {
+    uint32_t t = claims_arg(rn, &p);
+    int n;
+    if (t == 0) {
+      return -1;
+    }
+    n = snprintf(buf, sizeof(buf),
+                 "{\"type\":\"refresh\",\"token\":\"sim:%u\",\"id\":%u}",
+                 (unsigned)t, (unsigned)t);
+    sim_client_send(&rn->w, c, buf, (size_t)n, 0);
+    return 0;
+  }
   if (strcmp(verb, "subscribe") == 0 || strcmp(verb, "unsubscribe") == 0) {
     char *ch = tok(&p);
     int n;
@@ -408,12 +474,12 @@ static int parse_cond(runner *rn, char *p, cond *cd) {
   }
   if (strcmp(b, "received-reply") == 0 ||
       strcmp(b, "received-reply-count") == 0) {
-    static const char *types[] = {"message", "subscribed", "unsubscribed",
-                                  "published", "error"};
+    static const char *types[] = {"message",   "subscribed", "unsubscribed",
+                                  "published", "error",      "refreshed"};
     char *t = tok(&p);
     int i;
     cd->rtype = -1;
-    for (i = 0; t && i < 5; i++) {
+    for (i = 0; t && i < 6; i++) {
       if (strcmp(t, types[i]) == 0) {
         cd->rtype = i;
       }
@@ -638,8 +704,8 @@ static int exec_stmt(runner *rn, const char *text) {
   if (strcmp(a, "client") == 0) {
     char *name = tok(&p), *on = tok(&p), *i = tok(&p), *opt;
     sim_inst *in;
-    uint32_t rate = SIM_FAST;
-    int no_pong = 0;
+    uint32_t rate = SIM_FAST, auth_tok = 0;
+    int no_pong = 0, idx;
     if (name == NULL || on == NULL || strcmp(on, "on") != 0) {
       rv = fail(rn, "client needs NAME on I");
       goto out;
@@ -658,13 +724,23 @@ static int exec_stmt(runner *rn, const char *text) {
         rate = (uint32_t)r;
       } else if (strcmp(opt, "no-pong") == 0) {
         no_pong = 1;
+      } else if (strcmp(opt, "claims") == 0) {
+        auth_tok = claims_arg(rn, &p);
+        if (auth_tok == 0) {
+          rv = -1;
+          goto out;
+        }
       } else {
         rv = fail(rn, "unknown client option %s", opt);
         goto out;
       }
     }
-    if (sim_client_new(&rn->w, name, in->idx, rate, no_pong) < 0) {
+    idx = sim_client_new(&rn->w, name, in->idx, rate, no_pong);
+    if (idx < 0) {
       rv = fail(rn, "bad client %s", name);
+    } else {
+      /* Read when the connection opens, after this statement. */
+      rn->w.clients[idx].auth_tok = auth_tok;
     }
     goto out;
   }

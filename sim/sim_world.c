@@ -512,6 +512,18 @@ static void tr_bp_reset(void *user) {
   sim_bp_reconnect(in->bp);
 }
 
+/* The shell's verify hook: a refresh token.  The simulator checks no
+   signatures; its tokens name claims the scenario gave (sim_auth.c). */
+static int tr_verify(void *user, void *conn_user, hub_conn_id id,
+                     const char *token, size_t len, const hub_auth **auth,
+                     const char **err) {
+  sim_inst *in = user;
+  (void)conn_user;
+  (void)id;
+  *auth = sim_auth_verify(in->w, sim_auth_token_num(token, len), err);
+  return *auth != NULL ? 0 : -1;
+}
+
 /* A hub call the shell made failed in a way that is the driver's bug. */
 static void tr_error(void *user, const char *what, int err) {
   sim_inst *in = user;
@@ -857,6 +869,7 @@ int sim_inst_start(sim_world *w, sim_inst *in) {
     t.write = tr_write;
     t.set_timer = tr_set_timer;
     t.bp_reset = tr_bp_reset;
+    t.verify = tr_verify;
     t.error = tr_error;
     sh_init(&in->sh, in->h, in->tap, &hc, &t);
   }
@@ -1138,11 +1151,11 @@ void sim_redis_publish_text(sim_world *w, const char *chan, size_t chan_len,
 }
 
 static int reply_type(const char *t, size_t n) {
-  static const char *names[] = {"\"message\"", "\"subscribed\"",
+  static const char *names[] = {"\"message\"",      "\"subscribed\"",
                                 "\"unsubscribed\"", "\"published\"",
-                                "\"error\""};
+                                "\"error\"",        "\"refreshed\""};
   int i;
-  for (i = 0; i < 5; i++) {
+  for (i = 0; i < 6; i++) {
     if (strlen(names[i]) == n && memcmp(names[i], t, n) == 0) {
       return i;
     }
@@ -1265,8 +1278,18 @@ static void ev_conn_open(sim_world *w, sim_client *c) {
   k->sends = 0;
   k->id = 0;
   in->open_conns++;
-  rv = sh_conn_open(&inst_enter(in, "hub_on_conn_open")->sh, &k->id, addr, k,
-                    w->loop.now);
+  if (w->cfg.hub.auth) {
+    /* The server verifies the token on the upgrade: a client without a
+       good one is answered 401 and never reaches the hub. */
+    const char *err;
+    const hub_auth *a = sim_auth_verify(w, c->auth_tok, &err);
+    rv = a != NULL ? sh_conn_open_auth(&inst_enter(in, "hub_on_conn_open")->sh,
+                                       &k->id, addr, a, k, w->loop.now)
+                   : SH_BAD_REQUEST;
+  } else {
+    rv = sh_conn_open(&inst_enter(in, "hub_on_conn_open")->sh, &k->id, addr, k,
+                      w->loop.now);
+  }
   if (rv != SH_OK) {
     /* Policy: refused; the client sees its connection closed without a
        code. */
@@ -1582,6 +1605,7 @@ void sim_world_fini(sim_world *w) {
   }
   /* Frames still in flight point at their instance's allocator. */
   sim_loop_fini(&w->loop, ev_drop);
+  sim_auth_fini(w);
   for (i = 0; i < w->ninsts; i++) {
     free(w->insts[i].alloc);
   }

@@ -28,6 +28,7 @@ ACKs (40 ms each) and even a client that reads at once looks slow.
 import asyncio
 import base64
 import json
+import math
 import os
 import re
 import signal
@@ -108,7 +109,7 @@ class WsClient:
     as bytes arrive (acknowledging at once, TCP_QUICKACK), the way the
     simulator's clients read at once."""
 
-    def __init__(self, name, port, no_pong, rate=None):
+    def __init__(self, name, port, no_pong, rate=None, path="/ws"):
         self.name = name
         self.no_pong = no_pong
         self.rate = rate  # frames per second, None: at once
@@ -126,7 +127,8 @@ class WsClient:
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         key = base64.b64encode(os.urandom(16))
         self.sock.sendall(
-            b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            b"GET " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Upgrade: websocket\r\n"
             b"Connection: Upgrade\r\nSec-WebSocket-Key: " + key +
             b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
         self.buf = b""
@@ -235,6 +237,58 @@ class WsClient:
         # the instance's eviction counters for the code.
         return self.closed and (code is None or self.close_code in
                                 (code, None))
+
+
+def upgrade_status(port):
+    """The status line's code of a token-less upgrade."""
+    with socket.create_connection(("127.0.0.1", port), 5) as s:
+        s.sendall(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                  b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                  b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                  b"Sec-WebSocket-Version: 13\r\n\r\n")
+        return int(s.recv(4096).split(b" ")[1])
+
+
+class RefusedClient:
+    """A client whose upgrade was answered 401 (authentication on, no
+    token): as in the simulator, it is closed without a code."""
+
+    def __init__(self, name, status):
+        assert status == 401, status
+        self.name = name
+        self.messages = []
+        self.replies = []
+        self.closed = True
+        self.close_code = None
+
+    def is_closed(self):
+        return True
+
+    def closed_with(self, code):
+        return code is None
+
+    def send_json(self, obj):
+        pass
+
+    def close(self):
+        pass
+
+
+# `config auth on`: the instances get this HS256 secret, and `claims` /
+# `refresh` statements become tokens signed with it (exp = now + the
+# statement's expires-in, rounded up to a whole second).
+AUTH_SECRET = "scenario-player-secret"
+
+
+def mint_token(text):
+    import jwt
+    m = re.match(r"\s*(\{.*\})\s*(?:expires-in\s+(\S+))?\s*$", text)
+    if m is None:
+        raise ScenarioError("claims need a JSON object: %r" % text)
+    claims = json.loads(m.group(1))
+    if m.group(2):
+        claims["exp"] = math.ceil(time.time() + parse_duration(m.group(2)))
+    return jwt.encode(claims, AUTH_SECRET, algorithm="HS256")
 
 
 class MuteClient:
@@ -559,6 +613,11 @@ class Player:
         if head == "config":
             if self.started:
                 self.fail("config after the instances started")
+            if tok[1] == "auth":
+                self.auth = tok[2] == "on"
+                if self.auth:
+                    self.config += ["--token-secret", AUTH_SECRET]
+                return
             self.config += ["--" + tok[1], tok[2]]
             return
         await self._ensure_started()
@@ -568,7 +627,7 @@ class Player:
                 self.run_elapsed += d
             await asyncio.sleep(d)
         elif head == "client":
-            await self._client(tok)
+            await self._client(tok, line)
         elif head == "repeat":
             n = int(tok[1])
             rest = line.split(None, 2)[2]
@@ -620,10 +679,23 @@ class Player:
         else:
             self.fail("unknown statement %r" % line)
 
-    async def _client(self, tok):
+    async def _client(self, tok, line=""):
         name, k = tok[1], int(tok[3])
         opts = tok[4:]
         w = self.instances[k]
+        if getattr(self, "auth", False):
+            loop = asyncio.get_running_loop()
+            if " claims " not in line:
+                status = await loop.run_in_executor(None, upgrade_status,
+                                                    w.port)
+                self.clients[name] = RefusedClient(name, status)
+                return
+            path = "/ws?token=" + mint_token(line.split(" claims ", 1)[1])
+            c = await loop.run_in_executor(None, lambda: WsClient(
+                name, w.port, "no-pong" in opts, None, path))
+            c.instance = k
+            self.clients[name] = c
+            return
         if "read-rate" in opts:
             rate = float(opts[opts.index("read-rate") + 1])
             loop = asyncio.get_running_loop()
@@ -662,6 +734,10 @@ class Player:
             c.send_frame(1, head + b"x" * (n - len(head) - 2) + b'"}')
         elif verb == "disconnect":
             c.close()
+        elif verb == "refresh":
+            self.refreshes = getattr(self, "refreshes", 0) + 1
+            c.send_json({"type": "refresh", "id": self.refreshes,
+                         "token": mint_token(line.split(None, 2)[2])})
         else:
             self.fail("unknown client action %r" % verb)
 

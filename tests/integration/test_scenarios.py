@@ -14,7 +14,8 @@ from scenario_player import Player, ScenarioError
 SCENARIOS = ["lazy_subscribe", "cross_instance_fanout",
              "slow_client_eviction", "graceful_shutdown",
              "protocol_errors", "redis_direct_publish", "redis_partition",
-             "subscribe_ack_race", "unsubscribe_last"]
+             "subscribe_ack_race", "unsubscribe_last",
+             "auth_permission_denied"]
 # Not in the default run:
 # - instance_crash waits for real TTLs (30 s and 120 s): about 2.5 minutes.
 #   WSHUB_LONG_SCENARIOS=1 runs it.
@@ -23,7 +24,9 @@ SCENARIOS = ["lazy_subscribe", "cross_instance_fanout",
 #   simulator models no kernel buffer by default, a real socket always has
 #   one (hundreds of KB on loopback), so those messages never reach the
 #   hub's queue limit.  A known gap between the model and real TCP.
-LONG_SCENARIOS = ["instance_crash"]
+# - auth_token_expiry and auth_refresh wait for real token expiry (about
+#   25 s each); test_auth.py covers expiry and refresh in a few seconds.
+LONG_SCENARIOS = ["instance_crash", "auth_token_expiry", "auth_refresh"]
 
 
 def _play(name, redis_server, tmp_path):

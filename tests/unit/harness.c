@@ -356,7 +356,7 @@ void th_drain(th *t) {
     }
     r = &t->effs[t->n++];
     memset(r, 0, sizeof(*r));
-    assert_true(e->type > HUB_EFF_NONE && e->type <= HUB_EFF_REG_DEL);
+    assert_true(e->type > HUB_EFF_NONE && e->type <= HUB_EFF_VERIFY);
     r->type = e->type;
     r->conn = e->conn;
     r->conn_user = e->conn_user;
@@ -382,6 +382,11 @@ void th_drain(th *t) {
       assert_true(e->close_kind < HUB_CLOSE_KIND_MAX);
       r->reason = strdup(e->reason ? e->reason : "");
       assert_non_null(r->reason);
+      break;
+    case HUB_EFF_VERIFY:
+      assert_non_null(e->buf);
+      r->data = dup_bytes(e->buf->data, e->buf->len);
+      r->data_len = e->buf->len;
       break;
     case HUB_EFF_BP_PUBLISH:
     case HUB_EFF_REG_SET:
