@@ -33,8 +33,8 @@ $(MUTANT_DIR)/obj/core/%.o: $(MUTANT_DIR)/src/core/%.c
 $(MUTANT_DIR)/libhubcore.a: $(MUTANT_CORE_OBJ)
 	$(Q)rm -f $@ && ar rcs $@ $^
 
-$(MUTANT_DIR)/wshub-sim: $(SIM_OBJ) $(MUTANT_DIR)/libhubcore.a
-	$(Q)$(CC) $(LDFLAGS) -o $@ $(SIM_OBJ) $(MUTANT_DIR)/libhubcore.a
+$(MUTANT_DIR)/wshub-sim: $(SIM_OBJ) $(SHELL_LIB) $(MUTANT_DIR)/libhubcore.a
+	$(Q)$(CC) $(LDFLAGS) -o $@ $(SIM_OBJ) $(SHELL_LIB) $(MUTANT_DIR)/libhubcore.a
 endif
 
 mutants: $(SIM_BIN)

@@ -14,10 +14,13 @@ SIM_OBJ := $(SIM_SRC:%.c=$(OBJ)/%.o)
 SIM_BIN := $(BUILD)/wshub-sim
 BINS += $(SIM_BIN)
 
-$(SIM_BIN): $(SIM_OBJ) $(CORE_LIB)
+$(SIM_BIN): $(SIM_OBJ) $(SHELL_LIB) $(CORE_LIB)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  LD      $@")
-	$(Q)$(CC) $(LDFLAGS) -o $@ $(SIM_OBJ) $(CORE_LIB)
+	$(Q)$(CC) $(LDFLAGS) -o $@ $(SIM_OBJ) $(SHELL_LIB) $(CORE_LIB)
+
+# --replay reads recordings with the shell's reader (shell/sh_rec.h).
+$(OBJ)/sim/sim_replay.o: CFLAGS += -Ishell
 
 SCENARIO_FILES := $(sort $(wildcard scenarios/*.scn))
 # The sanitizer build is several times slower: explore fewer seeds there.

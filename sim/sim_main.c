@@ -4,8 +4,10 @@
  *   wshub-sim [--seed N] [--trace] [--stats] FILE...
  *   wshub-sim --explore --seeds A..B [--repro-dir DIR] [--keep-going]
  *             [--alloc-fail R]
+ *   wshub-sim --replay FILE [--until K] [--trace]     (sim_replay.c)
  */
 #include "sim.h"
+#include "sim_replay.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +18,7 @@ static void usage(FILE *f) {
           "usage: wshub-sim [--seed N] [--trace] [--stats] FILE...\n"
           "       wshub-sim --explore --seeds A..B [--repro-dir DIR] "
           "[--keep-going] [--quiet] [--alloc-fail R]\n"
+          "       wshub-sim --replay FILE [--until K] [--trace]\n"
           "Runs scenario files (see CONTRACT.md), printing PASS or FAIL per "
           "file;\nexits non-zero if any failed.  --trace prints one line per "
           "event.\n");
@@ -37,6 +40,11 @@ int main(int argc, char **argv) {
   sim_explore_opts eo;
   int explore = 0, stats = 0, i, failed = 0, nfiles = 0;
 
+  for (i = 1; i < argc; i++) {
+    if (strcmp(argv[i], "--replay") == 0) {
+      return sim_replay_main(argc, argv);
+    }
+  }
   memset(&o, 0, sizeof(o));
   memset(&eo, 0, sizeof(eo));
   eo.from = 1;
