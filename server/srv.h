@@ -44,6 +44,8 @@ typedef struct srv_config {
   hub_tstamp handshake_timeout_ns;
   uint64_t max_connections; /* 0: from the open-file limit */
   int sndbuf;               /* SO_SNDBUF for client sockets, 0 = default */
+  const char *record_path;  /* --record: NULL = not recording */
+  uint64_t record_max_bytes;
 } srv_config;
 
 /* Connection states. */

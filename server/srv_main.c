@@ -12,6 +12,7 @@
  */
 #include "srv.h"
 #include "bp_redis.h"
+#include "srv_rec.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -239,6 +240,7 @@ static void srv_begin_shutdown(srv *s) {
   s->listen_fd = -1;
   srv_close_http_conns(s);
   sh_shutdown(&s->sh, srv_now());
+  srv_rec_flush(); /* on disk even if the shutdown is cut short */
   ev_timer_init(&s->shutdown_timer, srv_shutdown_timer_cb,
                 (double)s->cfg.shutdown_timeout_ns / 1e9, 0.0);
   ev_timer_start(s->loop, &s->shutdown_timer);
@@ -287,6 +289,7 @@ static void srv_tick_cb(struct ev_loop *loop, ev_timer *w, int revents) {
   (void)w;
   (void)revents;
   srv_tick(s);
+  srv_rec_flush(); /* a SIGKILL loses at most a tick of the recording */
   if (!s->shutting_down && s->listen_fd >= 0 && !ev_is_active(&s->listen_io)) {
     ev_io_start(loop, &s->listen_io); /* paused after EMFILE */
   }
@@ -324,6 +327,11 @@ static const char srv_usage[] =
   "  --handshake-timeout S     drop a client not upgraded by then (10)\n"
   "  --sndbuf BYTES            SO_SNDBUF of client sockets (0 = OS "
   "default)\n"
+  "  --record FILE             record every input of the hub core to FILE "
+  "(replay:\n"
+  "                            wshub-sim --replay FILE)\n"
+  "  --record-max-bytes N      stop recording when FILE would pass N bytes "
+  "(1073741824)\n"
   "  --help                    this text\n"
   "Durations take seconds (\"1.5\") or a unit (\"250ms\", \"2s\").\n";
 
@@ -344,6 +352,8 @@ enum {
   O_MAXCONN,
   O_HANDSHAKE,
   O_SNDBUF,
+  O_RECORD,
+  O_RECORD_MAX,
   O_HELP
 };
 
@@ -364,6 +374,8 @@ static const struct option srv_longopts[] = {
   {"max-connections", required_argument, NULL, O_MAXCONN},
   {"handshake-timeout", required_argument, NULL, O_HANDSHAKE},
   {"sndbuf", required_argument, NULL, O_SNDBUF},
+  {"record", required_argument, NULL, O_RECORD},
+  {"record-max-bytes", required_argument, NULL, O_RECORD_MAX},
   {"help", no_argument, NULL, O_HELP},
   {NULL, 0, NULL, 0}};
 
@@ -433,6 +445,15 @@ static int srv_set_option(srv_config *cfg, int opt, const char *val,
     }
     cfg->sndbuf = (int)u;
     return 0;
+  case O_RECORD:
+    cfg->record_path = *val ? val : NULL;
+    return 0;
+  case O_RECORD_MAX:
+    if (hub_parse_u64(val, &u) != 0 || u == 0) {
+      goto bad;
+    }
+    cfg->record_max_bytes = u;
+    return 0;
   case O_SHUTDOWN:
     dur = &cfg->shutdown_timeout_ns;
     break;
@@ -460,6 +481,7 @@ static void srv_config_default(srv_config *cfg) {
   cfg->hub.registry = -1;
   cfg->shutdown_timeout_ns = 10 * HUB_NS_PER_S;
   cfg->handshake_timeout_ns = 10 * HUB_NS_PER_S;
+  cfg->record_max_bytes = SRV_REC_MAX_BYTES_DEFAULT;
 }
 
 static int srv_parse_args(srv_config *cfg, int argc, char **argv) {
@@ -593,6 +615,7 @@ int main(int argc, char **argv) {
   srv *s = &state;
   hub_config hc;
   sh_transport t;
+  hub_tstamp t0;
   uint64_t nofile;
   int rc;
 
@@ -642,7 +665,8 @@ int main(int argc, char **argv) {
   hc.unix_time_s = (int64_t)time(NULL);
   hc.seed = srv_random();
   s->started_unix = hc.unix_time_s;
-  rc = hub_new(&s->h, &hc, NULL, srv_now());
+  t0 = srv_now();
+  rc = hub_new(&s->h, &hc, NULL, t0);
   if (rc != 0) {
     fprintf(stderr, "wshub: %s\n", hub_strerror(rc));
     return 1;
@@ -678,6 +702,11 @@ int main(int argc, char **argv) {
   t.bp_reset = srv_bp_reset;
   t.error = srv_sh_error;
   sh_init(&s->sh, s->h, s->bp, &hc, &t);
+  if (s->cfg.record_path != NULL &&
+      srv_rec_start(s->cfg.record_path, s->cfg.record_max_bytes, &s->sh, &hc,
+                    t0) != 0) {
+    return 2;
+  }
 
   ev_io_init(&s->listen_io, srv_accept_cb, s->listen_fd, EV_READ);
   ev_io_start(s->loop, &s->listen_io);
@@ -696,6 +725,7 @@ int main(int argc, char **argv) {
           s->cfg.instance_id, s->cfg.listen_host, s->cfg.listen_port,
           s->bp != NULL ? "redis" : "embedded");
   ev_run(s->loop, 0);
+  srv_rec_end();
 
   if (s->bp != NULL) {
     s->bp->ops->free(s->bp);
