@@ -567,6 +567,7 @@ int sh_rec_next(sh_rec_reader *rd, sh_rec_record *o, const char **why) {
     h.off = rd->off + 1;
     h.bad = 0;
     type = rd->data[rd->off];
+    o->type = type; /* also for a cut-off record: what it was */
     plen = sh_get_uv(&h);
     if (h.bad) {
       if (h.off >= rd->len) {

@@ -267,8 +267,8 @@ enum {
 /* Returns 0, or SH_REC_BAD with *why a static text. */
 int sh_rec_open(sh_rec_reader *rd, const uint8_t *data, size_t len,
                 const char **why);
-/* Returns SH_REC_RECORD, SH_REC_EOF, SH_REC_TRUNCATED or SH_REC_BAD
-   (*why). */
+/* Returns SH_REC_RECORD, SH_REC_EOF, SH_REC_TRUNCATED (out->type and
+   out->offset say what was cut off) or SH_REC_BAD (*why). */
 int sh_rec_next(sh_rec_reader *rd, sh_rec_record *out, const char **why);
 
 /* "conn_msg", "result", ... ("?" for an unknown type). */

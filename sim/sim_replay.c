@@ -52,6 +52,15 @@ static void *rp_realloc(void *p, size_t n, void *user) {
   return m->fail ? NULL : realloc(p, n);
 }
 
+/* A connection as its driver saw it: the lengths of the SEND frames it
+   was given and not yet reported written, |off| bytes into the first. */
+typedef struct rp_conn {
+  int open;
+  size_t *lens;
+  size_t head, n, cap;
+  size_t off;
+} rp_conn;
+
 typedef struct rp {
   const sim_replay_opts *o;
   FILE *out;
@@ -61,9 +70,10 @@ typedef struct rp {
   sh_digest dg;
   hub_tstamp t0;
   uint64_t k; /* the current event: 0 is hub_new */
-  /* Open connections (ids from conn_open, until conn_closed). */
-  hub_conn_id *conns;
-  size_t nconns, capconns;
+  /* Connections by id (the core numbers them 1, 2, ...): open from
+     conn_open to conn_closed, with the SEND frames popped for them. */
+  struct rp_conn *conns;
+  size_t capconns;
   /* The current event's effects, for a divergence report. */
   char *show[RP_SHOW_MAX];
   size_t nshow;
@@ -72,6 +82,7 @@ typedef struct rp {
   int next_rv;
   sh_rec_record next;
   const char *why;
+  int oom; /* the replay itself ran out of memory */
 } rp;
 
 /* ------------------------------------------------------------ text */
@@ -214,30 +225,104 @@ static void rp_effect_text(const hub_effect *e, char *b, size_t cap) {
 
 /* ------------------------------------------------------------ state */
 
+static rp_conn *rp_conn_get(rp *r, hub_conn_id id) {
+  if (id == 0 || id > r->capconns || !r->conns[id - 1].open) {
+    return NULL;
+  }
+  return &r->conns[id - 1];
+}
+
 static int rp_conn_add(rp *r, hub_conn_id id) {
-  if (r->nconns == r->capconns) {
+  if (id == 0 || id > (hub_conn_id)1 << 40) {
+    return -1;
+  }
+  if (id > r->capconns) {
     size_t nc = r->capconns ? 2 * r->capconns : 64;
-    hub_conn_id *p = realloc(r->conns, nc * sizeof(*p));
+    rp_conn *p;
+    while (nc < id) {
+      nc *= 2;
+    }
+    p = realloc(r->conns, nc * sizeof(*p));
     if (p == NULL) {
       return -1;
     }
+    memset(p + r->capconns, 0, (nc - r->capconns) * sizeof(*p));
     r->conns = p;
-    r->capconns = nc;
+    r->capconns = (size_t)nc;
   }
-  r->conns[r->nconns++] = id;
+  r->conns[id - 1].open = 1;
   return 0;
 }
 
 static void rp_conn_del(rp *r, hub_conn_id id) {
-  size_t i;
-  for (i = 0; i < r->nconns; i++) {
-    if (r->conns[i] == id) {
-      memmove(r->conns + i, r->conns + i + 1,
-              (r->nconns - i - 1) * sizeof(*r->conns));
-      r->nconns--;
-      return;
+  rp_conn *c = rp_conn_get(r, id);
+  if (c != NULL) {
+    free(c->lens);
+    memset(c, 0, sizeof(*c));
+  }
+}
+
+/* A SEND frame popped for |id|: the driver queued it. */
+static int rp_conn_sent(rp *r, hub_conn_id id, size_t len) {
+  rp_conn *c = rp_conn_get(r, id);
+  if (c == NULL) {
+    return 0;
+  }
+  if (c->head > 0 && c->head == c->n) {
+    c->head = c->n = 0;
+  }
+  if (c->n == c->cap) {
+    size_t nc = c->cap ? 2 * c->cap : 16;
+    size_t *p;
+    if (c->head > 0) {
+      memmove(c->lens, c->lens + c->head, (c->n - c->head) * sizeof(size_t));
+      c->n -= c->head;
+      c->head = 0;
+    }
+    if (c->n == c->cap) {
+      p = realloc(c->lens, nc * sizeof(*p));
+      if (p == NULL) {
+        return -1;
+      }
+      c->lens = p;
+      c->cap = nc;
     }
   }
+  c->lens[c->n++] = len;
+  return 0;
+}
+
+/* A driver reports what it wrote of the frames it was given: |bytes|
+   finish exactly |msgs| of them.  The core trusts that; a report that
+   breaks it is not a driver's, so it is refused rather than fed in. */
+static int rp_conn_written(rp *r, hub_conn_id id, uint64_t msgs,
+                           uint64_t bytes) {
+  rp_conn *c = rp_conn_get(r, id);
+  size_t head, off;
+  uint64_t left = bytes, done = 0;
+  if (c == NULL) {
+    return 0; /* the core ignores it */
+  }
+  head = c->head;
+  off = c->off;
+  while (left > 0 && head < c->n) {
+    size_t rest = c->lens[head] - off;
+    if (left < rest) {
+      off += (size_t)left;
+      left = 0;
+      break;
+    }
+    left -= rest;
+    off = 0;
+    head++;
+    done++;
+  }
+  if (left > 0 || done != msgs) {
+    return -1;
+  }
+  c->head = head;
+  c->off = off;
+  return 0;
 }
 
 static void rp_channel_cb(void *arg, const char *channel, size_t len,
@@ -275,14 +360,17 @@ static void rp_print_state(rp *r) {
   }
   fprintf(f, "\n");
   hub_foreach_channel(r->h, rp_channel_cb, f);
-  for (i = 0; i < r->nconns; i++) {
+  for (i = 0; i < r->capconns; i++) {
     size_t msgs = 0, bytes = 0;
-    if (hub_conn_backlog(r->h, r->conns[i], &msgs, &bytes) == 0) {
-      fprintf(f, "  conn %llu: backlog %zu msgs, %zu bytes\n",
-              (unsigned long long)r->conns[i], msgs, bytes);
+    if (!r->conns[i].open) {
+      continue;
+    }
+    if (hub_conn_backlog(r->h, i + 1, &msgs, &bytes) == 0) {
+      fprintf(f, "  conn %zu: backlog %zu msgs, %zu bytes\n", i + 1, msgs,
+              bytes);
     } else {
-      fprintf(f, "  conn %llu: closed by the hub, close not yet reported\n",
-              (unsigned long long)r->conns[i]);
+      fprintf(f, "  conn %zu: closed by the hub, close not yet reported\n",
+              i + 1);
     }
   }
 }
@@ -313,6 +401,9 @@ static int rp_result(rp *r, sh_rec_record *res) {
   }
   r->have_next = 1;
   r->next_rv = rv;
+  if (rv == SH_REC_TRUNCATED && r->next.type != SH_REC_RESULT) {
+    return 1; /* the record cut off is a later one: the result is implied */
+  }
   if (rv != SH_REC_RECORD) {
     return 0; /* EOF, cut off or bad: the result is not in the file */
   }
@@ -331,6 +422,9 @@ static void rp_pop(rp *r, const hub_effect *e) {
   char b[400];
   int want = r->o->trace || r->nshow < RP_SHOW_MAX;
   sh_digest_effect(&r->dg, e);
+  if (e->type == HUB_EFF_SEND && rp_conn_sent(r, e->conn, e->buf->len) != 0) {
+    r->oom = 1;
+  }
   if (want && r->out != NULL) {
     rp_effect_text(e, b, sizeof(b));
     if (r->o->trace) {
@@ -443,6 +537,12 @@ static int rp_call(rp *r, const sh_rec_record *e, int want_rc, int *rc) {
     hub_on_conn_pong(r->h, e->id, e->now);
     break;
   case SH_REC_CONN_WRITTEN:
+    if (rp_conn_written(r, e->id, e->a, e->b) != 0) {
+      r->mem.fail = 0;
+      r->why = "a written report that does not match the frames the "
+               "connection was sent";
+      return 1;
+    }
     hub_on_conn_written(r->h, e->id, (size_t)e->a, (size_t)e->b, e->now);
     break;
   case SH_REC_CONN_CLOSED:
@@ -586,6 +686,9 @@ static int rp_run(rp *r, const uint8_t *data, size_t len) {
     if (rp_check(r, &ev, &res, rc) != 0) {
       return SIM_REPLAY_DIVERGED;
     }
+    if (r->oom) {
+      return rp_bad(r, "the replay ran out of memory");
+    }
     if (r->o->has_until && r->k == r->o->until) {
       return rp_until(r);
     }
@@ -644,6 +747,7 @@ static int rp_run(rp *r, const uint8_t *data, size_t len) {
 int sim_replay_buf(const uint8_t *data, size_t len, const sim_replay_opts *o) {
   rp r;
   int code;
+  size_t i;
   memset(&r, 0, sizeof(r));
   r.o = o;
   r.out = o->out;
@@ -656,6 +760,9 @@ int sim_replay_buf(const uint8_t *data, size_t len, const sim_replay_opts *o) {
   sh_digest_fini(&r.dg);
   rp_show_clear(&r);
   hub_del(r.h);
+  for (i = 0; i < r.capconns; i++) {
+    free(r.conns[i].lens);
+  }
   free(r.conns);
   return code;
 }
