@@ -104,10 +104,12 @@ int srv_rec_start(const char *path, uint64_t max_bytes, sh *s,
   sh_rec_init(&srv_rec_g.rec, srv_rec_g.buf, sizeof(srv_rec_g.buf), max_bytes,
               &sink);
   if (sh_record(s, &srv_rec_g.rec, cfg, now) != 0) {
-    fprintf(stderr,
-            "wshub: --record %s: --record-max-bytes %llu is too small for "
-            "the header: not recording\n",
-            path, (unsigned long long)max_bytes);
+    if (srv_rec_g.rec.stopped == SH_REC_STOP_LIMIT) {
+      fprintf(stderr,
+              "wshub: --record %s: --record-max-bytes %llu is too small for "
+              "the header: not recording\n",
+              path, (unsigned long long)max_bytes);
+    }
     /* Keep the (empty) file: not recording is not fatal. */
     close(srv_rec_g.fd);
     srv_rec_g.fd = -1;

@@ -83,6 +83,7 @@ typedef struct rp {
   sh_rec_record next;
   const char *why;
   int oom; /* the replay itself ran out of memory */
+  uint64_t max_message_bytes;
 } rp;
 
 /* ------------------------------------------------------------ text */
@@ -523,15 +524,16 @@ static int rp_call(rp *r, const sh_rec_record *e, int want_rc, int *rc) {
     break;
   }
   case SH_REC_CONN_MSG:
-    if (e->p1 == NULL) {
-      /* Refused by its length alone: the core must not read it. */
+    /* Without its bytes only when refused by its length alone (hub.h):
+       otherwise the core would read them. */
+    if (e->p1 == NULL && e->b <= r->max_message_bytes) {
       r->mem.fail = 0;
       r->why = "a message without its bytes that is not over the "
                "configured max-message-bytes";
       return 1;
     }
     *rc = hub_on_conn_msg(r->h, e->id, (e->a & SH_REC_MSG_BINARY) != 0, e->p1,
-                          e->l1, e->now);
+                          (size_t)e->b, e->now);
     break;
   case SH_REC_CONN_PONG:
     hub_on_conn_pong(r->h, e->id, e->now);
@@ -646,6 +648,7 @@ static int rp_run(rp *r, const uint8_t *data, size_t len) {
     return rp_bad(r, "a time past 2^62 ns");
   }
   r->t0 = ev.now;
+  r->max_message_bytes = ev.cfg.max_message_bytes;
   last = ev.now;
   rc = hub_new(&r->h, &ev.cfg, &r->mem.mem, ev.now);
   if (rc != 0) {

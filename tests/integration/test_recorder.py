@@ -76,8 +76,15 @@ def test_record_traffic_and_eviction_then_sigterm_replays_ok(wshub,
                                                                tmp_path):
     rec = tmp_path / "run.rec"
     w = wshub("--record", str(rec), "--max-queue-msgs", "16", "--sndbuf",
-              "4096", "--shutdown-timeout", "2")
+              "4096", "--shutdown-timeout", "2", "--max-message-bytes",
+              "4096")
     a, b = traffic(w)
+    # Over --max-message-bytes: refused by its length alone (the server
+    # passes no bytes, the recording none either), closed 1009.
+    big = RawWS(w.port)
+    big.send_text('{"type":"publish","channel":"news","data":"%s"}' %
+                  ("y" * 5000))
+    assert big.recv_until_closed(5) in (1009, None)
     # A slow consumer: subscribed, never reads, evicted 1008.
     slow = RawWS(w.port, rcvbuf=4096)
     subscribe(slow, "news")
@@ -102,6 +109,8 @@ def test_record_traffic_and_eviction_then_sigterm_replays_ok(wshub,
     rc, out = replay(rec, "--trace")
     assert rc == 0, out
     assert "slow_msgs" in out and "CLOSE conn" in out and "shutdown()" in out
+    assert re.search(r"conn_msg\(conn \d+, text, 4097 bytes\)", out), out
+    assert "1009" in out
     # The state before the shutdown: both readers on "news".
     k = int(re.search(r"^event (\d+) shutdown\(\)", out, re.M).group(1))
     rc, out = replay(rec, "--until", str(k - 1))
