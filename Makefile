@@ -240,7 +240,7 @@ TEST_LATE :=
 BINS :=
 
 include $(sort $(wildcard sim/*.mk backplanes/*.mk server/*.mk bench/*.mk fuzz/*.mk clients/*/*.mk \
-  tests/integration/*.mk))
+  tests/integration/*.mk packaging/*.mk))
 # After the simulator's rules, whose objects the mutants link with.
 include $(sort $(wildcard mutants/*.mk))
 

@@ -4,7 +4,9 @@
  * A backplane carries the core's HUB_EFF_BP_* and HUB_EFF_REG_* effects to
  * a shared medium (a real Redis through hiredis in bp_redis.c; the
  * simulator has its own, sim/sim_bp.c) and reports back what the medium says
- * through bp_events, which the owner turns into hub_on_bp_* calls.
+ * through bp_events, which the owner turns into sh_bp_* calls.  The shell
+ * (shell/shell.c, sh_apply_bp) is the one place that maps core effects
+ * onto these operations, for both drivers.
  *
  * Channel names and keys given to the ops are logical (as the core emits
  * them: "news", "instance:0", "conn:0:1"); the backplane adds its prefix
@@ -55,12 +57,5 @@ struct bp {
   const bp_ops *ops;
   bp_events ev;
 };
-
-/*
- * bp_apply carries one core effect to |b| if it is a backplane or
- * registry effect (HUB_EFF_BP_*, HUB_EFF_REG_*) and returns 1; returns 0
- * and does nothing for any other effect.
- */
-int bp_apply(bp *b, const hub_effect *e);
 
 #endif /* BP_H */

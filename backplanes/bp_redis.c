@@ -16,6 +16,7 @@
 #include "bp_redis.h"
 #include "shell.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,7 +52,44 @@ typedef struct bp_redis {
   void *quit_arg;
   char *scratch; /* prefixed names */
   size_t scratch_cap;
+  /* The log: the address, and why the current attempt or link failed
+     (kept until the retry is scheduled, then logged with its delay). */
+  bp_redis_log_cb log;
+  void *log_user;
+  char addr[300];
+  char reason[160];
+  int lost_was_up;
 } bp_redis;
+
+/* Logs |msg| with addr= and the key/value strings that follow (NULL
+   ends them; at most four pairs). */
+static void bp_redis_log(bp_redis *r, int level, const char *msg, ...) {
+  const char *fields[12];
+  size_t n = 0;
+  const char *k;
+  va_list ap;
+  if (r->log == NULL) {
+    return;
+  }
+  fields[n++] = "addr";
+  fields[n++] = r->addr;
+  va_start(ap, msg);
+  while ((k = va_arg(ap, const char *)) != NULL && n + 2 < 12) {
+    fields[n++] = k;
+    fields[n++] = va_arg(ap, const char *);
+  }
+  va_end(ap);
+  fields[n] = NULL;
+  r->log(r->log_user, level, msg, fields);
+}
+
+/* Why the link is going down; the first reason of a loss is kept. */
+static void bp_redis_note(bp_redis *r, const char *reason) {
+  if (r->reason[0] == '\0') {
+    snprintf(r->reason, sizeof(r->reason), "%s",
+             reason != NULL && *reason ? reason : "unknown");
+  }
+}
 
 static bp_redis *bp_redis_of(const redisAsyncContext *ac) {
   return ac->data;
@@ -89,6 +127,18 @@ static void bp_redis_schedule(bp_redis *r) {
   at = sh_link_lost(&r->link, now);
   ev_timer_set(&r->retry, at > now ? (double)(at - now) / 1e9 : 0.0, 0.0);
   ev_timer_start(r->loop, &r->retry);
+  {
+    char retry[32];
+    snprintf(retry, sizeof(retry), "%.3f",
+             at > now ? (double)(at - now) / 1e9 : 0.0);
+    bp_redis_log(r, BP_LOG_WARN,
+                 r->lost_was_up ? "redis backplane down"
+                                : "redis connect failed",
+                 "reason", r->reason[0] ? r->reason : "unknown", "#retry_in_s",
+                 retry, (const char *)NULL);
+    r->reason[0] = '\0';
+    r->lost_was_up = 0;
+  }
 }
 
 static void bp_redis_check_quit(bp_redis *r) {
@@ -104,6 +154,7 @@ static void bp_redis_check_quit(bp_redis *r) {
 static void bp_redis_lost(bp_redis *r) {
   int was_up = r->up;
   r->up = 0;
+  r->lost_was_up |= was_up;
   /* This attempt is over; the next one arms its own timeout (libev
      forbids re-setting an active timer). */
   ev_timer_stop(r->loop, &r->connect_timeout);
@@ -124,7 +175,7 @@ static void bp_redis_lost(bp_redis *r) {
 
 static void bp_redis_disconnect_cb(const redisAsyncContext *ac, int status) {
   bp_redis *r = bp_redis_of(ac);
-  (void)status;
+  bp_redis_note(r, status == REDIS_OK ? "connection closed" : ac->errstr);
   if (ac == r->sub) {
     r->sub = NULL;
     r->sub_ok = 0;
@@ -138,6 +189,7 @@ static void bp_redis_disconnect_cb(const redisAsyncContext *ac, int status) {
 static void bp_redis_connect_cb(const redisAsyncContext *ac, int status) {
   bp_redis *r = bp_redis_of(ac);
   if (status != REDIS_OK) {
+    bp_redis_note(r, ac->errstr);
     /* hiredis frees |ac| after this callback. */
     if (ac == r->sub) {
       r->sub = NULL;
@@ -155,7 +207,10 @@ static void bp_redis_connect_cb(const redisAsyncContext *ac, int status) {
   if (r->sub_ok && r->pub_ok && !r->up && !r->quitting) {
     ev_timer_stop(r->loop, &r->connect_timeout);
     r->up = 1;
+    r->reason[0] = '\0';
+    r->lost_was_up = 0;
     sh_link_up(&r->link);
+    bp_redis_log(r, BP_LOG_INFO, "redis backplane up", (const char *)NULL);
     if (r->base.ev.on_up != NULL) {
       r->base.ev.on_up(r->base.ev.user);
     }
@@ -229,6 +284,7 @@ static void bp_redis_connect(bp_redis *r) {
   r->sub = bp_redis_open(r, "sub");
   r->pub = bp_redis_open(r, "pub");
   if (r->sub == NULL || r->pub == NULL) {
+    bp_redis_note(r, "cannot create a connection");
     bp_redis_lost(r);
     return;
   }
@@ -258,6 +314,12 @@ static void bp_redis_connect_timeout_cb(struct ev_loop *loop, ev_timer *w,
     if (pub != NULL) {
       redisAsyncFree(pub);
     }
+  }
+  {
+    char why[64];
+    snprintf(why, sizeof(why), "connect timed out after %.0f s",
+             BP_REDIS_CONNECT_TIMEOUT_S);
+    bp_redis_note(r, why);
   }
   bp_redis_lost(r);
 }
@@ -388,6 +450,8 @@ static void bp_redis_reset_poll_cb(struct ev_loop *loop, ev_timer *w,
   if (r->quitting) {
     return;
   }
+  bp_redis_note(r, "forced reconnect (out of memory)");
+  r->lost_was_up = 1;
   if (r->sub == NULL && r->pub == NULL) {
     bp_redis_schedule(r);
     return;
@@ -497,10 +561,13 @@ int bp_redis_new(bp **out, const bp_redis_config *cfg, const bp_events *ev) {
   r->base.ops = &bp_redis_ops;
   r->base.ev = *ev;
   r->loop = cfg->loop;
+  r->log = cfg->log;
+  r->log_user = cfg->log_user;
   if (bp_redis_parse_url(r, cfg->url) != 0) {
     free(r);
     return HUB_ERR_INVALID_ARGUMENT;
   }
+  snprintf(r->addr, sizeof(r->addr), "%s:%d", r->host, r->port);
   r->prefix = bp_redis_strdup(cfg->prefix);
   r->name = bp_redis_strdup(cfg->client_name);
   r->prefix_len = r->prefix ? strlen(r->prefix) : 0;
@@ -526,5 +593,67 @@ int bp_redis_new(bp **out, const bp_redis_config *cfg, const bp_events *ev) {
   r->reset_poll.data = r;
   *out = &r->base;
   bp_redis_connect(r);
+  return 0;
+}
+
+/* ------------------------------------------------------------ claim */
+
+typedef struct bp_redis_claim_req {
+  bp_redis *r;
+  bp_redis_claim_cb cb;
+  void *arg;
+  char key[1]; /* the prefixed key, allocated with the request */
+} bp_redis_claim_req;
+
+static void bp_redis_claim_ttl_cb(redisAsyncContext *ac, void *reply,
+                                  void *priv) {
+  bp_redis_claim_req *q = priv;
+  redisReply *rep = reply;
+  (void)ac;
+  q->cb(q->arg, BP_CLAIM_TAKEN,
+        rep != NULL && rep->type == REDIS_REPLY_INTEGER ? rep->integer : -1);
+  free(q);
+}
+
+static void bp_redis_claim_set_cb(redisAsyncContext *ac, void *reply,
+                                  void *priv) {
+  bp_redis_claim_req *q = priv;
+  redisReply *rep = reply;
+  if (rep != NULL && rep->type == REDIS_REPLY_STATUS) {
+    q->cb(q->arg, BP_CLAIM_OK, 0);
+    free(q);
+    return;
+  }
+  if (rep != NULL && rep->type == REDIS_REPLY_NIL && ac == q->r->pub &&
+      redisAsyncCommand(ac, bp_redis_claim_ttl_cb, q, "TTL %s", q->key) ==
+        REDIS_OK) {
+    return; /* taken: the TTL says how long the key lives */
+  }
+  q->cb(q->arg, BP_CLAIM_ERROR, -1);
+  free(q);
+}
+
+int bp_redis_claim(bp *b, const char *key, const char *value, uint32_t ttl_s,
+                   bp_redis_claim_cb cb, void *arg) {
+  bp_redis *r = (bp_redis *)b;
+  size_t kl = strlen(key);
+  bp_redis_claim_req *q;
+  if (!r->up || r->pub == NULL) {
+    return HUB_ERR_INVALID_ARGUMENT;
+  }
+  q = malloc(sizeof(*q) + r->prefix_len + kl);
+  if (q == NULL) {
+    return HUB_ERR_NOMEM;
+  }
+  q->r = r;
+  q->cb = cb;
+  q->arg = arg;
+  memcpy(q->key, r->prefix, r->prefix_len);
+  memcpy(q->key + r->prefix_len, key, kl + 1);
+  if (redisAsyncCommand(r->pub, bp_redis_claim_set_cb, q, "SET %s %s NX EX %u",
+                        q->key, value, (unsigned)ttl_s) != REDIS_OK) {
+    free(q);
+    return HUB_ERR_NOMEM;
+  }
   return 0;
 }

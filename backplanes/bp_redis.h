@@ -19,12 +19,26 @@
 
 #include "bp.h"
 
+/* Log levels of bp_redis_log_cb (the server's SRV_LOG_* numbers). */
+enum { BP_LOG_DEBUG = 0, BP_LOG_INFO, BP_LOG_WARN, BP_LOG_ERROR };
+
+/*
+ * bp_redis_log_cb reports one event: |msg| and |fields|, key/value
+ * strings ended by NULL ("addr", "reason", "#retry_in_s"), all borrowed
+ * for the call.  A key starting with '#' has a numeric value.  The backplane
+ * does not depend on the server's logger.
+ */
+typedef void (*bp_redis_log_cb)(void *user, int level, const char *msg,
+                                const char *const *fields);
+
 typedef struct bp_redis_config {
   struct ev_loop *loop;    /* borrowed for the backplane's lifetime */
   const char *url;         /* redis://host:port[/db]; copied */
   const char *prefix;      /* "ws:"; copied */
   const char *client_name; /* CLIENT SETNAME base; copied */
   uint64_t seed;           /* the backoff jitter's PRNG */
+  bp_redis_log_cb log;     /* NULL: no log */
+  void *log_user;
 } bp_redis_config;
 
 /*
@@ -53,5 +67,20 @@ uint64_t bp_redis_reconnects(const bp *b);
  * Free the backplane with b->ops->free afterwards.
  */
 void bp_redis_quit(bp *b, void (*done)(void *arg), void *arg);
+
+/*
+ * bp_redis_claim claims |key| (prefixed) atomically for this process:
+ * `SET <prefix><key> <value> NX EX <ttl_s>` on the command connection.
+ * |cb| is called once, from the loop: BP_CLAIM_OK (the key is ours now),
+ * BP_CLAIM_TAKEN (it exists; |ttl_left_s| is its TTL, -1 if unknown) or
+ * BP_CLAIM_ERROR (an error reply, or the connection was lost first).  A
+ * taken key is never touched.  |key| and |value| are copied.  Returns 0,
+ * HUB_ERR_INVALID_ARGUMENT (the backplane is not up: |cb| is not called)
+ * or HUB_ERR_NOMEM.
+ */
+enum { BP_CLAIM_OK = 0, BP_CLAIM_TAKEN = 1, BP_CLAIM_ERROR = -1 };
+typedef void (*bp_redis_claim_cb)(void *arg, int result, long long ttl_left_s);
+int bp_redis_claim(bp *b, const char *key, const char *value, uint32_t ttl_s,
+                   bp_redis_claim_cb cb, void *arg);
 
 #endif /* BP_REDIS_H */

@@ -14,7 +14,7 @@ LOADGEN_OBJ := $(OBJ)/bench/loadgen.o
 
 $(LOADGEN): $(LOADGEN_OBJ)
 	@mkdir -p $(dir $@)
-	$(Q)$(CC) $(LDFLAGS) -o $@ $^ -lhiredis -lcrypto
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ -lhiredis -lssl -lcrypto
 
 .PHONY: bench-smoke
 

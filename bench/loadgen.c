@@ -28,6 +28,12 @@
  * /proc/PID/stat (the issue's definition, 10 ms ticks) and from the
  * per-thread run time in /proc/PID/task/TID/schedstat (ns).  Output:
  * progress on stderr, one "RESULT key=value ..." line on stdout.
+ *
+ * --tls speaks TLS (OpenSSL, no certificate verification: a benchmark,
+ * not a client) on every connection: subscribers (a non-blocking
+ * handshake before the upgrade), publishers and the /metrics scrape.
+ * All socket I/O goes through io_send/io_recv, which are send/recv
+ * without it.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -52,8 +58,10 @@
 #include <sys/socket.h>
 
 #include <hiredis/hiredis.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/sha.h>
+#include <openssl/ssl.h>
 
 #ifndef IP_BIND_ADDRESS_NO_PORT
 #  define IP_BIND_ADDRESS_NO_PORT 24
@@ -101,6 +109,7 @@ typedef struct lg_opts {
   const char *label;
   lg_pid pids[LG_MAX_PIDS];
   int npids;
+  int tls;
 } lg_opts;
 
 static lg_opts opt;
@@ -314,6 +323,7 @@ static uint64_t proc_rss_kb(int pid) {
 enum {
   WS_IDLE = 0,
   WS_CONNECTING,
+  WS_TLS, /* the TLS handshake (--tls) */
   WS_HANDSHAKE,
   WS_SUBSCRIBING,
   WS_READY,
@@ -336,6 +346,7 @@ typedef struct wsconn {
   uint32_t wlen, woff;
   char accept[32]; /* expected Sec-WebSocket-Accept */
   uint32_t delivered;
+  SSL *ssl; /* --tls */
 } wsconn;
 
 typedef struct pubconn {
@@ -350,6 +361,7 @@ typedef struct pubconn {
   uint32_t *inflight; /* ring of message indexes, capacity opt.window */
   uint32_t head, count;
   uint32_t seq;
+  SSL *ssl; /* --tls */
 } pubconn;
 
 #define LG_PUB_TAG (UINT64_C(1) << 63)
@@ -394,6 +406,72 @@ static void note_fail(const char *fmt, ...) {
   va_end(ap);
 }
 
+/* ------------------------------------------------------------- TLS */
+
+static SSL_CTX *tls_ctx;
+
+static void tls_init(void) {
+  tls_ctx = SSL_CTX_new(TLS_client_method());
+  if (tls_ctx == NULL) {
+    die("SSL_CTX_new failed");
+  }
+  SSL_CTX_set_verify(tls_ctx, SSL_VERIFY_NONE, NULL);
+  /* Partial writes report progress as send() does; a retry after
+     WANT_WRITE may pass the same bytes from a buffer that moved. */
+  SSL_CTX_set_mode(tls_ctx, SSL_MODE_ENABLE_PARTIAL_WRITE |
+                              SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
+                              SSL_MODE_RELEASE_BUFFERS);
+  SSL_CTX_set_session_cache_mode(tls_ctx, SSL_SESS_CACHE_OFF);
+}
+
+static SSL *tls_new(int fd) {
+  SSL *ssl = SSL_new(tls_ctx);
+  if (ssl == NULL || SSL_set_fd(ssl, fd) != 1) {
+    die("SSL_new failed");
+  }
+  SSL_set_connect_state(ssl);
+  return ssl;
+}
+
+/* send(2) or SSL_write: -1 with errno EAGAIN when it would block. */
+static ssize_t io_send(SSL *ssl, int fd, const void *p, size_t n) {
+  if (ssl == NULL) {
+    return send(fd, p, n, MSG_NOSIGNAL);
+  }
+  ERR_clear_error();
+  int r = SSL_write(ssl, p, n > INT32_MAX ? INT32_MAX : (int)n);
+  if (r > 0) {
+    return r;
+  }
+  int e = SSL_get_error(ssl, r);
+  errno =
+    e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ ? EAGAIN : EPIPE;
+  return -1;
+}
+
+/* recv(2) or SSL_read: 0 at EOF, -1 with errno EAGAIN when it would
+   block. */
+static ssize_t io_recv(SSL *ssl, int fd, void *p, size_t n) {
+  if (ssl == NULL) {
+    return recv(fd, p, n, 0);
+  }
+  ERR_clear_error();
+  int r = SSL_read(ssl, p, n > INT32_MAX ? INT32_MAX : (int)n);
+  if (r > 0) {
+    return r;
+  }
+  int e = SSL_get_error(ssl, r);
+  if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+    errno = EAGAIN;
+    return -1;
+  }
+  if (e == SSL_ERROR_ZERO_RETURN || (e == SSL_ERROR_SYSCALL && r == 0)) {
+    return 0;
+  }
+  errno = EPROTO;
+  return -1;
+}
+
 static void ep_ctl(int op, int fd, uint32_t events, uint64_t data) {
   struct epoll_event ev;
   memset(&ev, 0, sizeof ev);
@@ -417,6 +495,10 @@ static void ws_kill(wsconn *c, uint32_t idx) {
     st.failed++;
   }
   c->state = WS_DEAD;
+  if (c->ssl != NULL) {
+    SSL_free(c->ssl);
+    c->ssl = NULL;
+  }
   close(c->fd); /* also removes it from the epoll set */
   c->fd = -1;
   free(c->rbuf);
@@ -437,7 +519,7 @@ static void ws_update_events(wsconn *c, uint32_t idx) {
 
 static int ws_flush(wsconn *c) {
   while (c->woff < c->wlen) {
-    ssize_t n = send(c->fd, c->wbuf + c->woff, c->wlen - c->woff, MSG_NOSIGNAL);
+    ssize_t n = io_send(c->ssl, c->fd, c->wbuf + c->woff, c->wlen - c->woff);
     if (n < 0) {
       if (errno == EAGAIN || errno == EINTR) {
         return 0;
@@ -454,7 +536,7 @@ static int ws_flush(wsconn *c) {
 
 static int ws_send(wsconn *c, uint32_t idx, const uint8_t *data, size_t len) {
   if (c->wlen == c->woff) {
-    ssize_t n = send(c->fd, data, len, MSG_NOSIGNAL);
+    ssize_t n = io_send(c->ssl, c->fd, data, len);
     if (n < 0) {
       if (errno != EAGAIN && errno != EINTR) {
         return -1;
@@ -904,7 +986,7 @@ static void ws_handshake_input(wsconn *c, uint32_t idx, uint64_t now) {
 }
 
 static void ws_readable(wsconn *c, uint32_t idx, uint64_t now) {
-  ssize_t n = recv(c->fd, gbuf, LG_RBUF_SIZE, 0);
+  ssize_t n = io_recv(c->ssl, c->fd, gbuf, LG_RBUF_SIZE);
   if (n < 0) {
     if (errno == EAGAIN || errno == EINTR) {
       return;
@@ -963,7 +1045,30 @@ static void ws_event(uint32_t idx, uint32_t events, uint64_t now) {
       ws_kill(c, idx);
       return;
     }
-    ws_start_handshake(c, idx);
+    if (!opt.tls) {
+      ws_start_handshake(c, idx);
+      return;
+    }
+    c->ssl = tls_new(c->fd);
+    c->state = WS_TLS;
+  }
+  if (c->state == WS_TLS) {
+    ERR_clear_error();
+    int r = SSL_do_handshake(c->ssl);
+    if (r == 1) {
+      ws_start_handshake(c, idx);
+      return;
+    }
+    int e = SSL_get_error(c->ssl, r);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+      uint32_t want = e == SSL_ERROR_WANT_READ ? EPOLLIN : EPOLLOUT;
+      c->want_out = e == SSL_ERROR_WANT_WRITE;
+      ep_ctl(EPOLL_CTL_MOD, c->fd, want, idx);
+      return;
+    }
+    st.connect_fail++;
+    note_fail("TLS handshake failed");
+    ws_kill(c, idx);
     return;
   }
   if (events & EPOLLOUT) {
@@ -1003,6 +1108,10 @@ static void pub_dead(pubconn *pc, const char *why) {
       }
     }
   }
+  if (pc->ssl != NULL) {
+    SSL_free(pc->ssl);
+    pc->ssl = NULL;
+  }
   close(pc->fd);
   pc->fd = -1;
 }
@@ -1019,7 +1128,7 @@ static void pub_update_events(pubconn *pc, uint32_t i) {
 static void pub_flush(pubconn *pc, uint32_t i) {
   while (pc->woff < pc->wlen) {
     ssize_t n =
-      send(pc->fd, pc->wbuf + pc->woff, pc->wlen - pc->woff, MSG_NOSIGNAL);
+      io_send(pc->ssl, pc->fd, pc->wbuf + pc->woff, pc->wlen - pc->woff);
     if (n < 0) {
       if (errno == EAGAIN || errno == EINTR) {
         break;
@@ -1048,6 +1157,12 @@ static void pub_connect(uint32_t i) {
   }
   int one = 1;
   setsockopt(pc->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  if (opt.tls) {
+    pc->ssl = tls_new(pc->fd);
+    if (SSL_connect(pc->ssl) != 1) { /* blocking, before O_NONBLOCK */
+      die("publisher TLS handshake failed");
+    }
+  }
   int fl = fcntl(pc->fd, F_GETFL);
   fcntl(pc->fd, F_SETFL, fl | O_NONBLOCK);
   pc->inflight = xcalloc(opt.window, sizeof *pc->inflight);
@@ -1105,7 +1220,8 @@ static void pub_readable(pubconn *pc, uint32_t i) {
     pc->rcap *= 2;
     pc->rbuf = xrealloc(pc->rbuf, pc->rcap);
   }
-  ssize_t n = recv(pc->fd, pc->rbuf + pc->rlen, pc->rcap - pc->rlen, 0);
+  ssize_t n =
+    io_recv(pc->ssl, pc->fd, pc->rbuf + pc->rlen, pc->rcap - pc->rlen);
   if (n < 0) {
     if (errno != EAGAIN && errno != EINTR) {
       pub_dead(pc, strerror(errno));
@@ -1348,7 +1464,18 @@ static void scrape_metrics(int64_t *writevs, int64_t *frames) {
     }
     static const char req[] =
       "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
-    if (send(fd, req, sizeof req - 1, MSG_NOSIGNAL) < 0) {
+    SSL *ssl = NULL;
+    if (opt.tls) {
+      ssl = tls_new(fd);
+      if (SSL_connect(ssl) != 1) {
+        SSL_free(ssl);
+        close(fd);
+        *writevs = *frames = -1;
+        return;
+      }
+    }
+    if (io_send(ssl, fd, req, sizeof req - 1) < 0) {
+      SSL_free(ssl);
       close(fd);
       *writevs = *frames = -1;
       return;
@@ -1360,7 +1487,7 @@ static void scrape_metrics(int64_t *writevs, int64_t *frames) {
         cap *= 2;
         buf = xrealloc(buf, cap + 1);
       }
-      ssize_t n = recv(fd, buf + len, cap - len, 0);
+      ssize_t n = io_recv(ssl, fd, buf + len, cap - len);
       if (n <= 0) {
         break;
       }
@@ -1374,6 +1501,7 @@ static void scrape_metrics(int64_t *writevs, int64_t *frames) {
         break;
       }
     }
+    SSL_free(ssl);
     close(fd);
     buf[len] = '\0';
     static const char wk[] = "\nwshub_writev_calls_total ";
@@ -1417,6 +1545,7 @@ static void usage(void) {
           "                       publish stops holding the window (3000)\n"
           "  --connect-timeout S  (60)   --publish-timeout S (60)\n"
           "  --busy-poll          poll epoll without sleeping (no wake-ups)\n"
+          "  --tls                TLS on every connection (no verification)\n"
           "  --pid NAME=PID       measure CPU and RSS of PID (repeatable; "
           "same\n"
           "                       NAME sums)\n"
@@ -1497,6 +1626,8 @@ static void parse_args(int argc, char **argv) {
       opt.idle_ms = (uint32_t)strtoul(v, NULL, 10);
     } else if (strcmp(a, "--busy-poll") == 0) {
       opt.busy_poll = 1;
+    } else if (strcmp(a, "--tls") == 0) {
+      opt.tls = 1;
     } else if (ARG("--give-up-ms")) {
       opt.give_up_ms = (uint32_t)strtoul(v, NULL, 10);
     } else if (ARG("--connect-timeout")) {
@@ -1567,6 +1698,9 @@ static void group_sum(const char *name, uint64_t *ticks, uint64_t *run_ns,
 
 int main(int argc, char **argv) {
   parse_args(argc, argv);
+  if (opt.tls) {
+    tls_init();
+  }
   signal(SIGPIPE, SIG_IGN);
   raise_nofile();
   random_bytes((uint8_t *)&rng_state, sizeof rng_state);

@@ -10,7 +10,7 @@ failure (lost, duplicate, out-of-order or misrouted deliveries, failed
 connections or publishes, the Redis economy of E); 1 otherwise.  A missed
 performance target is printed as MISS and fails only with --strict.
 
-  bench/run.py [--build build] [--only A,B,C,D,E,L,W] \
+  bench/run.py [--build build] [--only A,B,C,D,E,L,W,T] \
                [--backplane embedded,redis] [--smoke] [--strict] \
                [--window N]
 """
@@ -68,7 +68,7 @@ class Proc:
         return self.p.returncode
 
 
-def wait_http(port, path, want, timeout, proc):
+def wait_http(port, path, want, timeout, proc, tls=False):
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -76,7 +76,13 @@ def wait_http(port, path, want, timeout, proc):
             raise RuntimeError("%s exited with %s (see its log)" %
                                (proc.name, proc.p.returncode))
         try:
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            if tls:
+                import ssl
+                c = http.client.HTTPSConnection(
+                    "127.0.0.1", port, timeout=1,
+                    context=ssl._create_unverified_context())
+            else:
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
             c.request("GET", path)
             r = c.getresponse()
             r.read()
@@ -112,7 +118,8 @@ def wait_redis(port, proc):
 class Env:
     """One scenario's processes: n wshub instances, maybe a redis-server."""
 
-    def __init__(self, args, tag, backplane, instances):
+    def __init__(self, args, tag, backplane, instances, extra_args=(),
+                 tls=False):
         self.args = args
         self.procs = []
         self.redis = None
@@ -138,6 +145,7 @@ class Env:
                 if self.redis_port:
                     argv += ["--redis", "redis://127.0.0.1:%d" %
                              self.redis_port]
+                argv += list(extra_args)
                 if getattr(args, "record_on", False):
                     rec = os.path.join(logdir, "%s-wshub%d.rec" % (tag, k))
                     argv += ["--record", rec]
@@ -146,7 +154,7 @@ class Env:
                 self.procs.append(p)
                 self.servers.append((port, p))
             for port, p in self.servers:
-                wait_http(port, "/healthz", 200, 15, p)
+                wait_http(port, "/healthz", 200, 15, p, tls)
         except Exception:
             self.stop()
             raise
@@ -217,16 +225,20 @@ class Bench:
             self.results.append((scenario, backplane, res))
         return res
 
-    def repeated(self, tag, scenario, bp, instances, lg_args, key):
+    def repeated(self, tag, scenario, bp, instances, lg_args, key,
+                 extra_args=(), tls=False):
         """Runs a scenario --repeat times, each on fresh processes, checks
         every run, and records the median run by |key| with the range of
         |key| over the runs: on a shared machine noise only adds cost, and
         one run can be far off."""
         runs = []
         for k in range(self.args.repeat):
-            env = Env(self.args, "%s-r%d" % (tag, k), bp, instances)
+            env = Env(self.args, "%s-r%d" % (tag, k), bp, instances,
+                      extra_args, tls)
             try:
-                r = self.loadgen(env, scenario, bp, lg_args, record=False)
+                r = self.loadgen(env, scenario, bp,
+                                 list(lg_args) + (["--tls"] if tls else []),
+                                 record=False)
             finally:
                 env.stop()
             self.check_clean(scenario, bp, r)
@@ -448,6 +460,68 @@ class Bench:
                 env.stop()
             self.check_clean("W%d" % (4 * w), bp, r)
 
+    def run_t(self, bp):
+        """TLS next to plain TCP (issue 12), embedded backplane,
+        informational: A10k (10,000 subscribers, 2,000 messages of 64
+        bytes, the load generator with and without --tls against a server
+        with and without --tls-cert, RSA 2048), then the server's cost
+        per handshake (connect + TLS + upgrade + close) from
+        bench/tls_cost.py --subs 0."""
+        if bp != "embedded":
+            return
+        d = os.path.join(self.args.logdir, "tls")
+        os.makedirs(d, exist_ok=True)
+        cert, key = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048",
+                        "-nodes", "-keyout", key, "-out", cert, "-days", "2",
+                        "-subj", "/CN=localhost"], check=True,
+                       capture_output=True)
+        n = 500 if self.args.smoke else 10000
+        msgs = 200 if self.args.smoke else 2000
+        lg = ["--conns", n, "--channels", 1, "--msgs", msgs, "--size", 64,
+              "--pub-conns", 4, "--window", self.args.window,
+              "--max-outstanding", 4 * self.args.window,
+              "--publish-timeout", 120]
+        name = "T-A%dk" % (n // 1000) if n >= 1000 else "T-A%d" % n
+        a = {}
+        for mode in ("plain", "tls"):
+            a[mode] = self.repeated(
+                "t-a%d-%s" % (n, mode), name + "-" + mode, bp, 1, lg,
+                "run_us_per_deliv_wshub",
+                ["--tls-cert", cert, "--tls-key", key]
+                if mode == "tls" else [], mode == "tls")
+        argv = [sys.executable, os.path.join(ROOT, "bench", "tls_cost.py"),
+                "--wshub", self.args.wshub, "--subs", "0", "--handshakes",
+                "200" if self.args.smoke else "2000"]
+        r = subprocess.run(argv, stdout=subprocess.PIPE, text=True,
+                           timeout=900)
+        h = {}
+        for ln in r.stdout.splitlines():
+            if ln.startswith("RESULT "):
+                print(ln, flush=True)
+                self.lines.append(ln)
+                kv = parse_result(ln)
+                h[kv.get("mode")] = kv
+        if r.returncode != 0 or set(h) != {"plain", "tls"}:
+            raise RuntimeError("tls_cost.py failed (exit %d)" % r.returncode)
+        p, t = a["plain"], a["tls"]
+        hp, ht = h["plain"], h["tls"]
+        self.tls_summary = (
+            "T (TLS cost, embedded): per delivery at %s, server run time "
+            "plain %.3f us, TLS %.3f us (+%.3f us, x%.2f; cpu %.3f vs "
+            "%.3f us); per handshake (connect + upgrade + close, %d of "
+            "them), server run time plain %.1f us, TLS RSA-2048 %.1f us "
+            "(+%.1f us)" % (
+                name[2:], p["run_us_per_deliv_wshub"],
+                t["run_us_per_deliv_wshub"],
+                t["run_us_per_deliv_wshub"] - p["run_us_per_deliv_wshub"],
+                t["run_us_per_deliv_wshub"] / p["run_us_per_deliv_wshub"],
+                p["cpu_us_per_deliv_wshub"], t["cpu_us_per_deliv_wshub"],
+                hp["handshakes"], hp["run_us_per_handshake_wshub"],
+                ht["run_us_per_handshake_wshub"],
+                ht["run_us_per_handshake_wshub"] -
+                hp["run_us_per_handshake_wshub"]))
+
     # ----------------------------------------------------------- output
 
     def table(self):
@@ -483,6 +557,8 @@ class Bench:
               "ticks) over the publish phase / deliveries;")
         print("run us/deliv: the same from schedstat run time (ns); "
               "redis us/deliv: redis-server's, same method.")
+        if getattr(self, "tls_summary", None):
+            print(self.tls_summary)
         print("A, C and L ran --repeat times on fresh processes; the row is "
               "the median run, the last column the range of its key figure "
               "(run us/deliv or p99 us).")
@@ -503,7 +579,7 @@ class Bench:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--build", default="build")
-    ap.add_argument("--only", default="A,B,C,D,E,L,W")
+    ap.add_argument("--only", default="A,B,C,D,E,L,W,T")
     ap.add_argument("--backplane", default="embedded,redis")
     ap.add_argument("--smoke", action="store_true",
                     help="tiny sizes, seconds; checks the machinery only")

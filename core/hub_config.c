@@ -57,6 +57,8 @@ int hub_parse_duration(const char *s, hub_tstamp *out) {
     unit = 1;
   } else if (strcmp(p, "m") == 0) {
     unit = 60 * HUB_NS_PER_S;
+  } else if (strcmp(p, "h") == 0) {
+    unit = 3600 * HUB_NS_PER_S;
   } else if (*p != '\0' && strcmp(p, "s") != 0) {
     return HUB_ERR_INVALID_ARGUMENT;
   }

@@ -6,11 +6,25 @@ WSHUB := $(BUILD)/wshub
 
 $(SERVER_OBJ): CFLAGS += -Ibackplanes -Iserver -Ishell
 
+# The version: the VERSION file, plus `git describe` when the tree is a
+# git checkout (a tarball without .git builds with the VERSION alone).
+# srv_version.o is rebuilt when either changes: the stamp file is
+# rewritten only when its content differs.
+WSHUB_VERSION := $(shell cat VERSION 2>/dev/null || echo 0.0.0)
+WSHUB_REVISION := $(shell [ -e .git ] && git describe --always --dirty 2>/dev/null)
+VERSION_STAMP := $(BUILD)/.version
+$(shell mkdir -p $(BUILD) && v='$(WSHUB_VERSION) $(WSHUB_REVISION)'; \
+  [ "$$(cat $(VERSION_STAMP) 2>/dev/null)" = "$$v" ] || \
+  printf '%s\n' "$$v" > $(VERSION_STAMP))
+$(OBJ)/server/srv_version.o: $(VERSION_STAMP)
+$(OBJ)/server/srv_version.o: CFLAGS += \
+  -DWSHUB_VERSION='"$(WSHUB_VERSION)"' -DWSHUB_REVISION='"$(WSHUB_REVISION)"'
+
 $(WSHUB): $(SERVER_OBJ) $(SHELL_LIB) $(CORE_LIB)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) -o $@ $(SERVER_OBJ) $(SHELL_LIB) $(CORE_LIB) \
-	  -lev -lwslay -lhiredis -lhttp_parser -lcrypto
+	  -lev -lwslay -lhiredis -lhttp_parser -lssl -lcrypto
 
 BINS += $(WSHUB)
 

@@ -44,7 +44,11 @@ typedef struct srv_config {
   hub_tstamp handshake_timeout_ns;
   uint64_t max_connections; /* 0: from the open-file limit */
   int sndbuf;               /* SO_SNDBUF for client sockets, 0 = default */
-  const char *record_path;  /* --record: NULL = not recording */
+  const char *tls_cert;     /* PEM files; both or neither (srv_tls.h) */
+  const char *tls_key;
+  int log_level; /* srv_log_level (srv_log.h) */
+  int log_json;
+  const char *record_path; /* --record: NULL = not recording */
   uint64_t record_max_bytes;
 } srv_config;
 
@@ -104,11 +108,15 @@ typedef struct srv_conn {
   uint32_t oq_head;     /* first unsent entry */
   uint32_t oq_head_off; /* bytes of oq[oq_head] already written */
   ev_io io;
+  /* With --tls-cert: the TLS state.  Next to io, whose fd every read and
+     write touches: testing it costs plain connections no cache miss. */
+  struct ssl_st *tls;
   struct srv_conn *prev, *next; /* the timed list (HTTP or close-wait) */
   hub_tstamp deadline;          /* for the timed list */
   hub_conn_id id;               /* 0 unless known to the hub */
   srv_http *http;               /* only while in SRV_HTTP */
   srv_rx *rx;                   /* only while a frame is partly read */
+  uint8_t tls_read_ww;          /* the last TLS read wants EV_WRITE */
 } srv_conn;
 
 #define SRV_RBUF_SIZE 65536
@@ -128,7 +136,12 @@ typedef struct srv {
   ev_prepare prepare;
   ev_idle flush_idle; /* active while a flush is deferred: poll, no wait */
   int flush_deferred;
-  ev_signal sigterm, sigint;
+  ev_signal sigterm, sigint, sighup;
+  struct ssl_ctx_st *tls_ctx; /* with --tls-cert (srv_tls.h) */
+  int claiming; /* 1: not serving until the instance key is claimed;
+                   2: serving, the claim waits for Redis (srv_main.c) */
+  ev_timer claim_timer;
+  int exit_code; /* main's, once the loop ends */
   ev_timer shutdown_timer;
   ev_timer quit_timer; /* the backplane's last answers, at exit */
   int shutting_down;

@@ -20,6 +20,8 @@
  */
 #define _GNU_SOURCE /* accept4 */
 #include "srv.h"
+#include "srv_log.h"
+#include "srv_tls.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -547,7 +549,8 @@ static int srv_flush(srv *s, srv_conn *c, size_t *msgs, size_t *bytes) {
     }
     iov[0].iov_base = (uint8_t *)iov[0].iov_base + c->oq_head_off;
     iov[0].iov_len -= c->oq_head_off;
-    w = writev(c->io.fd, iov, n);
+    /* TLS connections take their own write path (srv_tls.h). */
+    w = c->tls == NULL ? writev(c->io.fd, iov, n) : srv_tls_writev(c, iov, n);
     s->writev_calls++;
     if (w < 0) {
       if (errno == EINTR) {
@@ -611,6 +614,7 @@ void srv_conn_drop(srv *s, srv_conn *c) {
     c->id = 0;
   }
   ev_io_stop(s->loop, &c->io);
+  srv_tls_conn_free(c);
   close(c->io.fd);
   c->state = SRV_DEAD;
   s->conns_total--;
@@ -665,6 +669,7 @@ static void srv_conn_gone(srv *s, srv_conn *c) {
 }
 
 static void srv_conn_close_wait(srv *s, srv_conn *c) {
+  srv_tls_shutdown(c);
   if (shutdown(c->io.fd, SHUT_WR) != 0) {
     srv_conn_drop(s, c);
     return;
@@ -724,10 +729,14 @@ static int srv_sh_close(void *user, void *conn_user, hub_conn_id id,
                         hub_close_kind kind) {
   srv *s = user;
   srv_conn *c = conn_user;
-  if (s->debug) {
-    fprintf(stderr, "wshub: close conn %s:%llu code %u (%s)\n",
-            s->cfg.instance_id, (unsigned long long)id, code,
-            kind < HUB_CLOSE_KIND_MAX ? hub_close_kind_name(kind) : reason);
+  if (srv_log_enabled(SRV_LOG_DEBUG)) {
+    char conn[160], scode[8];
+    snprintf(conn, sizeof(conn), "%s:%llu", s->cfg.instance_id,
+             (unsigned long long)id);
+    snprintf(scode, sizeof(scode), "%u", code);
+    srv_log(SRV_LOG_DEBUG, "close", "conn", conn, "#code", scode, "reason",
+            kind < HUB_CLOSE_KIND_MAX ? hub_close_kind_name(kind) : reason,
+            (const char *)NULL);
   }
   if (c->state != SRV_WS || c->id != id) {
     return SH_CLOSE_UNKNOWN;
@@ -968,17 +977,24 @@ static void srv_conn_io_cb(struct ev_loop *loop, ev_io *w, int revents) {
   if ((revents & EV_WRITE) && c->state != SRV_DEAD) {
     srv_mark_dirty(s, c); /* written from the prepare watcher */
     srv_io_update(s, c, 0);
+    if (c->tls != NULL && srv_tls_read_wants_write(c)) {
+      revents |= EV_READ; /* a TLS read waited for this */
+    }
   }
   if (!(revents & EV_READ)) {
     return;
   }
   for (i = 0; i < SRV_READS_PER_EVENT && c->state != SRV_DEAD; i++) {
-    ssize_t n = read(c->io.fd, s->rbuf, sizeof(s->rbuf));
+    ssize_t n = c->tls == NULL ? read(c->io.fd, s->rbuf, sizeof(s->rbuf))
+                               : srv_tls_read(s, c, s->rbuf, sizeof(s->rbuf));
     if (n < 0) {
       if (errno == EINTR) {
         continue;
       }
       if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        if (c->tls != NULL && srv_tls_read_wants_write(c)) {
+          srv_io_update(s, c, 1);
+        }
         break;
       }
       srv_conn_gone(s, c);
@@ -998,7 +1014,8 @@ static void srv_conn_io_cb(struct ev_loop *loop, ev_io *w, int revents) {
     default:
       break; /* closing: input is discarded until EOF */
     }
-    if ((size_t)n < sizeof(s->rbuf)) {
+    if ((size_t)n < sizeof(s->rbuf) &&
+        (c->tls == NULL || !srv_tls_pending(c))) {
       break;
     }
   }
@@ -1126,11 +1143,17 @@ void srv_accept_cb(struct ev_loop *loop, ev_io *w, int revents) {
       continue;
     }
     srv_set_sockopts(s, fd);
+    if (s->tls_ctx != NULL && srv_tls_conn_new(s, c, fd) != 0) {
+      close(fd);
+      free(c);
+      continue;
+    }
     ev_io_init(&c->io, srv_conn_io_cb, fd, EV_READ);
     c->state = SRV_HTTP;
     s->conns_total++;
     if (srv_http_new(s, c) != 0) {
       s->conns_total--;
+      srv_tls_conn_free(c);
       close(fd);
       free(c);
       continue;

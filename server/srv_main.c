@@ -12,6 +12,10 @@
  */
 #include "srv.h"
 #include "bp_redis.h"
+#include "srv_log.h"
+#include "srv_proc.h"
+#include "srv_tls.h"
+#include "srv_version.h"
 #include "srv_rec.h"
 
 #include <errno.h>
@@ -61,24 +65,42 @@ static void srv_hub_timer_cb(struct ev_loop *loop, ev_timer *w, int revents) {
 /* The shell's error hook: a hub call the server got wrong. */
 static void srv_sh_error(void *user, const char *what, int err) {
   (void)user;
-  fprintf(stderr, "wshub: %s: %s\n", what, hub_strerror(err));
+  srv_log(SRV_LOG_ERROR, "hub call failed", "what", what, "error",
+          hub_strerror(err), (const char *)NULL);
 }
 
 /* ------------------------------------------------------------ backplane */
 
+static void srv_claim(srv *s);
+
+/* The backplane logs up and down itself, with its address and why. */
 static void srv_bp_up(void *user) {
   srv *s = user;
+  if (s->claiming) {
+    /* The hub hears of it once the instance key is ours: until then it
+       must not write the key (srv_claim_done). */
+    srv_claim(s);
+    return;
+  }
   if (s->bp_ups++ > 0) {
     s->bp_reconnects++;
   }
-  fprintf(stderr, "wshub: redis backplane up\n");
   sh_bp_up(&s->sh, srv_now());
 }
 
 static void srv_bp_down(void *user) {
   srv *s = user;
-  fprintf(stderr, "wshub: redis backplane down\n");
+  if (s->claiming) {
+    return; /* the hub was never told it was up */
+  }
   sh_bp_down(&s->sh, srv_now());
+}
+
+/* The backplane's log callback (bp_redis_config.log). */
+static void srv_bp_log(void *user, int level, const char *msg,
+                       const char *const *fields) {
+  (void)user;
+  srv_log_fields((srv_log_level)level, msg, fields);
 }
 
 static void srv_bp_msg(void *user, const char *channel, size_t channel_len,
@@ -96,7 +118,8 @@ static void srv_bp_subscribed(void *user, const char *channel,
 /* The shell's forced reconnect (out of memory for a backplane event). */
 static void srv_bp_reset(void *user) {
   srv *s = user;
-  fprintf(stderr, "wshub: out of memory for the backplane: reconnecting\n");
+  srv_log(SRV_LOG_ERROR, "out of memory for the backplane: reconnecting",
+          (const char *)NULL);
   if (s->bp != NULL) {
     bp_redis_reset(s->bp);
   }
@@ -171,7 +194,12 @@ void srv_metrics(srv *s, char *buf, size_t cap, size_t *len) {
       hub_close_kind_name((hub_close_kind)k),
       (unsigned long long)st.evictions[k]);
   }
+  M("# HELP wshub_build_info The version this server was built from.\n"
+    "# TYPE wshub_build_info gauge\n"
+    "wshub_build_info{version=\"%s\",revision=\"%s\"} 1\n",
+    srv_version, srv_revision);
 #undef M
+  srv_proc_metrics(buf, cap, &n);
   *len = n;
 }
 
@@ -228,12 +256,13 @@ static void srv_begin_shutdown(srv *s) {
   if (s->shutting_down) {
     /* A second signal: stop waiting for peers. */
     if (!s->finishing) {
-      fprintf(stderr, "wshub: second signal, not waiting for peers\n");
+      srv_log(SRV_LOG_WARN, "second signal, not waiting for peers",
+              (const char *)NULL);
       srv_shutdown_timer_cb(s->loop, &s->shutdown_timer, 0);
     }
     return;
   }
-  fprintf(stderr, "wshub: shutting down\n");
+  srv_log(SRV_LOG_INFO, "shutting down", (const char *)NULL);
   s->shutting_down = 1;
   ev_io_stop(s->loop, &s->listen_io);
   close(s->listen_fd);
@@ -251,6 +280,19 @@ static void srv_signal_cb(struct ev_loop *loop, ev_signal *w, int revents) {
   (void)w;
   (void)revents;
   srv_begin_shutdown(ev_userdata(loop));
+}
+
+/* SIGHUP: reload the TLS certificate and key; harmless otherwise. */
+static void srv_sighup_cb(struct ev_loop *loop, ev_signal *w, int revents) {
+  srv *s = ev_userdata(loop);
+  (void)w;
+  (void)revents;
+  if (s->tls_ctx != NULL) {
+    (void)srv_tls_reload(s); /* a failure is logged, the old one kept */
+  } else {
+    srv_log(SRV_LOG_INFO, "SIGHUP: nothing to reload (no --tls-cert)",
+            (const char *)NULL);
+  }
 }
 
 /* ------------------------------------------------------------ watchers */
@@ -290,7 +332,8 @@ static void srv_tick_cb(struct ev_loop *loop, ev_timer *w, int revents) {
   (void)revents;
   srv_tick(s);
   srv_rec_flush(); /* a SIGKILL loses at most a tick of the recording */
-  if (!s->shutting_down && s->listen_fd >= 0 && !ev_is_active(&s->listen_io)) {
+  if (!s->shutting_down && s->listen_fd >= 0 && s->claiming != 1 &&
+      !ev_is_active(&s->listen_io)) {
     ev_io_start(loop, &s->listen_io); /* paused after EMFILE */
   }
 }
@@ -308,7 +351,14 @@ static const char srv_usage[] =
   "backplane\n"
   "  --redis-prefix P          prefix of every Redis key and channel (ws:)\n"
   "  --instance-id ID          unique id of this instance "
-  "(hostname-pid-random)\n"
+  "(hostname-pid-random);\n"
+  "                            with the registry on, claimed at start (the "
+  "key\n"
+  "                            <prefix>instance:ID, SET NX): a second "
+  "instance with\n"
+  "                            the same id refuses to start.  With the "
+  "registry off\n"
+  "                            nothing is claimed and nothing is checked\n"
   "  --registry on|off         connection registry and heartbeat (on with "
   "--redis)\n"
   "  --max-queue-msgs N        per-connection outbound queue limit, "
@@ -317,7 +367,9 @@ static const char srv_usage[] =
   "(4194304)\n"
   "  --max-message-bytes N     largest inbound WebSocket message (65536)\n"
   "  --ping-interval S         seconds between server pings (54)\n"
-  "  --pong-timeout S          close a peer silent to pings this long (60)\n"
+  "  --pong-timeout S          close a peer silent to pings this long (60);"
+  "\n"
+  "                            not below --ping-interval\n"
   "  --write-timeout S         close a peer whose socket takes no bytes "
   "this long (10)\n"
   "  --heartbeat-interval S    registry refresh period (10)\n"
@@ -327,13 +379,31 @@ static const char srv_usage[] =
   "  --handshake-timeout S     drop a client not upgraded by then (10)\n"
   "  --sndbuf BYTES            SO_SNDBUF of client sockets (0 = OS "
   "default)\n"
+  "  --tls-cert FILE           PEM certificate chain: serve wss:// and "
+  "https://\n"
+  "  --tls-key FILE            PEM private key of --tls-cert (both are "
+  "reloaded on SIGHUP)\n"
+  "  --log-level L             debug, info, warn or error (info); "
+  "WSHUB_DEBUG=1 is\n"
+  "                            --log-level debug\n"
+  "  --log-format F            text or json, one line per event on stderr "
+  "(text)\n"
+  "  --version                 print the version and exit\n"
   "  --record FILE             record every input of the hub core to FILE "
   "(replay:\n"
   "                            wshub-sim --replay FILE)\n"
   "  --record-max-bytes N      stop recording when FILE would pass N bytes "
   "(1073741824)\n"
   "  --help                    this text\n"
-  "Durations take seconds (\"1.5\") or a unit (\"250ms\", \"2s\").\n";
+  "Durations take seconds (\"1.5\") or a unit (\"250ms\", \"2s\", "
+  "\"1m\", \"1h\").\n"
+  "An environment variable is not read when its option is on the command "
+  "line.\n"
+  "Signals: SIGTERM/SIGINT shut down gracefully; SIGHUP reloads the TLS "
+  "files.\n"
+  "The protocol and the operations reference: docs/protocol.md and "
+  "docs/operations.md\n"
+  "in the source tree.\n";
 
 enum {
   O_LISTEN = 1,
@@ -352,6 +422,11 @@ enum {
   O_MAXCONN,
   O_HANDSHAKE,
   O_SNDBUF,
+  O_TLS_CERT,
+  O_TLS_KEY,
+  O_LOG_LEVEL,
+  O_LOG_FORMAT,
+  O_VERSION,
   O_RECORD,
   O_RECORD_MAX,
   O_HELP
@@ -374,6 +449,11 @@ static const struct option srv_longopts[] = {
   {"max-connections", required_argument, NULL, O_MAXCONN},
   {"handshake-timeout", required_argument, NULL, O_HANDSHAKE},
   {"sndbuf", required_argument, NULL, O_SNDBUF},
+  {"tls-cert", required_argument, NULL, O_TLS_CERT},
+  {"tls-key", required_argument, NULL, O_TLS_KEY},
+  {"log-level", required_argument, NULL, O_LOG_LEVEL},
+  {"log-format", required_argument, NULL, O_LOG_FORMAT},
+  {"version", no_argument, NULL, O_VERSION},
   {"record", required_argument, NULL, O_RECORD},
   {"record-max-bytes", required_argument, NULL, O_RECORD_MAX},
   {"help", no_argument, NULL, O_HELP},
@@ -454,6 +534,27 @@ static int srv_set_option(srv_config *cfg, int opt, const char *val,
     }
     cfg->record_max_bytes = u;
     return 0;
+  case O_TLS_CERT:
+    cfg->tls_cert = *val ? val : NULL;
+    return 0;
+  case O_TLS_KEY:
+    cfg->tls_key = *val ? val : NULL;
+    return 0;
+  case O_LOG_LEVEL: {
+    srv_log_level l;
+    if (srv_log_parse_level(val, &l) != 0) {
+      goto bad;
+    }
+    cfg->log_level = (int)l;
+    srv_log_setup(l, cfg->log_json); /* later errors in its format */
+    return 0;
+  }
+  case O_LOG_FORMAT:
+    if (srv_log_parse_format(val, &cfg->log_json) != 0) {
+      goto bad;
+    }
+    srv_log_setup((srv_log_level)cfg->log_level, cfg->log_json);
+    return 0;
   case O_SHUTDOWN:
     dur = &cfg->shutdown_timeout_ns;
     break;
@@ -468,7 +569,8 @@ static int srv_set_option(srv_config *cfg, int opt, const char *val,
   }
   return 0;
 bad:
-  fprintf(stderr, "wshub: bad value for %s: '%s'\n", name, val);
+  srv_log(SRV_LOG_ERROR, "bad option value", "option", name, "value", val,
+          (const char *)NULL);
   return -1;
 }
 
@@ -481,51 +583,103 @@ static void srv_config_default(srv_config *cfg) {
   cfg->hub.registry = -1;
   cfg->shutdown_timeout_ns = 10 * HUB_NS_PER_S;
   cfg->handshake_timeout_ns = 10 * HUB_NS_PER_S;
+  cfg->log_level = SRV_LOG_INFO;
   cfg->record_max_bytes = SRV_REC_MAX_BYTES_DEFAULT;
 }
 
+/* WSHUB_<FLAG> of an option ("max-message-bytes": WSHUB_MAX_MESSAGE_BYTES). */
+static void srv_env_name(const char *flag, char *env, size_t cap) {
+  size_t i, n = 0;
+  const char *pre = "WSHUB_";
+  while (*pre && n + 1 < cap) {
+    env[n++] = *pre++;
+  }
+  for (i = 0; flag[i] && n + 1 < cap; i++) {
+    char ch = flag[i];
+    env[n++] = ch == '-' ? '_' : (char)(ch >= 'a' && ch <= 'z' ? ch - 32 : ch);
+  }
+  env[n] = '\0';
+}
+
+/*
+ * The command line first (only collected), then the environment for the
+ * options the command line does not give, then the command line's
+ * values: an environment variable that a flag overrides is never parsed,
+ * so a bad one cannot stop a start that does not use it.
+ */
 static int srv_parse_args(srv_config *cfg, int argc, char **argv) {
   const struct option *o;
-  int opt;
-  /* Environment first, so that the command line wins. */
-  for (o = srv_longopts; o->name != NULL; o++) {
-    char env[64] = "WSHUB_";
-    size_t i, n = strlen(env);
+  struct {
+    int opt;
     const char *val;
-    if (o->val == O_HELP) {
-      continue;
-    }
-    for (i = 0; o->name[i] && n + 1 < sizeof(env); i++) {
-      char ch = o->name[i];
-      env[n++] =
-        ch == '-' ? '_' : (char)(ch >= 'a' && ch <= 'z' ? ch - 32 : ch);
-    }
-    env[n] = '\0';
-    val = getenv(env);
-    if (val != NULL && srv_set_option(cfg, o->val, val, env) != 0) {
-      return -1;
-    }
+  } * given;
+  unsigned char seen[O_HELP + 1];
+  int opt, i, ngiven = 0, rc = -1;
+
+  memset(seen, 0, sizeof(seen));
+  given = calloc((size_t)argc + 1, sizeof(*given));
+  if (given == NULL) {
+    srv_log(SRV_LOG_ERROR, "out of memory", (const char *)NULL);
+    return -1;
   }
   while ((opt = getopt_long(argc, argv, "h", srv_longopts, NULL)) != -1) {
     if (opt == O_HELP || opt == 'h') {
       fputs(srv_usage, stdout);
       exit(0);
     }
-    if (opt == '?') {
+    if (opt == O_VERSION) {
+      if (srv_revision[0] != '\0') {
+        printf("wshub %s (%s)\n", srv_version, srv_revision);
+      } else {
+        printf("wshub %s\n", srv_version);
+      }
+      exit(0);
+    }
+    if (opt == '?' || opt <= 0 || opt > O_HELP) {
       fputs(srv_usage, stderr);
-      return -1;
+      goto out;
     }
-    for (o = srv_longopts; o->name != NULL && o->val != opt; o++) {
-    }
-    if (srv_set_option(cfg, opt, optarg, o->name) != 0) {
-      return -1;
-    }
+    given[ngiven].opt = opt;
+    given[ngiven++].val = optarg;
+    seen[opt] = 1;
   }
   if (optind < argc) {
-    fprintf(stderr, "wshub: unexpected argument '%s'\n", argv[optind]);
-    return -1;
+    srv_log(SRV_LOG_ERROR, "unexpected argument", "argument", argv[optind],
+            (const char *)NULL);
+    goto out;
   }
-  return 0;
+  for (o = srv_longopts; o->name != NULL; o++) {
+    char env[64];
+    const char *val;
+    if (o->val == O_HELP || o->val == O_VERSION || seen[o->val]) {
+      continue;
+    }
+    srv_env_name(o->name, env, sizeof(env));
+    val = getenv(env);
+    if (val != NULL && srv_set_option(cfg, o->val, val, env) != 0) {
+      goto out;
+    }
+  }
+  /* WSHUB_DEBUG=1 (older than --log-level) is WSHUB_LOG_LEVEL=debug. */
+  if (!seen[O_LOG_LEVEL] && getenv("WSHUB_LOG_LEVEL") == NULL) {
+    const char *d = getenv("WSHUB_DEBUG");
+    if (d != NULL && *d != '\0' && strcmp(d, "0") != 0) {
+      cfg->log_level = SRV_LOG_DEBUG;
+    }
+  }
+  for (i = 0; i < ngiven; i++) {
+    char flag[64];
+    for (o = srv_longopts; o->name != NULL && o->val != given[i].opt; o++) {
+    }
+    snprintf(flag, sizeof(flag), "--%s", o->name != NULL ? o->name : "?");
+    if (srv_set_option(cfg, given[i].opt, given[i].val, flag) != 0) {
+      goto out;
+    }
+  }
+  rc = 0;
+out:
+  free(given);
+  return rc;
 }
 
 static uint64_t srv_random(void) {
@@ -557,8 +711,10 @@ static int srv_listen(const srv_config *cfg) {
   rc = getaddrinfo(cfg->listen_host[0] ? cfg->listen_host : NULL, port, &hints,
                    &res);
   if (rc != 0) {
-    fprintf(stderr, "wshub: --listen %s:%d: %s\n", cfg->listen_host,
-            cfg->listen_port, gai_strerror(rc));
+    char addr[300];
+    snprintf(addr, sizeof(addr), "%s:%d", cfg->listen_host, cfg->listen_port);
+    srv_log(SRV_LOG_ERROR, "cannot resolve --listen", "listen", addr, "reason",
+            gai_strerror(rc), (const char *)NULL);
     return -1;
   }
   for (ai = res; ai != NULL; ai = ai->ai_next) {
@@ -575,8 +731,10 @@ static int srv_listen(const srv_config *cfg) {
     fd = -1;
   }
   if (fd < 0) {
-    fprintf(stderr, "wshub: cannot listen on %s:%d: %s\n", cfg->listen_host,
-            cfg->listen_port, strerror(errno));
+    char addr[300];
+    snprintf(addr, sizeof(addr), "%s:%d", cfg->listen_host, cfg->listen_port);
+    srv_log(SRV_LOG_ERROR, "cannot listen", "listen", addr, "reason",
+            strerror(errno), (const char *)NULL);
   }
   freeaddrinfo(res);
   return fd;
@@ -608,6 +766,116 @@ static uint64_t srv_link_seed(const char *instance_id) {
   return x ^ ((uint64_t)getpid() << 32) ^ srv_now() ^ (uint64_t)time(NULL);
 }
 
+/* ------------------------------------------------------------ claim */
+
+/* "redis://host:port/db" without any "user:password@" part, for logs. */
+static void srv_redis_addr(const char *url, char *out, size_t cap) {
+  const char *p = strstr(url, "://");
+  const char *at, *end;
+  p = p != NULL ? p + 3 : url;
+  at = strchr(p, '@');
+  end = p + strcspn(p, "/?");
+  if (at != NULL && at < end) {
+    p = at + 1;
+  }
+  snprintf(out, cap, "%.*s", (int)(end - p), p);
+}
+
+/* Accepts connections from now on, and says so. */
+static void srv_serve(srv *s) {
+  char listen[300], redis[300] = "";
+  if (s->listen_fd < 0 || ev_is_active(&s->listen_io)) {
+    return;
+  }
+  ev_io_start(s->loop, &s->listen_io);
+  snprintf(listen, sizeof(listen),
+           strchr(s->cfg.listen_host, ':') != NULL ? "[%s]:%d" : "%s:%d",
+           s->cfg.listen_host, s->cfg.listen_port);
+  if (s->cfg.redis_url != NULL) {
+    srv_redis_addr(s->cfg.redis_url, redis, sizeof(redis));
+  }
+  srv_log(SRV_LOG_INFO, "listening", "version", srv_version, "revision",
+          srv_revision, "instance", s->cfg.instance_id, "listen", listen,
+          "scheme", s->tls_ctx != NULL ? "https" : "http", "registry",
+          s->cfg.hub.registry ? "on" : "off", "backplane",
+          s->bp != NULL ? "redis" : "embedded",
+          /* Last: embedded, the NULL key ends the fields here. */
+          s->bp != NULL ? "redis_addr" : (const char *)NULL, redis,
+          (const char *)NULL);
+}
+
+static void srv_claim_done(void *arg, int result, long long ttl_left_s) {
+  srv *s = arg;
+  char key[300], ttl[32];
+  if (!s->claiming) {
+    return;
+  }
+  snprintf(key, sizeof(key), "%sinstance:%s", s->cfg.redis_prefix,
+           s->cfg.instance_id);
+  if (result == BP_CLAIM_TAKEN) {
+    /* Another process holds the id.  Its key is left alone: this process
+       never told the hub that the backplane is up, so it writes and
+       deletes nothing. */
+    char why[700];
+    snprintf(ttl, sizeof(ttl), "%lld", ttl_left_s);
+    snprintf(why, sizeof(why),
+             "%s exists: another instance runs with this id (the key lives "
+             "%lld s more and is refreshed every heartbeat while it runs; "
+             "after a crash, start again once it expired, or choose another "
+             "--instance-id)",
+             key, ttl_left_s);
+    srv_log(SRV_LOG_ERROR, "instance id in use, refusing to start", "instance",
+            s->cfg.instance_id, "key", key, "#ttl_s", ttl, "reason", why,
+            (const char *)NULL);
+    s->exit_code = 1;
+    ev_break(s->loop, EVBREAK_ALL);
+    return;
+  }
+  if (result == BP_CLAIM_OK) {
+    srv_log(SRV_LOG_INFO, "instance id claimed", "instance", s->cfg.instance_id,
+            "key", key, (const char *)NULL);
+  } else {
+    srv_log(SRV_LOG_WARN,
+            "could not claim the instance id (Redis error or link lost); "
+            "going on without the check",
+            "instance", s->cfg.instance_id, "key", key, (const char *)NULL);
+  }
+  s->claiming = 0;
+  ev_timer_stop(s->loop, &s->claim_timer);
+  srv_bp_up(s); /* now the hub's */
+  srv_serve(s);
+}
+
+/* The backplane is up and the instance key is not claimed yet. */
+static void srv_claim(srv *s) {
+  char val[400], key[160];
+  snprintf(key, sizeof(key), "instance:%s", s->cfg.instance_id);
+  snprintf(val, sizeof(val),
+           "{\"instance_id\":\"%s\",\"connections\":0,\"started_at\":%lld}",
+           s->cfg.instance_id, (long long)s->started_unix);
+  if (bp_redis_claim(s->bp, key, val, s->cfg.hub.instance_ttl_s, srv_claim_done,
+                     s) != 0) {
+    /* Out of memory: go on without the check rather than never serve. */
+    srv_claim_done(s, BP_CLAIM_ERROR, -1);
+  }
+}
+
+/* Redis did not come up in time: serve, claim when it does. */
+static void srv_claim_timer_cb(struct ev_loop *loop, ev_timer *w, int revents) {
+  srv *s = ev_userdata(loop);
+  (void)w;
+  (void)revents;
+  if (s->claiming == 1) {
+    s->claiming = 2;
+    srv_log(SRV_LOG_WARN,
+            "redis unreachable at start: serving before the instance id is "
+            "claimed (it is claimed when Redis answers; a duplicate then "
+            "stops this process)",
+            "instance", s->cfg.instance_id, (const char *)NULL);
+    srv_serve(s);
+  }
+}
+
 int main(int argc, char **argv) {
   /* Static storage: the state holds the 64 KiB read buffer and outlives
      every callback; it is reached only through the pointer below. */
@@ -625,6 +893,7 @@ int main(int argc, char **argv) {
   if (srv_parse_args(&s->cfg, argc, argv) != 0) {
     return 2;
   }
+  srv_log_setup((srv_log_level)s->cfg.log_level, s->cfg.log_json);
   if (s->cfg.instance_id[0] == '\0') {
     char host[64] = "wshub";
     (void)gethostname(host, sizeof(host) - 1);
@@ -636,8 +905,33 @@ int main(int argc, char **argv) {
     s->cfg.hub.registry = s->cfg.redis_url != NULL;
   }
   if (s->cfg.hub.registry && s->cfg.redis_url == NULL) {
-    fprintf(stderr, "wshub: --registry on needs --redis\n");
+    srv_log(SRV_LOG_ERROR, "--registry on needs --redis", (const char *)NULL);
     return 2;
+  }
+  /* A peer is closed once it answered no ping for --pong-timeout; below
+     the ping interval, every healthy peer would be closed between two
+     pings.  That is a configuration mistake, not a choice. */
+  if (s->cfg.hub.pong_timeout_ns < s->cfg.hub.ping_interval_ns) {
+    srv_log(SRV_LOG_ERROR,
+            "--pong-timeout is below --ping-interval: every peer would be "
+            "closed between two pings",
+            (const char *)NULL);
+    return 2;
+  }
+  if ((s->cfg.tls_cert == NULL) != (s->cfg.tls_key == NULL)) {
+    srv_log(SRV_LOG_ERROR, "--tls-cert and --tls-key go together",
+            (const char *)NULL);
+    return 2;
+  }
+  if (s->cfg.tls_cert != NULL) {
+    char err[512];
+    s->tls_ctx =
+      srv_tls_load(s->cfg.tls_cert, s->cfg.tls_key, err, sizeof(err));
+    if (s->tls_ctx == NULL) {
+      srv_log(SRV_LOG_ERROR, "cannot load the TLS certificate", "reason", err,
+              (const char *)NULL);
+      return 1;
+    }
   }
   nofile = srv_raise_nofile();
   s->max_conns = s->cfg.max_connections;
@@ -645,11 +939,11 @@ int main(int argc, char **argv) {
     s->max_conns = nofile > 64 ? nofile - 32 : 32;
   }
   signal(SIGPIPE, SIG_IGN);
-  s->debug = getenv("WSHUB_DEBUG") != NULL;
+  s->debug = s->cfg.log_level == SRV_LOG_DEBUG;
 
   s->loop = ev_default_loop(EVFLAG_AUTO);
   if (s->loop == NULL) {
-    fprintf(stderr, "wshub: cannot start libev\n");
+    srv_log(SRV_LOG_ERROR, "cannot start libev", (const char *)NULL);
     return 1;
   }
   ev_set_userdata(s->loop, s);
@@ -668,17 +962,21 @@ int main(int argc, char **argv) {
   t0 = srv_now();
   rc = hub_new(&s->h, &hc, NULL, t0);
   if (rc != 0) {
-    fprintf(stderr, "wshub: %s\n", hub_strerror(rc));
+    srv_log(SRV_LOG_ERROR, "cannot create the hub", "reason", hub_strerror(rc),
+            (const char *)NULL);
     return 1;
   }
   ev_timer_init(&s->hub_timer, srv_hub_timer_cb, 0.0, 0.0);
 
+  /* With the registry, the instance key is claimed before serving. */
+  s->claiming = s->cfg.redis_url != NULL && s->cfg.hub.registry;
   if (s->cfg.redis_url != NULL) {
     bp_redis_config bc;
     bp_events ev;
     char name[160];
     snprintf(name, sizeof(name), "wshub:%.128s", s->cfg.instance_id);
     memset(&ev, 0, sizeof(ev));
+    memset(&bc, 0, sizeof(bc));
     ev.user = s;
     ev.on_up = srv_bp_up;
     ev.on_down = srv_bp_down;
@@ -689,10 +987,12 @@ int main(int argc, char **argv) {
     bc.prefix = s->cfg.redis_prefix;
     bc.client_name = name;
     bc.seed = srv_link_seed(s->cfg.instance_id);
+    bc.log = srv_bp_log;
+    bc.log_user = s;
     rc = bp_redis_new(&s->bp, &bc, &ev);
     if (rc != 0) {
-      fprintf(stderr, "wshub: --redis %s: %s\n", s->cfg.redis_url,
-              hub_strerror(rc));
+      srv_log(SRV_LOG_ERROR, "bad --redis", "url", s->cfg.redis_url, "reason",
+              hub_strerror(rc), (const char *)NULL);
       return 2;
     }
   }
@@ -709,7 +1009,6 @@ int main(int argc, char **argv) {
   }
 
   ev_io_init(&s->listen_io, srv_accept_cb, s->listen_fd, EV_READ);
-  ev_io_start(s->loop, &s->listen_io);
   ev_timer_init(&s->tick, srv_tick_cb, 0.1, 0.1);
   ev_timer_start(s->loop, &s->tick);
   ev_prepare_init(&s->prepare, srv_prepare_cb);
@@ -719,11 +1018,18 @@ int main(int argc, char **argv) {
   ev_signal_start(s->loop, &s->sigterm);
   ev_signal_init(&s->sigint, srv_signal_cb, SIGINT);
   ev_signal_start(s->loop, &s->sigint);
+  ev_signal_init(&s->sighup, srv_sighup_cb, SIGHUP);
+  ev_signal_start(s->loop, &s->sighup);
 
   sh_drain(&s->sh, srv_now()); /* what hub_new queued */
-  fprintf(stderr, "wshub: instance %s listening on %s:%d (%s backplane)\n",
-          s->cfg.instance_id, s->cfg.listen_host, s->cfg.listen_port,
-          s->bp != NULL ? "redis" : "embedded");
+  if (s->claiming) {
+    /* Longer than the backplane's connect timeout (2 s), so that a
+       Redis that answers is always asked first. */
+    ev_timer_init(&s->claim_timer, srv_claim_timer_cb, 2.5, 0.0);
+    ev_timer_start(s->loop, &s->claim_timer);
+  } else {
+    srv_serve(s);
+  }
   ev_run(s->loop, 0);
   srv_rec_end();
 
@@ -733,6 +1039,8 @@ int main(int argc, char **argv) {
   }
   hub_del(s->h);
   srv_conn_fini(s);
-  fprintf(stderr, "wshub: bye\n");
-  return 0;
+  srv_tls_ctx_free(s->tls_ctx);
+  srv_log(s->exit_code != 0 ? SRV_LOG_ERROR : SRV_LOG_INFO, "bye",
+          (const char *)NULL);
+  return s->exit_code;
 }

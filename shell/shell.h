@@ -147,6 +147,12 @@ typedef struct sh {
 void sh_init(sh *s, hub *h, bp *b, const hub_config *cfg,
              const sh_transport *t);
 
+/* The driver's transport |user| moved (the simulator's instance table
+   grows by realloc): later callbacks get |user|.  Not from a callback. */
+static inline void sh_set_user(sh *s, void *user) {
+  s->t.user = user;
+}
+
 /* Applies every queued effect, writes the write-now list, re-arms the
    timer.  Every wrapper ends with it; call it yourself only after
    hub_new. */

@@ -21,6 +21,7 @@
 #include <stdio.h>
 
 #include "hub.h"
+#include "shell.h"
 #include "sim_loop.h"
 #include "sim_redis.h"
 #include "sim_bp.h"
@@ -39,16 +40,20 @@ typedef struct sim_config {
   uint64_t shutdown_timeout_ns;
   uint64_t sndbuf;
   /* `config alloc-fail-rate R`: each allocation of an instance's hub
-     (and of its transport's queues) fails with probability R, in parts
-     per billion; 0: never. */
+     (and of its transport's and backplane's queues) fails with probability R,
+     in parts per billion; 0: never. */
   uint32_t alloc_fail_ppb;
   char prefix[64]; /* --redis-prefix */
 } sim_config;
 
-/* One connection as an instance's transport sees it. */
+/* One connection as an instance's transport sees it.  Allocated one by
+   one (the shell's conn_user and write-now list point at it). */
 typedef struct sim_conn {
   uint32_t client; /* index into w->clients */
   int open;        /* 0 once closed or closing on our side */
+  hub_conn_id id;  /* its hub id */
+  int dirty;       /* on its instance's flush list */
+  sh_oq oq;        /* the shell's out-queue accounting */
   hub_buf **q;     /* frames not yet read by the client, oldest first */
   size_t qhead, qlen, qcap;
   uint64_t qbytes;   /* bytes of all frames in q */
@@ -98,23 +103,28 @@ typedef struct sim_inst {
   char id[32];
   hub *h;
   sim_bp *bp;
-  sim_conn *conns; /* indexed by hub_conn_id */
-  size_t nconns;   /* highest id + 1 */
+  sh sh;            /* the driver layer: every hub call goes through it */
+  bp *tap;          /* the bp the shell sees: traces, checks, forwards */
+  sim_conn **conns; /* indexed by hub_conn_id (NULL: not ours) */
+  sim_conn *spare;  /* the next connection, before its id is known */
+  size_t nconns;    /* highest id + 1 */
   size_t capconns;
   size_t open_conns;
   size_t closing;    /* CLOSE effects whose hub_on_conn_closed is pending */
-  uint64_t timer_at; /* the INST_TIMER event in flight, or UINT64_MAX */
+  uint64_t timer_at; /* the INST_TIMER event armed, or UINT64_MAX */
   int partitioned;
   int shutdown_clean; /* link up throughout the shutdown */
   uint64_t shutdown_at;
   uint64_t accept_last; /* FIFO of connects */
   uint32_t q_msgs_max;  /* the limits it was started with */
   uint64_t q_bytes_max;
-  hub_conn_id *dirty; /* connections with frames to flush (inst_drain) */
+  /* Connections with frames to flush at the end of this loop iteration
+     (the SIM_EV_INST_FLUSH event, as the server's ev_prepare flush). */
+  hub_conn_id *dirty;
   size_t ndirty, capdirty;
-  sim_alloc *alloc;         /* its hub's allocator (one per slot) */
-  uint64_t expiry_retry_at; /* after a failed hub_handle_expiry */
-  int unchecked;            /* drained since hub_check last ran */
+  int flush_pending;
+  sim_alloc *alloc; /* its hub's allocator (one per slot) */
+  int unchecked;    /* drained since hub_check last ran */
   /* Invariant 7: DELs the link lost (not sent, or dropped in flight)
      with no SET of the key sent since, and DELs in flight. */
   sim_strv lost_dels, pending_dels;
@@ -305,8 +315,11 @@ int sim_strv_has(const sim_strv *v, const char *key);
 void sim_strv_clear(sim_strv *v);
 /* Registers the checkers' hooks on the world's Redis. */
 int sim_check_hooks(sim_world *w);
-/* Invariant 7's bookkeeping: instance |in| applies registry effect |e|
-   (before the backplane sees it). */
-void sim_check_reg_effect(sim_world *w, sim_inst *in, const hub_effect *e);
+/* Invariant 7's bookkeeping: instance |in| applies registry effect
+   |type| (HUB_EFF_REG_SET or _DEL) on key |name| (before the backplane
+   sees it); |sent|: the command is queued on a connected link (else it
+   is lost). */
+void sim_check_reg_effect(sim_world *w, sim_inst *in, int type,
+                          const char *name, size_t len, int sent);
 
 #endif /* SIM_H */

@@ -9,18 +9,18 @@
 #                            reproducer that fails on the mutant and passes
 #                            on the real core
 
-SIM_SRC := $(sort $(wildcard sim/*.c)) backplanes/bp.c
+SIM_SRC := $(sort $(wildcard sim/*.c))
 SIM_OBJ := $(SIM_SRC:%.c=$(OBJ)/%.o)
 SIM_BIN := $(BUILD)/wshub-sim
 BINS += $(SIM_BIN)
+
+# The simulator drives its instances through the shell, as the server does.
+$(SIM_OBJ): CFLAGS += -Ishell
 
 $(SIM_BIN): $(SIM_OBJ) $(SHELL_LIB) $(CORE_LIB)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) -o $@ $(SIM_OBJ) $(SHELL_LIB) $(CORE_LIB)
-
-# --replay reads recordings with the shell's reader (shell/sh_rec.h).
-$(OBJ)/sim/sim_replay.o: CFLAGS += -Ishell
 
 SCENARIO_FILES := $(sort $(wildcard scenarios/*.scn))
 # The sanitizer build is several times slower: explore fewer seeds there.

@@ -7,8 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define BACKOFF_MIN (100 * SIM_MS)
-#define BACKOFF_MAX (1 * SIM_S)
+#include "shell.h"
 
 struct sim_bp {
   bp base; /* first: a bp * is a sim_bp * */
@@ -18,8 +17,8 @@ struct sim_bp {
   int connecting; /* a connect attempt or backoff is under way */
   int up_known;   /* the instance was told on_up */
   uint64_t gen;   /* bumped at every drop: a stale retry is ignored */
-  uint64_t backoff;
-  sim_rng lat; /* this link's own latency stream, lent to the model */
+  sh_link link;   /* the shell's backoff, as bp_redis.c uses it */
+  sim_rng lat;    /* this link's own latency stream, lent to the model */
   char prefix[64];
 };
 
@@ -111,22 +110,24 @@ static void sim_bp_connected_cb(void *user) {
   sim_bp *b = user;
   b->connecting = 0;
   b->up_known = 1;
-  b->backoff = BACKOFF_MIN;
+  sh_link_up(&b->link);
   if (b->base.ev.on_up) {
     b->base.ev.on_up(b->base.ev.user);
   }
 }
 
-static void sim_bp_schedule(sim_bp *b, uint64_t after) {
-  sim_schedule(b->loop, b->loop->now + after, SIM_EV_BP_RETRY, b->tag, 0,
+/* The link is lost (or an attempt failed) at |at|: retry after the
+   shell's backoff (sh_link_lost; in its WAIT state the retry already
+   scheduled stands, rescheduled under the current generation). */
+static void sim_bp_schedule(sim_bp *b, uint64_t at) {
+  sim_schedule(b->loop, sh_link_lost(&b->link, at), SIM_EV_BP_RETRY, b->tag, 0,
                b->gen, NULL);
 }
 
 /* The refusal arrives after |transit|; the retry timer runs from then. */
 static void sim_bp_refused_cb(void *user, uint64_t transit) {
   sim_bp *b = user;
-  sim_bp_schedule(b, transit + b->backoff);
-  b->backoff = b->backoff * 2 > BACKOFF_MAX ? BACKOFF_MAX : b->backoff * 2;
+  sim_bp_schedule(b, b->loop->now + transit);
 }
 
 /* Like bp_redis_lost: report down once, then retry after the backoff. */
@@ -137,7 +138,7 @@ static void sim_bp_lost_cb(void *user) {
   if (was_up && b->base.ev.on_down) {
     b->base.ev.on_down(b->base.ev.user);
   }
-  sim_bp_schedule(b, b->backoff);
+  sim_bp_schedule(b, b->loop->now);
 }
 
 static void sim_bp_subscribed_cb(void *user, const char *chan, size_t len) {
@@ -173,7 +174,13 @@ sim_bp *sim_bp_new(sim_loop *loop, sim_redis *r, uint32_t tag, uint64_t stream,
      shrunk reproducers faithful). */
   sim_rng_seed(&b->lat, loop->seed, stream);
   b->gen = sim_loop_unique(loop);
-  b->backoff = BACKOFF_MIN;
+  {
+    /* The backoff's jitter: its own stream of the seed (per instance
+       and incarnation, beside the latencies'). */
+    sim_rng jr;
+    sim_rng_seed(&jr, loop->seed, stream ^ (UINT64_C(0xbac0ff) << 40));
+    sh_link_init(&b->link, sim_rng_next(&jr));
+  }
   cbs.user = b;
   cbs.on_connected = sim_bp_connected_cb;
   cbs.on_refused = sim_bp_refused_cb;
@@ -197,6 +204,7 @@ void sim_bp_connect(sim_bp *b) {
     return;
   }
   b->connecting = 1;
+  (void)sh_link_connect(&b->link);
   sim_redis_connect(b->conn);
 }
 
@@ -218,7 +226,7 @@ void sim_bp_reconnect(sim_bp *b) {
   sim_redis_drop(b->conn, 0);
   b->up_known = 0;
   b->connecting = 1;
-  sim_bp_schedule(b, b->backoff);
+  sim_bp_schedule(b, b->loop->now);
 }
 
 void sim_bp_set_partitioned(sim_bp *b, int on) {
@@ -241,7 +249,7 @@ int sim_bp_event(sim_bp *b, const sim_ev *ev) {
   if (ev->type != SIM_EV_BP_RETRY) {
     return 0;
   }
-  if (ev->gen == b->gen) {
+  if (ev->gen == b->gen && sh_link_connect(&b->link) == 0) {
     sim_redis_connect(b->conn);
   }
   return 1;

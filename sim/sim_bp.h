@@ -3,7 +3,8 @@
  * the simulated Redis through.  It mirrors bp_redis.c: a subscriber and
  * a command connection that connect and drop together, on_up once both
  * are established, on_down when their loss is noticed, then reconnects
- * with exponential backoff (100 ms doubling up to 1 s here).  Keys get
+ * with the shell's backoff (sh_link: 100 ms doubling to 5 s, jittered
+ * from a stream of the seed).  Keys get
  * the prefix; channels are handed to the model by their logical name.
  */
 #ifndef SIM_BP_H

@@ -200,10 +200,10 @@ static void check_publish(sim_world *w, uint32_t chan) {
     }
     epoch = sim_redis_epoch(sim_bp_conn(in->bp));
     for (id = 1; id < in->nconns; id++) {
-      sim_conn *k = &in->conns[id];
+      sim_conn *k = in->conns[id];
       sim_client *c;
       sim_cstate *cs;
-      if (!k->open) {
+      if (k == NULL || !k->open) {
         continue;
       }
       c = &w->clients[k->client];
@@ -341,7 +341,13 @@ static void scan_live(void *arg, const char *key) {
           strlen(in->id) == (size_t)(colon - id) &&
           memcmp(in->id, id, (size_t)(colon - id)) == 0) {
         unsigned long n = strtoul(colon + 1, NULL, 10);
-        if (n < in->nconns && in->conns[n].open) {
+        if (n < in->nconns && in->conns[n] != NULL && in->conns[n]->open) {
+          return;
+        }
+        /* Its DEL was lost (not queued for want of memory, or dropped in
+           flight by a reconnect) and no SET was sent since: at-most-once
+           leaves it to its TTL, which Redis enforces. */
+        if (sim_strv_has(&in->lost_dels, key)) {
           return;
         }
       }
@@ -430,16 +436,15 @@ void sim_strv_clear(sim_strv *v) {
    connections is lost (at-most-once; the key stays until its TTL); one
    sent is in flight until Redis processes it.  A SET sent since makes
    the key the instance's again. */
-void sim_check_reg_effect(sim_world *w, sim_inst *in, const hub_effect *e) {
+void sim_check_reg_effect(sim_world *w, sim_inst *in, int type,
+                          const char *name, size_t len, int sent) {
   char key[256];
-  int up = in->bp != NULL && sim_bp_connected(in->bp);
-  if ((e->type != HUB_EFF_REG_SET && e->type != HUB_EFF_REG_DEL) ||
-      e->name == NULL) {
+  int up = sent;
+  if ((type != HUB_EFF_REG_SET && type != HUB_EFF_REG_DEL) || name == NULL) {
     return;
   }
-  snprintf(key, sizeof(key), "%s%.*s", w->cfg.prefix, (int)e->name->len,
-           (const char *)e->name->data);
-  if (e->type == HUB_EFF_REG_SET) {
+  snprintf(key, sizeof(key), "%s%.*s", w->cfg.prefix, (int)len, name);
+  if (type == HUB_EFF_REG_SET) {
     if (up) {
       strv_remove(&in->lost_dels, key);
     }

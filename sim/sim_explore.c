@@ -23,6 +23,8 @@
 typedef struct lines {
   char **v;
   size_t n, cap;
+  size_t tail; /* v[tail..n): the liveness block (heals, the final run,
+                  check liveness), kept whole by the shrinker */
 } lines;
 
 static void add(lines *l, const char *fmt, ...)
@@ -178,13 +180,21 @@ static void generate(const explorer *ex, uint64_t seed, lines *l) {
       }
     }
   }
+  l->tail = l->n;
   for (i = 0; i < ninst; i++) {
     if (parted[i]) {
       add(l, "heal %u redis", i);
     }
   }
-  /* Liveness: with faults healed and traffic stopped, everything settles
-     within the connection keys' TTL. */
+  /* Liveness: with faults healed (allocation failures stopped too, a
+     minute later) and traffic stopped, everything settles within the
+     connection keys' TTL. */
+  if (ex->o->alloc_fail != NULL) {
+    /* A minute of timers (expiry, pings, registry refreshes) with the
+       failures still on, then they stop too. */
+    add(l, "run 60s");
+    add(l, "config alloc-fail-rate 0");
+  }
   add(l, "run 150s");
   add(l, "check liveness");
 }
@@ -204,32 +214,50 @@ static int run_subset(explorer *ex, char *const *v, size_t n, sim_result *r) {
   return r->failed ? -1 : 0;
 }
 
+/* Builds cand from cur's first |fixed| statements, the |m| after them
+   but those in [skip_from, skip_to), then the tail; returns its size. */
+static size_t shrink_cand(char **cand, char *const *cur, size_t fixed, size_t m,
+                          size_t skip_from, size_t skip_to, char *const *tail,
+                          size_t ntail) {
+  size_t c = 0, j;
+  for (j = 0; j < fixed + m; j++) {
+    if (j < fixed || j - fixed < skip_from || j - fixed >= skip_to) {
+      cand[c++] = cur[j];
+    }
+  }
+  for (j = 0; j < ntail; j++) {
+    cand[c++] = tail[j];
+  }
+  return c;
+}
+
 static size_t shrink(explorer *ex, lines *l, int inv, size_t *tests) {
-  /* Statement 0 and 1 (seed, invariants on) stay. */
-  size_t fixed = 2, m = l->n - fixed, gran = 2, i;
+  /* Statement 0 and 1 (seed, invariants on) stay, and so does the
+     liveness block at the end: without its heals and its run, invariant
+     8 fails on any subset ("not settled"), which is no reproducer. */
+  size_t tail_at = l->tail > 2 && l->tail <= l->n ? l->tail : l->n;
+  size_t ntail = l->n - tail_at;
+  size_t fixed = 2, m = tail_at - fixed, gran = 2, i;
   char **cur = malloc(l->n * sizeof(*cur));
   char **cand = malloc(l->n * sizeof(*cand));
+  char **tail = l->v + tail_at;
   sim_result r;
   const size_t budget = 3000;
 
   if (cur == NULL || cand == NULL) {
     abort();
   }
-  memcpy(cur, l->v, l->n * sizeof(*cur));
+  memcpy(cur, l->v, tail_at * sizeof(*cur));
   while (m >= 2 && *tests < budget) {
     size_t chunk = (m + gran - 1) / gran;
     int reduced = 0;
     for (i = 0; i * chunk < m && *tests < budget; i++) {
-      size_t s = i * chunk, e = s + chunk < m ? s + chunk : m, c = 0, j;
-      for (j = 0; j < fixed + m; j++) {
-        if (j < fixed || j - fixed < s || j - fixed >= e) {
-          cand[c++] = cur[j];
-        }
-      }
+      size_t st = i * chunk, e = st + chunk < m ? st + chunk : m;
+      size_t c = shrink_cand(cand, cur, fixed, m, st, e, tail, ntail);
       (*tests)++;
       if (run_subset(ex, cand, c, &r) == inv) {
-        memcpy(cur, cand, c * sizeof(*cur));
-        m = c - fixed;
+        memcpy(cur, cand, (c - ntail) * sizeof(*cur));
+        m = c - ntail - fixed;
         gran = gran > 2 ? gran - 1 : 2;
         reduced = 1;
         break;
@@ -245,29 +273,25 @@ static size_t shrink(explorer *ex, lines *l, int inv, size_t *tests) {
   /* One statement at a time, from the end. */
   i = m;
   while (i-- > 0 && *tests < budget) {
-    size_t c = 0, j;
-    for (j = 0; j < fixed + m; j++) {
-      if (j != fixed + i) {
-        cand[c++] = cur[j];
-      }
-    }
+    size_t c = shrink_cand(cand, cur, fixed, m, i, i + 1, tail, ntail);
     (*tests)++;
     if (run_subset(ex, cand, c, &r) == inv) {
-      memcpy(cur, cand, c * sizeof(*cur));
-      m = c - fixed;
+      memcpy(cur, cand, (c - ntail) * sizeof(*cur));
+      m = c - ntail - fixed;
     }
   }
-  /* Reorder l->v to cur, freeing what was dropped. */
+  /* Reorder l->v to cur and the tail, freeing what was dropped. */
   {
-    char **keep = malloc((fixed + m) * sizeof(*keep));
-    size_t j, k;
+    size_t nkeep = fixed + m + ntail, j, k;
+    char **keep = malloc(nkeep * sizeof(*keep));
     if (keep == NULL) {
       abort();
     }
     memcpy(keep, cur, (fixed + m) * sizeof(*keep));
+    memcpy(keep + fixed + m, tail, ntail * sizeof(*keep));
     for (j = 0; j < l->n; j++) {
       int kept = 0;
-      for (k = 0; k < fixed + m; k++) {
+      for (k = 0; k < nkeep; k++) {
         if (keep[k] == l->v[j]) {
           kept = 1;
           break;
@@ -279,7 +303,8 @@ static size_t shrink(explorer *ex, lines *l, int inv, size_t *tests) {
     }
     free(l->v);
     l->v = keep;
-    l->n = l->cap = fixed + m;
+    l->n = l->cap = nkeep;
+    l->tail = fixed + m;
   }
   free(cur);
   free(cand);

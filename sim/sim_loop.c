@@ -87,7 +87,7 @@ static const char *ev_names[SIM_EV_TYPE_MAX] = {
   "?",         "stmt",      "timer",       "conn-open",  "conn-msg",
   "conn-pong", "conn-gone", "conn-closed", "frame",      "close",
   "read",      "redis-cmd", "bp-deliver",  "bp-connect", "bp-up",
-  "bp-down",   "bp-retry",  "inst-exit",   "check-keys"};
+  "bp-down",   "bp-retry",  "inst-exit",   "check-keys", "flush"};
 
 const char *sim_ev_name(uint32_t type) {
   return type < SIM_EV_TYPE_MAX ? ev_names[type] : "?";

@@ -59,7 +59,7 @@ void sim_blob_unref(sim_blob *b); /* accepts NULL */
    trace names them (sim_ev_name) and prints |a| and |b|. */
 enum sim_ev_type {
   SIM_EV_STMT = 1,     /* world: a statement scheduled with `at` */
-  SIM_EV_INST_TIMER,   /* world: a = instance: hub_handle_expiry */
+  SIM_EV_INST_TIMER,   /* world: a = instance: sh_expiry */
   SIM_EV_CONN_OPEN,    /* world: a = client: its connect reaches it */
   SIM_EV_CONN_MSG,     /* world: a = client, p = message text */
   SIM_EV_CONN_PONG,    /* world: a = client */
@@ -76,6 +76,7 @@ enum sim_ev_type {
   SIM_EV_BP_RETRY,     /* bp: a = tag: reconnect backoff expired */
   SIM_EV_INST_EXIT,    /* world: a = instance: shutdown timeout */
   SIM_EV_CHECK_KEYS,   /* world: invariant 6: p = key prefix blob */
+  SIM_EV_INST_FLUSH,   /* world: a = instance: end of a loop iteration */
   SIM_EV_TYPE_MAX
 };
 

@@ -215,6 +215,13 @@ static int set_config(runner *rn, const char *name, const char *val) {
     if (sim_parse_rate(val, &c->alloc_fail_ppb) != 0) {
       return fail(rn, "bad rate %s (a probability such as 0.001)", val);
     }
+    /* Running instances too: the explorer stops the failures with the
+       other faults before it checks liveness. */
+    for (i = 0; i < rn->w.ninsts; i++) {
+      if (rn->w.insts[i].alloc != NULL) {
+        rn->w.insts[i].alloc->fail_ppb = c->alloc_fail_ppb;
+      }
+    }
   } else {
     return fail(rn, "unknown config %s", name);
   }

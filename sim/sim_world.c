@@ -1,7 +1,7 @@
 /*
- * sim_world.c - simulated instances (each running the real core, with
- * its allocation failures), simulated clients, the transport between
- * them and the effect applier (inst_drain); the loop itself is
+ * sim_world.c - simulated instances (each running the real core through
+ * the shell, shell/shell.h, with its allocation failures), simulated
+ * clients and the shell's transport between them; the loop itself is
  * sim_loop.c, Redis sim_redis.c.
  *
  * The transport models what the hub sees of a TCP peer.  A client that
@@ -198,8 +198,16 @@ static void alloc_in(sim_inst *in, const char *call) {
   }
 }
 
+/* Every call into the shell starts here: its allocations are named for
+   the trace, and hub_check (invariant 9) runs after the event. */
+static sim_inst *inst_enter(sim_inst *in, const char *call) {
+  alloc_in(in, call);
+  in->unchecked = 1;
+  return in;
+}
+
 static sim_conn *inst_conn(sim_inst *in, hub_conn_id id) {
-  return id < in->nconns ? &in->conns[id] : NULL;
+  return id < in->nconns ? in->conns[id] : NULL;
 }
 
 static void conn_q_clear(sim_conn *k) {
@@ -211,6 +219,10 @@ static void conn_q_clear(sim_conn *k) {
   k->qhead = 0;
   k->qbytes = k->wpos = k->wfin_end = 0;
   k->wfin = 0;
+  /* Nothing is owed any more; the write-now list (if it is on it) finds
+     the connection closed. */
+  k->oq.bytes = 0;
+  k->oq.msgs = 0;
 }
 
 /* Queues |b| (a reference is taken).  Returns -1 if the queue could not
@@ -238,6 +250,7 @@ static int conn_q_push(sim_inst *in, sim_conn *k, hub_buf *b) {
   k->q[(k->qhead + k->qlen) % k->qcap] = b;
   k->qlen++;
   k->qbytes += b->len;
+  sh_oq_push(&in->sh, &k->oq, b->len, 1);
   return 0;
 }
 
@@ -247,7 +260,6 @@ static hub_buf *conn_q_at(sim_conn *k, size_t i) {
 
 static void client_frame(sim_world *w, sim_client *c, const hub_buf *b,
                          uint64_t flags);
-static void inst_drain(sim_world *w, sim_inst *in);
 
 /* The link state a frame is sent under, for invariant 4: the epoch, and
    whether the link was up and known up. */
@@ -286,20 +298,24 @@ static void schedule_read(sim_world *w, sim_client *c) {
                SIM_EV_CLIENT_READ, (uint32_t)(c - w->clients), 0, c->gen, NULL);
 }
 
-/* Moves what the socket takes from the hub's queue into it, and reports
-   it to the hub.  Returns 1 if the hub was called. */
-static int conn_flush(sim_world *w, sim_inst *in, sim_conn *k) {
+/* Moves what the socket takes from the hub's queue into it and takes it
+   off the shell's accounting (sh_oq_pop); *msgs and *bytes are the SEND
+   frames finished and the bytes written, for the caller to report. */
+static void conn_flush(sim_world *w, sim_inst *in, sim_conn *k, size_t *msgs,
+                       size_t *bytes) {
   sim_client *c = &w->clients[k->client];
-  size_t msgs = 0;
-  uint64_t bytes = 0;
+  size_t m = 0;
+  uint64_t n = 0;
 
+  *msgs = 0;
+  *bytes = 0;
   if (!k->open || k->qlen == 0) {
-    return 0;
+    return;
   }
   if (c->read_rate == SIM_FAST) {
     uint64_t flags = link_flags(in);
-    bytes = k->qbytes - k->wpos;
-    msgs = k->qlen - k->wfin;
+    n = k->qbytes - k->wpos;
+    m = k->qlen - k->wfin;
     while (k->qlen) {
       hub_buf *b = k->q[k->qhead];
       k->qhead = (k->qhead + 1) % k->qcap;
@@ -314,27 +330,31 @@ static int conn_flush(sim_world *w, sim_inst *in, sim_conn *k) {
     uint64_t cap = w->cfg.sndbuf;
     uint64_t room = cap > k->wpos ? cap - k->wpos : 0;
     uint64_t left = k->qbytes - k->wpos;
-    bytes = room < left ? room : left;
-    k->wpos += bytes;
+    n = room < left ? room : left;
+    k->wpos += n;
     while (k->wfin < k->qlen &&
            k->wfin_end + conn_q_at(k, k->wfin)->len <= k->wpos) {
       k->wfin_end += conn_q_at(k, k->wfin)->len;
       k->wfin++;
-      msgs++;
+      m++;
     }
     if (c->read_rate > 0 && k->qlen) {
       schedule_read(w, c);
     }
   }
-  if (msgs == 0 && bytes == 0) {
-    return 0;
-  }
-  alloc_in(in, "hub_on_conn_written");
-  (void)hub_on_conn_written(in->h, c->conn, msgs, (size_t)bytes, w->loop.now);
-  return 1;
+  sh_oq_pop(&k->oq, m, (size_t)n);
+  *msgs = m;
+  *bytes = (size_t)n;
 }
 
-static void conn_mark_dirty(sim_inst *in, hub_conn_id id) {
+/* |k| has frames to write: at the end of this loop iteration, which is
+   an event at the current time after the ones already due (the server
+   flushes its dirty connections in ev_prepare, before it blocks). */
+static void conn_mark_dirty(sim_world *w, sim_inst *in, sim_conn *k) {
+  if (k->dirty) {
+    return;
+  }
+  k->dirty = 1;
   if (in->ndirty == in->capdirty) {
     in->capdirty = in->capdirty ? 2 * in->capdirty : 64;
     in->dirty = realloc(in->dirty, in->capdirty * sizeof(*in->dirty));
@@ -342,7 +362,12 @@ static void conn_mark_dirty(sim_inst *in, hub_conn_id id) {
       abort();
     }
   }
-  in->dirty[in->ndirty++] = id;
+  in->dirty[in->ndirty++] = k->id;
+  if (!in->flush_pending) {
+    in->flush_pending = 1;
+    sim_schedule(&w->loop, w->loop.now, SIM_EV_INST_FLUSH, (uint32_t)in->idx, 0,
+                 in->gen, NULL);
+  }
 }
 
 static void client_closed(sim_world *w, sim_client *c, int code) {
@@ -356,7 +381,8 @@ static void client_closed(sim_world *w, sim_client *c, int code) {
 }
 
 /* The hub closed |k|: send the close frame if the socket takes it, else
-   drop the connection at once; either way hub_on_conn_closed follows. */
+   drop the connection at once; either way hub_on_conn_closed follows
+   (SIM_EV_CONN_CLOSED: the shell's SH_CLOSE_PENDING). */
 static void conn_close(sim_world *w, sim_inst *in, sim_conn *k, hub_conn_id id,
                        int code, const char *reason) {
   sim_client *c = &w->clients[k->client];
@@ -382,152 +408,232 @@ static void conn_close(sim_world *w, sim_inst *in, sim_conn *k, hub_conn_id id,
                in->gen, NULL);
 }
 
-static void inst_timer(sim_world *w, sim_inst *in) {
-  hub_tstamp exp = hub_get_expiry(in->h);
-  if (exp == HUB_TSTAMP_NONE) {
+/* --------------------------------------- the shell's transport */
+
+static int tr_send(void *user, void *conn_user, hub_conn_id id, hub_buf *buf) {
+  sim_inst *in = user;
+  sim_conn *k = conn_user;
+  const char *call = in->alloc != NULL ? in->alloc->call : NULL;
+  int rv;
+  (void)id;
+  if (!k->open) {
+    return 0; /* closing: the close report follows */
+  }
+  alloc_in(in, "the transport queue");
+  rv = conn_q_push(in, k, buf);
+  alloc_in(in, call);
+  if (rv != 0) {
+    return -1; /* the shell closes it 1011 */
+  }
+  k->sends++;
+  conn_mark_dirty(in->w, in, k);
+  return 0;
+}
+
+static void tr_ping(void *user, void *conn_user, hub_conn_id id) {
+  sim_inst *in = user;
+  sim_world *w = in->w;
+  sim_conn *k = conn_user;
+  sim_client *c;
+  (void)id;
+  if (!k->open) {
     return;
   }
-  if (exp <= w->loop.now) {
-    exp = w->loop.now + 1;
+  c = &w->clients[k->client];
+  /* A client that never reads never sees the ping. */
+  if (!c->no_pong && c->read_rate != 0 && c->state == SIM_CL_OPEN) {
+    /* The ping travels down, the pong comes back up behind whatever the
+       client sent before. */
+    uint64_t at = client_down_at(w, c) + sim_lat_client(&c->lat);
+    if (at < c->up_last) {
+      at = c->up_last;
+    }
+    c->up_last = at;
+    sim_schedule(&w->loop, at, SIM_EV_CONN_PONG, k->client, 0, c->gen, NULL);
   }
-  if (exp < in->expiry_retry_at) {
-    exp = in->expiry_retry_at; /* backing off after NOMEM */
+}
+
+static int tr_close(void *user, void *conn_user, hub_conn_id id, uint16_t code,
+                    const char *reason, hub_close_kind kind) {
+  sim_inst *in = user;
+  sim_conn *k = conn_user;
+  (void)kind;
+  if (!k->open) {
+    return SH_CLOSE_UNKNOWN; /* gone, or its close is already reported */
   }
-  if (in->timer_at != UINT64_MAX && in->timer_at <= exp) {
+  conn_close(in->w, in, k, id, code, reason);
+  return SH_CLOSE_PENDING;
+}
+
+/* The shell's early write: the connection's backlog reached a quarter
+   of a limit while the hub was producing. */
+static int tr_write(void *user, sh_oq *q, hub_conn_id *id, size_t *msgs,
+                    size_t *bytes) {
+  sim_inst *in = user;
+  sim_conn *k = (sim_conn *)(void *)((char *)q - offsetof(sim_conn, oq));
+  *msgs = 0;
+  *bytes = 0;
+  *id = k->open ? k->id : 0;
+  conn_flush(in->w, in, k, msgs, bytes);
+  if (k->open) {
+    sim_trace(&in->w->loop, "early write %s:%llu %zu frames %zu bytes", in->id,
+              (unsigned long long)k->id, *msgs, *bytes);
+  }
+  if (in->w->check && k->open) {
+    sim_check_queue(in->w, in, k);
+  }
+  return 0;
+}
+
+static void tr_set_timer(void *user, hub_tstamp at) {
+  sim_inst *in = user;
+  sim_world *w = in->w;
+  if (at == HUB_TSTAMP_NONE) {
+    in->timer_at = UINT64_MAX; /* the event in flight is stale */
     return;
   }
-  in->timer_at = exp;
-  sim_schedule(&w->loop, exp, SIM_EV_INST_TIMER, (uint32_t)in->idx, 0, in->gen,
+  if (at <= w->loop.now) {
+    at = w->loop.now + 1;
+  }
+  in->timer_at = at;
+  sim_schedule(&w->loop, at, SIM_EV_INST_TIMER, (uint32_t)in->idx, 0, in->gen,
                NULL);
 }
 
-static void inst_drain(sim_world *w, sim_inst *in) {
-  const hub_effect *e;
-  size_t i;
-  if (in->h == NULL) {
-    return;
-  }
-  in->unchecked = 1;
-  for (;;) {
-    while ((e = hub_effect_peek(in->h)) != NULL) {
-      sim_conn *k;
-      switch (e->type) {
-      case HUB_EFF_SEND:
-        k = inst_conn(in, e->conn);
-        if (k != NULL && k->open) {
-          alloc_in(in, "the transport queue");
-          if (conn_q_push(in, k, e->buf) != 0) {
-            /* Policy: a SEND the transport cannot queue closes its
-               connection with 1011, as the server does. */
-            conn_close(w, in, k, e->conn, 1011, "internal error");
-            break;
-          }
-          k->sends++;
-          conn_mark_dirty(in, e->conn);
-        }
-        break;
-      case HUB_EFF_PING:
-        k = inst_conn(in, e->conn);
-        if (k != NULL && k->open) {
-          sim_client *c = &w->clients[k->client];
-          /* A client that never reads never sees the ping. */
-          if (!c->no_pong && c->read_rate != 0 && c->state == SIM_CL_OPEN) {
-            /* The ping travels down, the pong comes back up behind
-               whatever the client sent before. */
-            uint64_t at = client_down_at(w, c) + sim_lat_client(&c->lat);
-            if (at < c->up_last) {
-              at = c->up_last;
-            }
-            c->up_last = at;
-            sim_schedule(&w->loop, at, SIM_EV_CONN_PONG, k->client, 0, c->gen,
-                         NULL);
-          }
-        }
-        break;
-      case HUB_EFF_CLOSE:
-        k = inst_conn(in, e->conn);
-        if (k != NULL && k->open) {
-          conn_close(w, in, k, e->conn, e->close_code, e->reason);
-        }
-        break;
-      default:
-        if (in->bp != NULL) {
-          if (w->loop.trace && e->name) {
-            sim_trace(&w->loop, "effect %d %.*s", (int)e->type,
-                      (int)e->name->len, (const char *)e->name->data);
-          }
-          sim_check_reg_effect(w, in, e);
-          bp_apply(sim_bp_bp(in->bp), e);
-        }
-        break;
-      }
-      hub_effect_pop(in->h);
-    }
-    {
-      int called = 0;
-      size_t n = in->ndirty;
-      for (i = 0; i < n; i++) {
-        sim_conn *k = inst_conn(in, in->dirty[i]);
-        if (k != NULL && conn_flush(w, in, k)) {
-          called = 1;
-        }
-        if (w->check && k != NULL) {
-          sim_check_queue(w, in, k);
-        }
-      }
-      if (in->ndirty > n) {
-        memmove(in->dirty, in->dirty + n,
-                (in->ndirty - n) * sizeof(*in->dirty));
-      }
-      in->ndirty -= n;
-      if (!called && hub_effect_peek(in->h) == NULL) {
-        break;
-      }
-    }
-  }
-  inst_timer(w, in);
+/* The shell's forced reconnect (NOMEM from hub_on_bp_msg or
+   hub_on_bp_up): both connections dropped without a notice, a reconnect
+   after the backoff.  A link epoch change for invariant 4: what was
+   published meanwhile is not owed. */
+static void tr_bp_reset(void *user) {
+  sim_inst *in = user;
+  sim_trace(&in->w->loop, "instance %s: %s: out of memory, reconnecting",
+            in->id,
+            in->alloc != NULL && in->alloc->call ? in->alloc->call : "?");
+  sim_bp_reconnect(in->bp);
 }
+
+/* A hub call the shell made failed in a way that is the driver's bug. */
+static void tr_error(void *user, const char *what, int err) {
+  sim_inst *in = user;
+  sim_violate(in->w, 9, "instance %s: %s: %s (the simulator's bug)", in->id,
+              what, hub_strerror(err));
+}
+
+/* The end of a loop iteration: every dirty connection writes what its
+   socket takes, and the hub is told. */
+static void inst_flush(sim_world *w, sim_inst *in) {
+  size_t i, n = in->ndirty;
+  in->flush_pending = 0;
+  for (i = 0; i < n && in->h != NULL; i++) {
+    sim_conn *k = inst_conn(in, in->dirty[i]);
+    size_t msgs, bytes;
+    if (k == NULL) {
+      continue;
+    }
+    k->dirty = 0;
+    conn_flush(w, in, k, &msgs, &bytes);
+    if (msgs > 0 || bytes > 0) {
+      sh_conn_written(&inst_enter(in, "hub_on_conn_written")->sh, k->id, msgs,
+                      bytes, w->loop.now);
+    }
+    if (w->check && k->open) {
+      sim_check_queue(w, in, k);
+    }
+  }
+  /* What the reports queued is flushed by the event they scheduled. */
+  if (in->ndirty > n) {
+    memmove(in->dirty, in->dirty + n, (in->ndirty - n) * sizeof(*in->dirty));
+  }
+  in->ndirty -= n;
+}
+
+/* The backplane the shell drives: the simulated one, behind a tap that
+   traces each command and keeps invariant 7's books. */
+typedef struct sim_tap {
+  bp base; /* first */
+  sim_world *w;
+  int idx;
+} sim_tap;
+
+/* Traces the command, draws whether its queueing fails (the backplane's
+   command queue grows through the instance's allocator, as hiredis's
+   does in the server: only while connected, since a disconnected link
+   refuses before it allocates) and keeps invariant 7's books.  Returns
+   0 and the simulated backplane in *b, or HUB_ERR_NOMEM (nothing
+   queued: the shell resets the link after the drain). */
+static int tap_begin(bp *base, int type, const char *name, size_t len, bp **b) {
+  sim_tap *t = (sim_tap *)base;
+  sim_inst *in = &t->w->insts[t->idx];
+  int up = sim_bp_connected(in->bp), fail = 0;
+  if (t->w->loop.trace && name != NULL) {
+    sim_trace(&t->w->loop, "effect %d %.*s", type, (int)len, name);
+  }
+  if (up) {
+    const char *call = in->alloc != NULL ? in->alloc->call : NULL;
+    alloc_in(in, "the backplane queue");
+    fail = sim_alloc_fails(in->alloc);
+    alloc_in(in, call);
+  }
+  sim_check_reg_effect(t->w, in, type, name, len, up && !fail);
+  *b = sim_bp_bp(in->bp);
+  return fail ? HUB_ERR_NOMEM : 0;
+}
+
+static int tap_subscribe(bp *base, const char *channel, size_t len) {
+  bp *b;
+  int rc = tap_begin(base, HUB_EFF_BP_SUBSCRIBE, channel, len, &b);
+  return rc != 0 ? rc : b->ops->subscribe(b, channel, len);
+}
+
+static int tap_unsubscribe(bp *base, const char *channel, size_t len) {
+  bp *b;
+  int rc = tap_begin(base, HUB_EFF_BP_UNSUBSCRIBE, channel, len, &b);
+  return rc != 0 ? rc : b->ops->unsubscribe(b, channel, len);
+}
+
+static int tap_publish(bp *base, const char *channel, size_t len,
+                       const uint8_t *data, size_t dlen) {
+  bp *b;
+  int rc = tap_begin(base, HUB_EFF_BP_PUBLISH, channel, len, &b);
+  return rc != 0 ? rc : b->ops->publish(b, channel, len, data, dlen);
+}
+
+static int tap_set(bp *base, const char *key, size_t len, const uint8_t *val,
+                   size_t vlen, uint32_t ttl_s) {
+  bp *b;
+  int rc = tap_begin(base, HUB_EFF_REG_SET, key, len, &b);
+  return rc != 0 ? rc : b->ops->set(b, key, len, val, vlen, ttl_s);
+}
+
+static int tap_del(bp *base, const char *key, size_t len) {
+  bp *b;
+  int rc = tap_begin(base, HUB_EFF_REG_DEL, key, len, &b);
+  return rc != 0 ? rc : b->ops->del(b, key, len);
+}
+
+static void tap_free(bp *base) {
+  free(base);
+}
+
+static const bp_ops sim_tap_ops = {tap_subscribe, tap_unsubscribe, tap_publish,
+                                   tap_set,       tap_del,         tap_free};
 
 /* ------------------------------------------------------- instances */
 
-/* Policy for NOMEM from the backplane entry points: the link is given
-   up and reconnected after the backoff, and the hub is told it is down,
-   so it re-subscribes everything when the link is back.  A reconnect is
-   a link epoch change for invariant 4: what was published meanwhile is
-   not owed (the epoch of the model's connection moves on). */
-static void inst_force_reconnect(sim_world *w, sim_inst *in, const char *why) {
-  sim_trace(&w->loop, "instance %s: %s: out of memory, reconnecting", in->id,
-            why);
-  sim_bp_reconnect(in->bp);
-  alloc_in(in, "hub_on_bp_down");
-  (void)hub_on_bp_down(in->h, w->loop.now);
-  inst_drain(w, in);
-}
-
 static void on_up(void *user) {
   sim_inst *in = user;
-  sim_world *w = in->w;
-  int rv;
-  alloc_in(in, "hub_on_bp_up");
-  rv = hub_on_bp_up(in->h, w->loop.now);
-  inst_drain(w, in);
-  if (rv == HUB_ERR_NOMEM) {
-    inst_force_reconnect(w, in, "hub_on_bp_up");
-  }
+  sh_bp_up(&inst_enter(in, "hub_on_bp_up")->sh, in->w->loop.now);
 }
 
 static void on_down(void *user) {
   sim_inst *in = user;
-  alloc_in(in, "hub_on_bp_down");
-  (void)hub_on_bp_down(in->h, in->w->loop.now);
-  inst_drain(in->w, in);
+  sh_bp_down(&inst_enter(in, "hub_on_bp_down")->sh, in->w->loop.now);
 }
 
 static void on_subscribed(void *user, const char *channel, size_t len) {
   sim_inst *in = user;
-  alloc_in(in, "hub_on_bp_subscribed");
-  (void)hub_on_bp_subscribed(in->h, channel, len, in->w->loop.now);
-  inst_drain(in->w, in);
+  sh_bp_subscribed(&inst_enter(in, "hub_on_bp_subscribed")->sh, channel, len,
+                   in->w->loop.now);
 }
 
 static void on_msg(void *user, const char *channel, size_t len,
@@ -535,7 +641,7 @@ static void on_msg(void *user, const char *channel, size_t len,
   sim_inst *in = user;
   sim_world *w = in->w;
   size_t nmust = 0, i;
-  int rv;
+  uint64_t resets;
 
   if (w->check) {
     /* Invariant 4: who must get this message? */
@@ -544,10 +650,10 @@ static void on_msg(void *user, const char *channel, size_t len,
     uint64_t epoch = sim_redis_epoch(sim_bp_conn(in->bp));
     hub_conn_id id;
     for (id = 1; id < in->nconns; id++) {
-      sim_conn *k = &in->conns[id];
+      sim_conn *k = in->conns[id];
       sim_client *c;
       sim_cstate *cs;
-      if (!k->open) {
+      if (k == NULL || !k->open) {
         continue;
       }
       c = &w->clients[k->client];
@@ -573,16 +679,15 @@ static void on_msg(void *user, const char *channel, size_t len,
       nmust++;
     }
   }
-  alloc_in(in, "hub_on_bp_msg");
-  rv = hub_on_bp_msg(in->h, channel, len, data, dlen, w->loop.now);
-  inst_drain(w, in);
-  if (rv == HUB_ERR_NOMEM) {
+  resets = in->sh.st.bp_resets;
+  sh_bp_msg(&inst_enter(in, "hub_on_bp_msg")->sh, channel, len, data, dlen,
+            w->loop.now);
+  if (in->sh.st.bp_resets != resets) {
     /* The message is lost with the link: nothing is owed for it. */
-    inst_force_reconnect(w, in, "hub_on_bp_msg");
     return;
   }
   for (i = 0; i < nmust; i++) {
-    sim_conn *k = &in->conns[w->must[i]];
+    sim_conn *k = in->conns[w->must[i]];
     if (k->open && k->sends == w->must_sends[i]) {
       sim_violate(
         w, 4,
@@ -734,6 +839,27 @@ int sim_inst_start(sim_world *w, sim_inst *in) {
   if (in->bp == NULL) {
     abort();
   }
+  {
+    sim_tap *tap = calloc(1, sizeof(*tap));
+    sh_transport t;
+    if (tap == NULL) {
+      abort();
+    }
+    tap->base.ops = &sim_tap_ops;
+    tap->w = w;
+    tap->idx = in->idx;
+    in->tap = &tap->base;
+    memset(&t, 0, sizeof(t));
+    t.user = in;
+    t.send = tr_send;
+    t.ping = tr_ping;
+    t.close = tr_close;
+    t.write = tr_write;
+    t.set_timer = tr_set_timer;
+    t.bp_reset = tr_bp_reset;
+    t.error = tr_error;
+    sh_init(&in->sh, in->h, in->tap, &hc, &t);
+  }
   sim_bp_set_partitioned(in->bp, in->partitioned);
   in->state = SIM_INST_RUNNING;
   in->q_msgs_max = hc.max_queue_msgs;
@@ -742,7 +868,8 @@ int sim_inst_start(sim_world *w, sim_inst *in) {
   in->nconns = 1;
   in->open_conns = 0;
   in->shutdown_clean = 0;
-  in->expiry_retry_at = 0;
+  in->ndirty = 0;
+  in->flush_pending = 0;
   sim_strv_clear(&in->lost_dels);
   sim_strv_clear(&in->pending_dels);
   sim_trace(&w->loop, "instance %s starts", in->id);
@@ -750,27 +877,39 @@ int sim_inst_start(sim_world *w, sim_inst *in) {
      not what this explores. */
   in->alloc->armed = 1;
   sim_bp_connect(in->bp);
-  inst_drain(w, in);
+  alloc_in(in, "hub_new");
+  in->unchecked = 1;
+  sh_drain(&in->sh, w->loop.now);
   return 0;
 }
 
 static void inst_teardown(sim_world *w, sim_inst *in) {
   size_t i;
   for (i = 1; i < in->nconns; i++) {
-    sim_conn *k = &in->conns[i];
+    sim_conn *k = in->conns[i];
+    if (k == NULL) {
+      continue;
+    }
     if (k->open) {
       client_closed(w, &w->clients[k->client], 0);
     }
     conn_q_clear(k);
     free(k->q);
-    memset(k, 0, sizeof(*k));
+    free(k);
+    in->conns[i] = NULL;
   }
   in->nconns = 1;
   in->open_conns = 0;
   in->closing = 0;
+  in->ndirty = 0;
+  in->flush_pending = 0;
   if (in->bp != NULL) {
     sim_bp_bp(in->bp)->ops->free(sim_bp_bp(in->bp));
     in->bp = NULL;
+  }
+  if (in->tap != NULL) {
+    in->tap->ops->free(in->tap);
+    in->tap = NULL;
   }
   hub_del(in->h);
   in->h = NULL;
@@ -830,15 +969,13 @@ void sim_inst_shutdown(sim_world *w, sim_inst *in) {
   in->shutdown_clean = in->bp != NULL && sim_bp_connected(in->bp) &&
                        sim_bp_up_known(in->bp) && hub_bp_is_up(in->h);
   for (i = 1; i < in->nconns; i++) {
-    if (in->conns[i].open) {
-      sim_client *c = &w->clients[in->conns[i].client];
+    if (in->conns[i] != NULL && in->conns[i]->open) {
+      sim_client *c = &w->clients[in->conns[i]->client];
       c->shutdown_seen = !c->self_closed;
     }
   }
   sim_trace(&w->loop, "instance %s shuts down", in->id);
-  alloc_in(in, "hub_shutdown");
-  (void)hub_shutdown(in->h, w->loop.now);
-  inst_drain(w, in);
+  sh_shutdown(&inst_enter(in, "hub_shutdown")->sh, w->loop.now);
   sim_schedule(&w->loop, w->loop.now + w->cfg.shutdown_timeout_ns,
                SIM_EV_INST_EXIT, (uint32_t)in->idx, 0, in->gen, NULL);
   inst_maybe_exit(w, in);
@@ -873,10 +1010,14 @@ int sim_instances(sim_world *w, size_t n) {
     }
     memset(ni + w->ninsts, 0, (n - w->ninsts) * sizeof(*ni));
     w->insts = ni;
-    /* The instances moved: their backplanes' callbacks must find them. */
+    /* The instances moved: their backplanes' callbacks and their shells'
+       transports must find them. */
     for (i = 0; i < w->ninsts; i++) {
       if (ni[i].bp != NULL) {
         sim_bp_bp(ni[i].bp)->ev.user = &ni[i];
+      }
+      if (ni[i].h != NULL) {
+        sh_set_user(&ni[i].sh, &ni[i]);
       }
     }
     for (i = w->ninsts; i < n; i++) {
@@ -1098,7 +1239,7 @@ static sim_inst *client_inst(sim_world *w, sim_client *c) {
 
 static void ev_conn_open(sim_world *w, sim_client *c) {
   sim_inst *in = client_inst(w, c);
-  hub_conn_id id;
+  sim_conn *k;
   char addr[48];
   int rv;
   if (c->state != SIM_CL_CONNECTING) {
@@ -1110,17 +1251,33 @@ static void ev_conn_open(sim_world *w, sim_client *c) {
   }
   snprintf(addr, sizeof(addr), "127.0.0.1:%u",
            40000u + (unsigned)(c - w->clients));
-  alloc_in(in, "hub_on_conn_open");
-  rv = hub_on_conn_open(in->h, &id, addr, NULL, w->loop.now);
-  if (rv != 0) {
+  /* The connection exists before its id does: the open's effects are
+     applied (through it) before sh_conn_open returns. */
+  if (in->spare == NULL) {
+    in->spare = calloc(1, sizeof(*in->spare));
+    if (in->spare == NULL) {
+      abort();
+    }
+  }
+  k = in->spare;
+  k->client = (uint32_t)(c - w->clients);
+  k->open = 1;
+  k->sends = 0;
+  k->id = 0;
+  in->open_conns++;
+  rv = sh_conn_open(&inst_enter(in, "hub_on_conn_open")->sh, &k->id, addr, k,
+                    w->loop.now);
+  if (rv != SH_OK) {
     /* Policy: refused; the client sees its connection closed without a
        code. */
+    k->open = 0;
+    in->open_conns--;
     client_closed(w, c, 0);
-    inst_drain(w, in);
     return;
   }
-  if (id >= in->capconns) {
-    size_t n = 2 * id + 16;
+  in->spare = NULL;
+  if (k->id >= in->capconns) {
+    size_t n = 2 * k->id + 16;
     in->conns = realloc(in->conns, n * sizeof(*in->conns));
     if (in->conns == NULL) {
       abort();
@@ -1129,26 +1286,24 @@ static void ev_conn_open(sim_world *w, sim_client *c) {
            (n - in->capconns) * sizeof(*in->conns));
     in->capconns = n;
   }
-  if (id >= in->nconns) {
-    in->nconns = id + 1;
+  if (k->id >= in->nconns) {
+    in->nconns = k->id + 1;
   }
-  in->conns[id].client = (uint32_t)(c - w->clients);
-  in->conns[id].open = 1;
-  in->conns[id].sends = 0;
-  in->open_conns++;
-  c->conn = id;
+  in->conns[k->id] = k;
+  c->conn = k->id;
+  if (!k->open) {
+    return; /* closed by the open's own effects */
+  }
   c->state = SIM_CL_OPEN;
   c->was_open = 1;
   sim_trace(&w->loop, "client %s is %s:%llu", c->name, in->id,
-            (unsigned long long)id);
-  inst_drain(w, in);
+            (unsigned long long)k->id);
 }
 
 static void ev_conn_msg(sim_world *w, sim_client *c, const sim_ev *ev) {
   sim_inst *in = client_inst(w, c);
   sim_blob *p = ev->p;
   sim_conn *k;
-  int rv;
   if (in == NULL || c->state != SIM_CL_OPEN) {
     return;
   }
@@ -1169,14 +1324,8 @@ static void ev_conn_msg(sim_world *w, sim_client *c, const sim_ev *ev) {
         ->must_from = UINT64_MAX;
     }
   }
-  alloc_in(in, "hub_on_conn_msg");
-  rv = hub_on_conn_msg(in->h, c->conn, (int)ev->b, (const uint8_t *)p->data,
-                       p->len, w->loop.now);
-  if (rv == HUB_ERR_NOMEM) {
-    /* Policy: the request could not be served; close with 1011. */
-    conn_close(w, in, k, c->conn, 1011, "internal error");
-  }
-  inst_drain(w, in);
+  sh_conn_msg(&inst_enter(in, "hub_on_conn_msg")->sh, c->conn, k, (int)ev->b,
+              (const uint8_t *)p->data, p->len, w->loop.now);
 }
 
 static void ev_client_read(sim_world *w, sim_client *c) {
@@ -1184,7 +1333,7 @@ static void ev_client_read(sim_world *w, sim_client *c) {
   sim_conn *k;
   hub_buf *b;
   uint64_t extra = 0;
-  size_t fin = 0;
+  size_t fin = 0, msgs, bytes;
 
   c->read_pending = 0;
   if (in == NULL || c->state != SIM_CL_OPEN) {
@@ -1211,32 +1360,32 @@ static void ev_client_read(sim_world *w, sim_client *c) {
   k->qlen--;
   k->qbytes -= b->len;
   c->next_read = w->loop.now + SIM_S / c->read_rate;
+  sh_oq_pop(&k->oq, fin, (size_t)extra);
   client_frame(w, c, b, 0);
   hub_buf_unref(b);
-  if (fin) {
-    alloc_in(in, "hub_on_conn_written");
-    (void)hub_on_conn_written(in->h, c->conn, fin, (size_t)extra, w->loop.now);
+  /* Room in the socket: the next frames go in now. */
+  conn_flush(w, in, k, &msgs, &bytes);
+  msgs += fin;
+  bytes += (size_t)extra;
+  if (msgs > 0 || bytes > 0) {
+    sh_conn_written(&inst_enter(in, "hub_on_conn_written")->sh, c->conn, msgs,
+                    bytes, w->loop.now);
   }
-  conn_flush(w, in, k);
-  inst_drain(w, in);
   if (k->open && k->qlen) {
     schedule_read(w, c);
   }
 }
 
-/* An instance event: hub_handle_expiry, with its NOMEM policy (retry
-   after 10 ms; its timer is not moved earlier meanwhile). */
+/* An instance event: the hub timer (the shell retries a NOMEM after
+   10 ms, arming the timer at the retry). */
 static void ev_inst_timer(sim_world *w, sim_inst *in) {
+  uint64_t retries = in->sh.st.expiry_retries;
   in->timer_at = UINT64_MAX;
-  alloc_in(in, "hub_handle_expiry");
-  if (hub_handle_expiry(in->h, w->loop.now) == HUB_ERR_NOMEM) {
-    in->expiry_retry_at = w->loop.now + 10 * SIM_MS;
+  sh_expiry(&inst_enter(in, "hub_handle_expiry")->sh, w->loop.now);
+  if (in->sh.st.expiry_retries != retries) {
     sim_trace(&w->loop, "instance %s: expiry: out of memory, retry at +10ms",
               in->id);
-  } else {
-    in->expiry_retry_at = 0;
   }
-  inst_drain(w, in);
 }
 
 int sim_step(sim_world *w, uint64_t until) {
@@ -1278,9 +1427,17 @@ int sim_step(sim_world *w, uint64_t until) {
         break;
       }
       in->closing--;
-      alloc_in(in, "hub_on_conn_closed");
-      (void)hub_on_conn_closed(in->h, (hub_conn_id)ev.b, w->loop.now);
-      inst_drain(w, in);
+      sh_conn_closed(&inst_enter(in, "hub_on_conn_closed")->sh,
+                     (hub_conn_id)ev.b, w->loop.now);
+      touched = in;
+      break;
+    }
+    case SIM_EV_INST_FLUSH: {
+      sim_inst *in = &w->insts[ev.a];
+      if (in->gen != ev.gen || in->h == NULL) {
+        break;
+      }
+      inst_flush(w, in);
       touched = in;
       break;
     }
@@ -1332,9 +1489,8 @@ int sim_step(sim_world *w, uint64_t until) {
         break;
       case SIM_EV_CONN_PONG:
         if (touched && c->state == SIM_CL_OPEN) {
-          alloc_in(touched, "hub_on_conn_pong");
-          (void)hub_on_conn_pong(touched->h, c->conn, w->loop.now);
-          inst_drain(w, touched);
+          sh_conn_pong(&inst_enter(touched, "hub_on_conn_pong")->sh, c->conn,
+                       w->loop.now);
         }
         break;
       case SIM_EV_CONN_GONE:
@@ -1344,11 +1500,11 @@ int sim_step(sim_world *w, uint64_t until) {
             conn_q_clear(k);
             k->open = 0;
             touched->open_conns--;
-            alloc_in(touched, "hub_on_conn_closed");
-            (void)hub_on_conn_closed(touched->h, c->conn, w->loop.now);
+            client_closed(w, c, 0);
+            sh_conn_closed(&inst_enter(touched, "hub_on_conn_closed")->sh,
+                           c->conn, w->loop.now);
           }
           client_closed(w, c, 0);
-          inst_drain(w, touched);
         } else {
           client_closed(w, c, 0);
         }
@@ -1412,10 +1568,14 @@ void sim_world_fini(sim_world *w) {
       inst_teardown(w, in);
     }
     for (j = 0; j < in->capconns; j++) {
-      conn_q_clear(&in->conns[j]);
-      free(in->conns[j].q);
+      if (in->conns[j] != NULL) {
+        conn_q_clear(in->conns[j]);
+        free(in->conns[j]->q);
+        free(in->conns[j]);
+      }
     }
     free(in->conns);
+    free(in->spare);
     free(in->dirty);
     sim_strv_clear(&in->lost_dels);
     sim_strv_clear(&in->pending_dels);

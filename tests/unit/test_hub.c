@@ -333,7 +333,7 @@ static void test_hub_config_set_by_flag_name(void **state) {
                    HUB_ERR_INVALID_ARGUMENT);
   assert_int_equal(hub_config_set(&cfg, "ping-interval", "0"),
                    HUB_ERR_INVALID_ARGUMENT);
-  assert_int_equal(hub_config_set(&cfg, "ping-interval", "5h"),
+  assert_int_equal(hub_config_set(&cfg, "ping-interval", "5d"),
                    HUB_ERR_INVALID_ARGUMENT);
   assert_int_equal(hub_config_set(&cfg, "ping-interval", ""),
                    HUB_ERR_INVALID_ARGUMENT);
@@ -346,6 +346,21 @@ static void test_hub_config_set_by_flag_name(void **state) {
   /* Not the hub's. */
   assert_int_equal(hub_config_set(&cfg, "listen", "127.0.0.1:1"), 1);
   assert_int_equal(hub_config_set(&cfg, "sndbuf", "4096"), 1);
+}
+
+/* Hours, next to minutes (issue 12: "1m" was accepted, "1h" refused). */
+static void test_hub_parse_duration_hours(void **state) {
+  hub_tstamp d;
+
+  (void)state;
+  assert_int_equal(hub_parse_duration("1h", &d), 0);
+  assert_true(d == 3600 * HUB_NS_PER_S);
+  assert_int_equal(hub_parse_duration("1.5h", &d), 0);
+  assert_true(d == 5400 * HUB_NS_PER_S);
+  assert_int_equal(hub_parse_duration("1m", &d), 0);
+  assert_true(d == 60 * HUB_NS_PER_S);
+  assert_int_not_equal(hub_parse_duration("1hr", &d), 0);
+  assert_int_not_equal(hub_parse_duration("h", &d), 0);
 }
 
 static void test_hub_parse_duration_and_u64(void **state) {
@@ -388,6 +403,7 @@ int main(void) {
     cmocka_unit_test(test_hub_check_through_churn),
     cmocka_unit_test(test_hub_config_set_by_flag_name),
     cmocka_unit_test(test_hub_parse_duration_and_u64),
+    cmocka_unit_test(test_hub_parse_duration_hours),
   };
 
   return cmocka_run_group_tests(tests, 0, 0);
