@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "sh_rec.h"
+#include "srv_log.h"
 
 /* 1 MiB: a write per MiB of events, or per tick. */
 #define SRV_REC_BUF (1u << 20)
@@ -38,8 +39,8 @@ static int srv_rec_write(void *user, const uint8_t *p, size_t n) {
       if (errno == EINTR) {
         continue;
       }
-      fprintf(stderr, "wshub: --record %s: %s: recording stopped\n",
-              srv_rec_g.path, strerror(errno));
+      srv_log(SRV_LOG_ERROR, "recording stopped: write failed", "file",
+              srv_rec_g.path, "error", strerror(errno), (const char *)NULL);
       return -1;
     }
     p += w;
@@ -52,12 +53,14 @@ static int srv_rec_write(void *user, const uint8_t *p, size_t n) {
 static void srv_rec_stopped(void *user, int why) {
   (void)user;
   if (why == SH_REC_STOP_LIMIT) {
-    fprintf(stderr,
-            "wshub: --record %s: recording stopped at %llu bytes: the next "
-            "event would pass --record-max-bytes %llu\n",
-            srv_rec_g.path,
-            (unsigned long long)(srv_rec_g.rec.file_off + srv_rec_g.rec.len),
-            (unsigned long long)srv_rec_g.max_bytes);
+    char b[24], m[24];
+    snprintf(b, sizeof(b), "%llu",
+             (unsigned long long)(srv_rec_g.rec.file_off + srv_rec_g.rec.len));
+    snprintf(m, sizeof(m), "%llu", (unsigned long long)srv_rec_g.max_bytes);
+    srv_log(SRV_LOG_WARN,
+            "recording stopped: the next event would pass --record-max-bytes",
+            "file", srv_rec_g.path, "#bytes", b, "#record_max_bytes", m,
+            (const char *)NULL);
   }
 }
 
@@ -93,7 +96,8 @@ int srv_rec_start(const char *path, uint64_t max_bytes, sh *s,
   srv_rec_g.fd =
     open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, (mode_t)0600);
   if (srv_rec_g.fd < 0) {
-    fprintf(stderr, "wshub: --record %s: %s\n", path, strerror(errno));
+    srv_log(SRV_LOG_ERROR, "--record: cannot open the file", "file", path,
+            "error", strerror(errno), (const char *)NULL);
     return -1;
   }
   srv_rec_g.path = path;
@@ -105,10 +109,11 @@ int srv_rec_start(const char *path, uint64_t max_bytes, sh *s,
               &sink);
   if (sh_record(s, &srv_rec_g.rec, cfg, now) != 0) {
     if (srv_rec_g.rec.stopped == SH_REC_STOP_LIMIT) {
-      fprintf(stderr,
-              "wshub: --record %s: --record-max-bytes %llu is too small for "
-              "the header: not recording\n",
-              path, (unsigned long long)max_bytes);
+      char m[24];
+      snprintf(m, sizeof(m), "%llu", (unsigned long long)max_bytes);
+      srv_log(SRV_LOG_WARN,
+              "not recording: --record-max-bytes is too small for the header",
+              "file", path, "#record_max_bytes", m, (const char *)NULL);
     }
     /* Keep the (empty) file: not recording is not fatal. */
     close(srv_rec_g.fd);
@@ -121,11 +126,16 @@ int srv_rec_start(const char *path, uint64_t max_bytes, sh *s,
   sigemptyset(&sa.sa_mask);
   for (i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++) {
     if (sigaction(sigs[i], &sa, NULL) != 0) {
-      fprintf(stderr, "wshub: --record: sigaction: %s\n", strerror(errno));
+      srv_log(SRV_LOG_WARN, "--record: sigaction failed", "error",
+              strerror(errno), (const char *)NULL);
     }
   }
-  fprintf(stderr, "wshub: recording to %s (at most %llu bytes)\n", path,
-          (unsigned long long)max_bytes);
+  {
+    char m[24];
+    snprintf(m, sizeof(m), "%llu", (unsigned long long)max_bytes);
+    srv_log(SRV_LOG_INFO, "recording", "file", path, "#record_max_bytes", m,
+            (const char *)NULL);
+  }
   return 0;
 }
 
@@ -143,10 +153,14 @@ void srv_rec_end(void) {
   (void)sh_rec_end(&srv_rec_g.rec);
   sh_rec_fini(&srv_rec_g.rec);
   if (close(srv_rec_g.fd) != 0) {
-    fprintf(stderr, "wshub: --record %s: %s\n", srv_rec_g.path,
-            strerror(errno));
+    srv_log(SRV_LOG_ERROR, "--record: close failed", "file", srv_rec_g.path,
+            "error", strerror(errno), (const char *)NULL);
   }
   srv_rec_g.fd = -1;
-  fprintf(stderr, "wshub: recording %s closed: %llu bytes\n", srv_rec_g.path,
-          (unsigned long long)srv_rec_g.written);
+  {
+    char b[24];
+    snprintf(b, sizeof(b), "%llu", (unsigned long long)srv_rec_g.written);
+    srv_log(SRV_LOG_INFO, "recording closed", "file", srv_rec_g.path, "#bytes",
+            b, (const char *)NULL);
+  }
 }
