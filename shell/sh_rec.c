@@ -239,6 +239,10 @@ void sh_rec_event(sh_rec *r, int type, hub_tstamp now, uint64_t id, uint64_t a,
   if (r->stopped != SH_REC_ON) {
     return;
   }
+  if (r->stop_pending) {
+    (void)sh_rec_stop(r, SH_REC_STOP_LIMIT);
+    return;
+  }
   sh_rec_close_event(r);
   n = sh_put_zz(sm, n, (int64_t)(now - r->last_now));
   switch (type) {
@@ -280,6 +284,27 @@ void sh_rec_event(sh_rec *r, int type, hub_tstamp now, uint64_t id, uint64_t a,
   r->seg_rc = 0;
   r->seg_count = 0;
   r->qempty = 0;
+  r->in_call = 1;
+  r->call_allocs = 0;
+}
+
+void sh_rec_alloc_failed(sh_rec *r) {
+  uint8_t sm[10];
+  size_t n;
+  if (r->stopped != SH_REC_ON || !r->seg_open) {
+    return;
+  }
+  n = sh_put_uv(sm, 0, r->call_allocs);
+  /* Under the limit only, keeping the room for the RESULT and the END;
+     past it, recording stops at the next event (whose replay may then
+     differ: its failure is not in the file). */
+  if (r->max_bytes != 0 && r->file_off + r->len + sh_rec_total(n) +
+                               SH_REC_RESULT_MAX + SH_REC_END_MAX >
+                             r->max_bytes) {
+    r->stop_pending = 1;
+    return;
+  }
+  (void)sh_rec_put(r, SH_REC_ALLOC_FAIL, sm, n, NULL, 0, NULL, 0);
 }
 
 int sh_record(sh *s, sh_rec *r, const hub_config *cfg, hub_tstamp now) {
@@ -610,6 +635,8 @@ int sh_rec_next(sh_rec_reader *rd, sh_rec_record *o, const char **why) {
         c.bad = 1;
       }
       o->rc = (int)rc;
+    } else if (type == SH_REC_ALLOC_FAIL) {
+      o->count = sh_get_uv(&c);
     } else if (type == SH_REC_END) {
       const uint8_t *d = sh_get_bytes(&c, 1);
       o->flags = d != NULL ? d[0] : 0;
@@ -684,6 +711,9 @@ const char *sh_rec_type_name(int type) {
   }
   if (type == SH_REC_END) {
     return "end";
+  }
+  if (type == SH_REC_ALLOC_FAIL) {
+    return "alloc_fail";
   }
   return "?";
 }

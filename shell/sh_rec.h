@@ -59,7 +59,8 @@ enum {
   SH_REC_SHUTDOWN,
   SH_REC_EVENT_MAX,
   SH_REC_RESULT = 32,
-  SH_REC_END = 33
+  SH_REC_END = 33,
+  SH_REC_ALLOC_FAIL = 34 /* an allocation of the open call failed */
 };
 
 /* CONN_MSG flags. */
@@ -158,7 +159,10 @@ typedef struct sh_rec {
   int seg_open;
   int seg_rc;
   uint64_t seg_count;
-  int qempty; /* the queue was found empty since the last effect */
+  int qempty;           /* the queue was found empty since the last effect */
+  int in_call;          /* inside a core call (sh_rec_alloc counts) */
+  uint64_t call_allocs; /* allocations of the hub in this call */
+  int stop_pending;     /* an allocation failure passed the limit */
   sh_digest dg;
 } sh_rec;
 
@@ -218,9 +222,30 @@ static inline void sh_rec_qempty(sh_rec *r) {
   }
 }
 
+/* The core call returned |rc| (0 for facts). */
 static inline void sh_rec_rc(sh_rec *r, int rc) {
-  if (r != NULL && rc != 0) {
-    r->seg_rc = rc;
+  if (r != NULL) {
+    r->in_call = 0;
+    if (rc != 0) {
+      r->seg_rc = rc;
+    }
+  }
+}
+
+void sh_rec_alloc_failed(sh_rec *r);
+
+/*
+ * For the driver's allocator (the hub_mem given to hub_new): an
+ * allocation was made, |failed| if it returned NULL.  Inside a core call
+ * each is counted, and a failure is recorded with its number, so that a
+ * replay fails the same allocation of the same call.  |r| may be NULL.
+ */
+static inline void sh_rec_alloc(sh_rec *r, int failed) {
+  if (r != NULL && r->in_call) {
+    r->call_allocs++;
+    if (failed) {
+      sh_rec_alloc_failed(r);
+    }
   }
 }
 
@@ -311,6 +336,7 @@ static inline void sh_call_conn_pong(sh *s, hub_conn_id id, hub_tstamp now) {
     sh_rec_event(s->rec, SH_REC_CONN_PONG, now, id, 0, 0, NULL, 0, NULL, 0);
   }
   hub_on_conn_pong(s->h, id, now);
+  sh_rec_rc(s->rec, 0);
 }
 
 static inline void sh_call_conn_written(sh *s, hub_conn_id id, size_t msgs,
@@ -320,6 +346,7 @@ static inline void sh_call_conn_written(sh *s, hub_conn_id id, size_t msgs,
                  NULL, 0);
   }
   hub_on_conn_written(s->h, id, msgs, bytes, now);
+  sh_rec_rc(s->rec, 0);
 }
 
 static inline void sh_call_conn_closed(sh *s, hub_conn_id id, hub_tstamp now) {
@@ -327,6 +354,7 @@ static inline void sh_call_conn_closed(sh *s, hub_conn_id id, hub_tstamp now) {
     sh_rec_event(s->rec, SH_REC_CONN_CLOSED, now, id, 0, 0, NULL, 0, NULL, 0);
   }
   hub_on_conn_closed(s->h, id, now);
+  sh_rec_rc(s->rec, 0);
 }
 
 static inline int sh_call_bp_msg(sh *s, const char *channel, size_t clen,
@@ -348,6 +376,7 @@ static inline void sh_call_bp_subscribed(sh *s, const char *channel,
                  NULL, 0);
   }
   hub_on_bp_subscribed(s->h, channel, clen, now);
+  sh_rec_rc(s->rec, 0);
 }
 
 static inline int sh_call_bp_up(sh *s, hub_tstamp now) {
@@ -365,6 +394,7 @@ static inline void sh_call_bp_down(sh *s, hub_tstamp now) {
     sh_rec_event(s->rec, SH_REC_BP_DOWN, now, 0, 0, 0, NULL, 0, NULL, 0);
   }
   hub_on_bp_down(s->h, now);
+  sh_rec_rc(s->rec, 0);
 }
 
 static inline int sh_call_publish(sh *s, const uint8_t *body, size_t len,
@@ -393,6 +423,7 @@ static inline void sh_call_shutdown(sh *s, hub_tstamp now) {
     sh_rec_event(s->rec, SH_REC_SHUTDOWN, now, 0, 0, 0, NULL, 0, NULL, 0);
   }
   hub_shutdown(s->h, now);
+  sh_rec_rc(s->rec, 0);
 }
 
 #ifdef __cplusplus

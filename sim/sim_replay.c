@@ -32,14 +32,37 @@
 /* Effects of one event kept for a divergence report. */
 #define RP_SHOW_MAX 20
 
+/* Allocation failures of a recorded call (alloc_fail records). */
+#define RP_FAILS_MAX 64
+
 typedef struct rp_mem {
   hub_mem mem;
-  int fail;
+  int counting; /* inside a call */
+  int fail;     /* fail every allocation of the call */
+  uint64_t n;   /* allocations of the call so far */
+  uint64_t fails[RP_FAILS_MAX];
+  size_t nfails;
 } rp_mem;
 
+static int rp_fails(rp_mem *m) {
+  size_t i;
+  if (!m->counting) {
+    return 0;
+  }
+  m->n++;
+  if (m->fail) {
+    return 1;
+  }
+  for (i = 0; i < m->nfails; i++) {
+    if (m->fails[i] == m->n) {
+      return 1;
+    }
+  }
+  return 0;
+}
+
 static void *rp_malloc(size_t n, void *user) {
-  rp_mem *m = user;
-  return m->fail ? NULL : malloc(n);
+  return rp_fails(user) ? NULL : malloc(n);
 }
 
 static void rp_free(void *p, void *user) {
@@ -48,8 +71,7 @@ static void rp_free(void *p, void *user) {
 }
 
 static void *rp_realloc(void *p, size_t n, void *user) {
-  rp_mem *m = user;
-  return m->fail ? NULL : realloc(p, n);
+  return rp_fails(user) ? NULL : realloc(p, n);
 }
 
 /* A connection as its driver saw it: the lengths of the SEND frames it
@@ -392,6 +414,17 @@ static int rp_read(rp *r, sh_rec_record *out) {
    1, or 0 when the file ends before the event's result is known. */
 static int rp_result(rp *r, sh_rec_record *res) {
   int rv = sh_rec_next(&r->rd, &r->next, &r->why);
+  r->mem.nfails = 0;
+  while (rv == SH_REC_RECORD && r->next.type == SH_REC_ALLOC_FAIL) {
+    if (r->mem.nfails < RP_FAILS_MAX) {
+      r->mem.fails[r->mem.nfails++] = r->next.count;
+    }
+    if (r->o->trace && r->out != NULL) {
+      fprintf(r->out, "    (allocation %llu of the call fails)\n",
+              (unsigned long long)r->next.count);
+    }
+    rv = sh_rec_next(&r->rd, &r->next, &r->why);
+  }
   memset(res, 0, sizeof(*res));
   res->type = SH_REC_RESULT;
   res->flags = SH_REC_QEMPTY;
@@ -498,16 +531,20 @@ static int rp_check(rp *r, const sh_rec_record *ev, const sh_rec_record *res,
    driver's call. */
 static int rp_call(rp *r, const sh_rec_record *e, int want_rc, int *rc) {
   *rc = 0;
-  /* A request that ran out of memory did nothing (hub.h): fail every
-     allocation of the call to get the same. */
-  r->mem.fail = want_rc == HUB_ERR_NOMEM;
+  /* The allocations the recording says failed fail again.  A request
+     that ran out of memory with none recorded (a driver whose allocator
+     does not report them) did nothing (hub.h): failing every allocation
+     of the call gets the same. */
+  r->mem.counting = 1;
+  r->mem.n = 0;
+  r->mem.fail = want_rc == HUB_ERR_NOMEM && r->mem.nfails == 0;
   switch (e->type) {
   case SH_REC_CONN_OPEN: {
     char *addr = malloc(e->l1 + 1);
     hub_conn_id id = 0;
     if (addr == NULL) {
       r->why = "out of memory";
-      r->mem.fail = 0;
+      r->mem.fail = r->mem.counting = 0;
       return 1;
     }
     if (e->l1 > 0) {
@@ -518,7 +555,7 @@ static int rp_call(rp *r, const sh_rec_record *e, int want_rc, int *rc) {
     free(addr);
     if (*rc == 0 && rp_conn_add(r, id) != 0) {
       r->why = "out of memory";
-      r->mem.fail = 0;
+      r->mem.fail = r->mem.counting = 0;
       return 1;
     }
     break;
@@ -527,7 +564,7 @@ static int rp_call(rp *r, const sh_rec_record *e, int want_rc, int *rc) {
     /* Without its bytes only when refused by its length alone (hub.h):
        otherwise the core would read them. */
     if (e->p1 == NULL && e->b <= r->max_message_bytes) {
-      r->mem.fail = 0;
+      r->mem.fail = r->mem.counting = 0;
       r->why = "a message without its bytes that is not over the "
                "configured max-message-bytes";
       return 1;
@@ -540,7 +577,7 @@ static int rp_call(rp *r, const sh_rec_record *e, int want_rc, int *rc) {
     break;
   case SH_REC_CONN_WRITTEN:
     if (rp_conn_written(r, e->id, e->a, e->b) != 0) {
-      r->mem.fail = 0;
+      r->mem.fail = r->mem.counting = 0;
       r->why = "a written report that does not match the frames the "
                "connection was sent";
       return 1;
@@ -575,11 +612,11 @@ static int rp_call(rp *r, const sh_rec_record *e, int want_rc, int *rc) {
     hub_shutdown(r->h, e->now);
     break;
   default:
-    r->mem.fail = 0;
+    r->mem.fail = r->mem.counting = 0;
     r->why = "a record out of place (a second hub_new?)";
     return 1;
   }
-  r->mem.fail = 0;
+  r->mem.fail = r->mem.counting = 0;
   return 0;
 }
 
@@ -732,7 +769,7 @@ static int rp_run(rp *r, const uint8_t *data, size_t len) {
       }
       return SIM_REPLAY_OK;
     }
-    if (ev.type == SH_REC_RESULT) {
+    if (ev.type == SH_REC_RESULT || ev.type == SH_REC_ALLOC_FAIL) {
       return rp_bad(r, "a result record without its event");
     }
     if (ev.type == SH_REC_CONFIG) {

@@ -577,6 +577,43 @@ static void test_sh_rec_shell_records_every_call_once(void **state) {
   hub_del(d.h);
 }
 
+static void test_sh_rec_alloc_failures_are_numbered(void **state) {
+  sh_rec r;
+  tsink t;
+  uint8_t buf[1024];
+  tdrv d;
+  hub_config cfg;
+  sh_rec_reader rd;
+  sh_rec_record o;
+  const char *why;
+  (void)state;
+  ts_init(&r, &t, buf, sizeof(buf), 0);
+  td_start(&d, &cfg, &r);
+  sh_rec_alloc(&r, 1); /* outside a core call: not counted */
+  sh_rec_event(&r, SH_REC_PUBLISH, 2000, 0, 0, 0, "{}", 2, NULL, 0);
+  sh_rec_alloc(&r, 0);
+  sh_rec_alloc(&r, 0);
+  sh_rec_alloc(&r, 1); /* the third allocation of the call fails */
+  sh_rec_rc(&r, HUB_ERR_NOMEM);
+  sh_rec_alloc(&r, 1); /* after the call: not counted */
+  sh_rec_qempty(&r);
+  assert_int_equal(sh_rec_end(&r), 0);
+  assert_int_equal(sh_rec_open(&rd, t.file, t.len, &why), 0);
+  assert_int_equal(sh_rec_next(&rd, &o, &why), SH_REC_RECORD); /* CONFIG */
+  assert_int_equal(sh_rec_next(&rd, &o, &why), SH_REC_RECORD);
+  assert_int_equal(o.type, SH_REC_PUBLISH);
+  assert_int_equal(sh_rec_next(&rd, &o, &why), SH_REC_RECORD);
+  assert_int_equal(o.type, SH_REC_ALLOC_FAIL);
+  assert_int_equal(o.count, 3);
+  assert_int_equal(sh_rec_next(&rd, &o, &why), SH_REC_RECORD);
+  assert_int_equal(o.type, SH_REC_RESULT);
+  assert_int_equal(o.rc, HUB_ERR_NOMEM);
+  assert_int_equal(sh_rec_next(&rd, &o, &why), SH_REC_RECORD);
+  assert_int_equal(o.type, SH_REC_END);
+  sh_rec_fini(&r);
+  hub_del(d.h);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_sh_rec_hash_is_fixed),
@@ -588,6 +625,7 @@ int main(void) {
     cmocka_unit_test(test_sh_rec_reader_rejects),
     cmocka_unit_test(test_sh_rec_digest_order_and_cache),
     cmocka_unit_test(test_sh_rec_shell_records_every_call_once),
+    cmocka_unit_test(test_sh_rec_alloc_failures_are_numbered),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
