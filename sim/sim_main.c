@@ -16,6 +16,8 @@
 static void usage(FILE *f) {
   fprintf(f,
           "usage: wshub-sim [--seed N] [--trace] [--stats] FILE...\n"
+          "       wshub-sim [--seed N] --record OUT FILE   (OUT.<instance> "
+          "per instance)\n"
           "       wshub-sim --explore --seeds A..B [--repro-dir DIR] "
           "[--keep-going] [--quiet] [--alloc-fail R]\n"
           "       wshub-sim --replay FILE [--until K] [--trace]\n"
@@ -54,6 +56,8 @@ int main(int argc, char **argv) {
     if (strcmp(a, "--seed") == 0 && i + 1 < argc) {
       o.has_seed = 1;
       o.seed = strtoull(argv[++i], NULL, 10);
+    } else if (strcmp(a, "--record") == 0 && i + 1 < argc) {
+      o.record = argv[++i];
     } else if (strcmp(a, "--trace") == 0) {
       o.trace = stdout;
     } else if (strcmp(a, "--stats") == 0) {
@@ -105,6 +109,10 @@ int main(int argc, char **argv) {
     usage(stderr);
     return 2;
   }
+  if (o.record != NULL && nfiles != 1) {
+    fprintf(stderr, "wshub-sim: --record takes one scenario file\n");
+    return 2;
+  }
   for (i = 1; i < argc; i++) {
     sim_result r;
     char name[256];
@@ -112,7 +120,8 @@ int main(int argc, char **argv) {
     if (argv[i][0] == '-') {
       if (strcmp(argv[i], "--seed") == 0 || strcmp(argv[i], "--seeds") == 0 ||
           strcmp(argv[i], "--repro-dir") == 0 ||
-          strcmp(argv[i], "--alloc-fail") == 0) {
+          strcmp(argv[i], "--alloc-fail") == 0 ||
+          strcmp(argv[i], "--record") == 0) {
         i++;
       }
       continue;
