@@ -960,7 +960,7 @@ int main(int argc, char **argv) {
   hc.seed = srv_random();
   s->started_unix = hc.unix_time_s;
   t0 = srv_now();
-  rc = hub_new(&s->h, &hc, NULL, t0);
+  rc = hub_new(&s->h, &hc, s->cfg.record_path ? srv_rec_mem() : NULL, t0);
   if (rc != 0) {
     srv_log(SRV_LOG_ERROR, "cannot create the hub", "reason", hub_strerror(rc),
             (const char *)NULL);

@@ -13,6 +13,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -30,6 +31,33 @@ static struct {
   sh_rec rec;
   uint8_t buf[SRV_REC_BUF];
 } srv_rec_g = {.fd = -1};
+
+/* The hub's allocator while recording: libc's, telling the recorder of
+   every allocation so that a failure is recorded with its number. */
+static void *srv_rec_malloc(size_t n, void *user) {
+  void *p = malloc(n);
+  (void)user;
+  sh_rec_alloc(srv_rec_g.fd >= 0 ? &srv_rec_g.rec : NULL, p == NULL);
+  return p;
+}
+
+static void srv_rec_free(void *p, void *user) {
+  (void)user;
+  free(p);
+}
+
+static void *srv_rec_realloc(void *p, size_t n, void *user) {
+  void *q = realloc(p, n);
+  (void)user;
+  sh_rec_alloc(srv_rec_g.fd >= 0 ? &srv_rec_g.rec : NULL, q == NULL);
+  return q;
+}
+
+const hub_mem *srv_rec_mem(void) {
+  static const hub_mem m = {NULL, srv_rec_malloc, srv_rec_free,
+                            srv_rec_realloc};
+  return &m;
+}
 
 static int srv_rec_write(void *user, const uint8_t *p, size_t n) {
   (void)user;

@@ -26,6 +26,11 @@
 int srv_rec_start(const char *path, uint64_t max_bytes, sh *s,
                   const hub_config *cfg, hub_tstamp now);
 
+/* The allocator to give hub_new when recording: libc's, reporting each
+   allocation to the recorder (sh_rec_alloc), so that an allocation that
+   failed fails again in the replay. */
+const hub_mem *srv_rec_mem(void);
+
 /* Writes what is buffered (the tick, SIGTERM).  No-op when not
    recording. */
 void srv_rec_flush(void);
