@@ -336,3 +336,54 @@ def test_shell_calls_the_core_only_through_the_recorder():
     calls = re.findall(r"\b(hub_on_\w+|hub_publish|hub_handle_expiry|"
                        r"hub_shutdown|hub_new)\s*\(", src)
     assert calls == [], calls
+
+
+def sim_record_and_replay(tmp_path, scn, name, *args):
+    out = tmp_path / name
+    p = subprocess.run([SIM] + list(args) + ["--record", str(out), str(scn)],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       timeout=120)
+    files = sorted(f for f in os.listdir(tmp_path)
+                   if f.startswith(name + ".") and not f.endswith(".scn"))
+    assert files, p.stdout
+    for f in files:
+        rc, text = replay(tmp_path / f)
+        assert rc == 0 and text.startswith("REPLAY ok: "), (scn, f, text)
+    return p, files
+
+
+def test_sim_record_every_scenario_replays_ok(tmp_path):
+    """wshub-sim --record: one file per instance incarnation, recorded
+    through the same shell as the server; each replays identically."""
+    scns = sorted(os.listdir(os.path.join(ROOT, "scenarios")))
+    total = 0
+    for f in scns:
+        if not f.endswith(".scn"):
+            continue
+        n = f[:-4]
+        p, files = sim_record_and_replay(
+            tmp_path, os.path.join(ROOT, "scenarios", f), n)
+        assert p.stdout.decode().startswith("PASS "), p.stdout
+        total += len(files)
+    assert total >= len(scns)
+    # A restarted instance records to FILE.<id> of its incarnation.
+    assert os.path.exists(tmp_path / "contract_statements.1.1")
+
+
+def test_sim_record_with_allocation_failures_replays_ok(tmp_path):
+    """Explored scenarios with injected allocation failures: each failure
+    is recorded with its number in its call, and fails again in the
+    replay."""
+    fails = 0
+    for seed in range(10, 40):
+        scn = tmp_path / ("s%d.scn" % seed)
+        d = subprocess.run([SIM, "--explore", "--seeds", "%d..%d" % (seed,
+                                                                    seed),
+                            "--dump", "--alloc-fail", "0.02"],
+                           stdout=subprocess.PIPE, timeout=60)
+        scn.write_bytes(d.stdout)
+        _, files = sim_record_and_replay(tmp_path, scn, "s%d" % seed)
+        for f in files:
+            rc, text = replay(tmp_path / f, "--trace")
+            fails += text.count("of the call fails)")
+    assert fails > 10
