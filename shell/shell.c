@@ -6,6 +6,11 @@
  * the hub's fact events (closed, written, pong, subscribed, down,
  * shutdown) are never read: those cannot fail once the core reserves
  * their space ahead, and they are becoming void.
+ *
+ * The hub is called only through the sh_call_ functions of sh_rec.h
+ * (never hub_on_* here), and every effect popped is shown to the
+ * recorder first: with a recorder attached (sh_record), every core call
+ * and the effects drained after it are in the recording, once, in order.
  */
 #include "shell.h"
 
