@@ -146,6 +146,10 @@ class Env:
                     argv += ["--redis", "redis://127.0.0.1:%d" %
                              self.redis_port]
                 argv += list(extra_args)
+                if getattr(args, "record_on", False):
+                    rec = os.path.join(logdir, "%s-wshub%d.rec" % (tag, k))
+                    argv += ["--record", rec]
+                    args.rec_files.append(rec)
                 p = Proc("%s-wshub%d" % (tag, k), argv, logdir)
                 self.procs.append(p)
                 self.servers.append((port, p))
@@ -299,6 +303,44 @@ class Bench:
             if n == 10000:
                 self.target("A 10,000 subs: server CPU us/delivery (%s)" % bp,
                             r.get("cpu_us_per_deliv_wshub"), T_A_CPU_US, "us")
+            if self.args.record:
+                self.run_a_recorded(n, name, bp, msgs, r)
+
+    def run_a_recorded(self, n, name, bp, msgs, plain):
+        """--record: A again with the flight recorder on (issue 11): CPU
+        per delivery against the run without, and the bytes recorded per
+        published message."""
+        self.args.record_on, self.args.rec_files = True, []
+        try:
+            r = self.repeated("a%d-%s-rec" % (n, bp), name + "+rec", bp, 1, [
+                "--conns", n, "--channels", 1, "--msgs", msgs,
+                "--size", 64, "--pub-conns", 4, "--window",
+                self.args.window, "--max-outstanding",
+                4 * self.args.window, "--publish-timeout", 120],
+                "run_us_per_deliv_wshub")
+        finally:
+            self.args.record_on = False
+        sizes = [os.path.getsize(f) for f in self.args.rec_files
+                 if os.path.exists(f)]
+        per_msg = sum(sizes) / len(sizes) / msgs if sizes else None
+        print("RECORD scenario=%s backplane=%s bytes_per_published_msg=%s "
+              "files=%s" % (name, bp, "%.1f" % per_msg if per_msg else "-",
+                            ",".join(str(x) for x in sizes)), flush=True)
+        for key in ("cpu_us_per_deliv_wshub", "run_us_per_deliv_wshub"):
+            a, b = plain.get(key), r.get(key)
+            if a and b:
+                print("RECORD scenario=%s backplane=%s %s plain=%.3f "
+                      "recorded=%.3f ratio=%.3f" % (name, bp, key, a, b,
+                                                    b / a), flush=True)
+        a, b = plain.get("run_us_per_deliv_wshub"), \
+            r.get("run_us_per_deliv_wshub")
+        if n == 10000 and a and b:
+            self.target("A 10,000 subs with --record: server run time per "
+                        "delivery over the run without (%s)" % bp,
+                        b / a, 1.10, "x")
+        if per_msg is not None:
+            self.misses.append("info %s %s --record: %.1f bytes recorded "
+                               "per published message" % (name, bp, per_msg))
 
     def auth_variants(self):
         """(name, server flags, token) for B with authentication: an
@@ -584,6 +626,10 @@ def main():
     ap.add_argument("--max-queue-msgs", type=int, default=4096)
     ap.add_argument("--repeat", type=int, default=3,
                     help="runs of A, C and L; the median is reported")
+    ap.add_argument("--record", action="store_true",
+                    help="also run A with --record on (the flight "
+                    "recorder): CPU against the run without, bytes "
+                    "recorded per published message")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args()
     if args.smoke:

@@ -14,7 +14,7 @@ FUZZ_DIR := build/fuzz
 FUZZ_CFLAGS := -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -g -O1 \
   -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
   -Wall -Wextra -Werror -Icore
-FUZZ_TARGETS := client bp
+FUZZ_TARGETS := client bp replay
 FUZZ_SECONDS ?= 60
 FUZZ_SMOKE_SECONDS ?= 8
 FUZZ_BINS := $(FUZZ_TARGETS:%=$(FUZZ_DIR)/fuzz_%)
@@ -31,6 +31,15 @@ $(FUZZ_DIR)/fuzz_bp: fuzz/fuzz_bp.c fuzz/fuzz_hub.h $(CORE_SRC) \
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  FUZZ    $@")
 	$(Q)$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ fuzz/fuzz_bp.c $(CORE_SRC)
+
+# The recording reader and replayer (wshub-sim --replay).
+FUZZ_REPLAY_SRC := fuzz/fuzz_replay.c sim/sim_replay.c shell/sh_rec.c
+$(FUZZ_DIR)/fuzz_replay: $(FUZZ_REPLAY_SRC) sim/sim_replay.h shell/sh_rec.h \
+  $(CORE_SRC) $(wildcard core/*.h) | $(BUILD)/.test-deps-ok
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  FUZZ    $@")
+	$(Q)$(FUZZ_CC) $(FUZZ_CFLAGS) -Ishell -Isim -o $@ $(FUZZ_REPLAY_SRC) \
+	  $(CORE_SRC)
 
 .PHONY: fuzz fuzz-smoke $(FUZZ_TARGETS:%=fuzz-%)
 $(FUZZ_TARGETS:%=fuzz-%): fuzz-%: $(FUZZ_DIR)/fuzz_%

@@ -53,6 +53,8 @@ typedef struct srv_config {
   const char *token_key;
   const char *api_key;
   const char *allowed_origins;
+  const char *record_path; /* --record: NULL = not recording */
+  uint64_t record_max_bytes;
 } srv_config;
 
 /* Connection states. */

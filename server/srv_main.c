@@ -17,6 +17,7 @@
 #include "srv_proc.h"
 #include "srv_tls.h"
 #include "srv_version.h"
+#include "srv_rec.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -284,6 +285,7 @@ static void srv_begin_shutdown(srv *s) {
   s->listen_fd = -1;
   srv_close_http_conns(s);
   sh_shutdown(&s->sh, srv_now());
+  srv_rec_flush(); /* on disk even if the shutdown is cut short */
   ev_timer_init(&s->shutdown_timer, srv_shutdown_timer_cb,
                 (double)s->cfg.shutdown_timeout_ns / 1e9, 0.0);
   ev_timer_start(s->loop, &s->shutdown_timer);
@@ -345,6 +347,7 @@ static void srv_tick_cb(struct ev_loop *loop, ev_timer *w, int revents) {
   (void)w;
   (void)revents;
   srv_tick(s);
+  srv_rec_flush(); /* a SIGKILL loses at most a tick of the recording */
   if (!s->shutting_down && s->listen_fd >= 0 && s->claiming != 1 &&
       !ev_is_active(&s->listen_io)) {
     ev_io_start(loop, &s->listen_io); /* paused after EMFILE */
@@ -411,6 +414,11 @@ static const char srv_usage[] =
   "Authorization: Bearer K\n"
   "  --allowed-origins LIST    comma-separated origins allowed to upgrade "
   "(any)\n"
+  "  --record FILE             record every input of the hub core to FILE "
+  "(replay:\n"
+  "                            wshub-sim --replay FILE)\n"
+  "  --record-max-bytes N      stop recording when FILE would pass N bytes "
+  "(1073741824)\n"
   "  --help                    this text\n"
   "Durations take seconds (\"1.5\") or a unit (\"250ms\", \"2s\", "
   "\"1m\", \"1h\").\n"
@@ -448,6 +456,8 @@ enum {
   O_TOKEN_KEY,
   O_API_KEY,
   O_ORIGINS,
+  O_RECORD,
+  O_RECORD_MAX,
   O_HELP
 };
 
@@ -477,6 +487,8 @@ static const struct option srv_longopts[] = {
   {"token-key", required_argument, NULL, O_TOKEN_KEY},
   {"api-key", required_argument, NULL, O_API_KEY},
   {"allowed-origins", required_argument, NULL, O_ORIGINS},
+  {"record", required_argument, NULL, O_RECORD},
+  {"record-max-bytes", required_argument, NULL, O_RECORD_MAX},
   {"help", no_argument, NULL, O_HELP},
   {NULL, 0, NULL, 0}};
 
@@ -546,6 +558,15 @@ static int srv_set_option(srv_config *cfg, int opt, const char *val,
     }
     cfg->sndbuf = (int)u;
     return 0;
+  case O_RECORD:
+    cfg->record_path = *val ? val : NULL;
+    return 0;
+  case O_RECORD_MAX:
+    if (hub_parse_u64(val, &u) != 0 || u == 0) {
+      goto bad;
+    }
+    cfg->record_max_bytes = u;
+    return 0;
   case O_TLS_CERT:
     cfg->tls_cert = *val ? val : NULL;
     return 0;
@@ -608,6 +629,7 @@ static void srv_config_default(srv_config *cfg) {
   cfg->shutdown_timeout_ns = 10 * HUB_NS_PER_S;
   cfg->handshake_timeout_ns = 10 * HUB_NS_PER_S;
   cfg->log_level = SRV_LOG_INFO;
+  cfg->record_max_bytes = SRV_REC_MAX_BYTES_DEFAULT;
 }
 
 /* WSHUB_<FLAG> of an option ("max-message-bytes": WSHUB_MAX_MESSAGE_BYTES). */
@@ -908,6 +930,7 @@ int main(int argc, char **argv) {
   char err[256];
   hub_config hc;
   sh_transport t;
+  hub_tstamp t0;
   uint64_t nofile;
   int rc;
 
@@ -991,7 +1014,8 @@ int main(int argc, char **argv) {
   hc.unix_time_s = (int64_t)time(NULL);
   hc.seed = srv_random();
   s->started_unix = hc.unix_time_s;
-  rc = hub_new(&s->h, &hc, NULL, srv_now());
+  t0 = srv_now();
+  rc = hub_new(&s->h, &hc, s->cfg.record_path ? srv_rec_mem() : NULL, t0);
   if (rc != 0) {
     srv_log(SRV_LOG_ERROR, "cannot create the hub", "reason", hub_strerror(rc),
             (const char *)NULL);
@@ -1034,6 +1058,11 @@ int main(int argc, char **argv) {
   t.verify = srv_verify;
   t.error = srv_sh_error;
   sh_init(&s->sh, s->h, s->bp, &hc, &t);
+  if (s->cfg.record_path != NULL &&
+      srv_rec_start(s->cfg.record_path, s->cfg.record_max_bytes, &s->sh, &hc,
+                    t0) != 0) {
+    return 2;
+  }
 
   ev_io_init(&s->listen_io, srv_accept_cb, s->listen_fd, EV_READ);
   ev_timer_init(&s->tick, srv_tick_cb, 0.1, 0.1);
@@ -1058,6 +1087,7 @@ int main(int argc, char **argv) {
     srv_serve(s);
   }
   ev_run(s->loop, 0);
+  srv_rec_end();
 
   if (s->bp != NULL) {
     s->bp->ops->free(s->bp);

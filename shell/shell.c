@@ -6,12 +6,18 @@
  * the hub's fact events (closed, written, pong, subscribed, down,
  * shutdown) are never read: those cannot fail once the core reserves
  * their space ahead, and they are becoming void.
+ *
+ * The hub is called only through the sh_call_ functions of sh_rec.h
+ * (never hub_on_* here), and every effect popped is shown to the
+ * recorder first: with a recorder attached (sh_record), every core call
+ * and the effects drained after it are in the recording, once, in order.
  */
 #include "shell.h"
 
 #include <string.h>
 
 #include "bp.h"
+#include "sh_rec.h"
 
 void sh_init(sh *s, hub *h, bp *b, const hub_config *cfg,
              const sh_transport *t) {
@@ -95,7 +101,7 @@ static void sh_bp_reset(sh *s, hub_tstamp now) {
   if (s->t.bp_reset != NULL) {
     s->t.bp_reset(s->t.user);
   }
-  (void)hub_on_bp_down(s->h, now);
+  sh_call_bp_down(s, now);
 }
 
 /* Writes the connections whose backlog passed the early-write mark. */
@@ -114,9 +120,9 @@ static void sh_write_urgent(sh *s, hub_tstamp now) {
       continue;
     }
     if (rc != 0) {
-      (void)hub_on_conn_closed(s->h, id, now);
+      sh_call_conn_closed(s, id, now);
     } else if (msgs > 0 || bytes > 0) {
-      (void)hub_on_conn_written(s->h, id, msgs, bytes, now);
+      sh_call_conn_written(s, id, msgs, bytes, now);
     }
   }
 }
@@ -156,6 +162,7 @@ void sh_drain(sh *s, hub_tstamp now) {
   for (;;) {
     while ((e = hub_effect_peek(s->h)) != NULL) {
       hub_conn_id closed = 0;
+      sh_rec_effect(s->rec, e);
       switch (e->type) {
       case HUB_EFF_SEND:
         if (s->t.send(s->t.user, e->conn_user, e->conn, e->buf) != 0) {
@@ -191,13 +198,14 @@ void sh_drain(sh *s, hub_tstamp now) {
       if (closed != 0) {
         /* Only now: the report discards the connection's queued
            effects, and |e| was one of them. */
-        (void)hub_on_conn_closed(s->h, closed, now);
+        sh_call_conn_closed(s, closed, now);
       }
       if (vid != 0) {
         sh_verified(s, vid, vuser, vauth, verr, now);
         vid = 0;
       }
     }
+    sh_rec_qempty(s->rec);
     if (s->t.drained != NULL) {
       s->t.drained(s->t.user);
     }
@@ -219,7 +227,7 @@ void sh_drain(sh *s, hub_tstamp now) {
 
 int sh_conn_open(sh *s, hub_conn_id *id, const char *remote_addr,
                  void *conn_user, hub_tstamp now) {
-  int rc = hub_on_conn_open(s->h, id, remote_addr, conn_user, now);
+  int rc = sh_call_conn_open(s, id, remote_addr, conn_user, now);
   int v = SH_OK;
   if (rc == HUB_ERR_SHUT_DOWN) {
     v = SH_SHUT_DOWN;
@@ -252,13 +260,13 @@ int sh_conn_open_auth(sh *s, hub_conn_id *id, const char *remote_addr,
 
 void sh_conn_msg(sh *s, hub_conn_id id, void *conn_user, int binary,
                  const uint8_t *data, size_t len, hub_tstamp now) {
-  int rc = hub_on_conn_msg(s->h, id, binary, data, len, now);
+  int rc = sh_call_conn_msg(s, id, binary, data, len, now);
   if (rc == HUB_ERR_NOMEM) {
     /* The hub did nothing with the message (hub.h: an error changes
        nothing), so no effect of it is queued. */
     hub_conn_id closed = sh_close_internal(s, conn_user, id);
     if (closed != 0) {
-      (void)hub_on_conn_closed(s->h, closed, now);
+      sh_call_conn_closed(s, closed, now);
     }
   } else if (rc != 0) {
     sh_error(s, "hub_on_conn_msg", rc);
@@ -267,18 +275,18 @@ void sh_conn_msg(sh *s, hub_conn_id id, void *conn_user, int binary,
 }
 
 void sh_conn_pong(sh *s, hub_conn_id id, hub_tstamp now) {
-  (void)hub_on_conn_pong(s->h, id, now);
+  sh_call_conn_pong(s, id, now);
   sh_drain(s, now);
 }
 
 void sh_conn_written(sh *s, hub_conn_id id, size_t msgs, size_t bytes,
                      hub_tstamp now) {
-  (void)hub_on_conn_written(s->h, id, msgs, bytes, now);
+  sh_call_conn_written(s, id, msgs, bytes, now);
   sh_drain(s, now);
 }
 
 void sh_conn_closed(sh *s, hub_conn_id id, hub_tstamp now) {
-  (void)hub_on_conn_closed(s->h, id, now);
+  sh_call_conn_closed(s, id, now);
   sh_drain(s, now);
 }
 
@@ -291,7 +299,7 @@ int sh_conn_ping_in(sh *s, hub_conn_id id, void *conn_user, const sh_oq *q,
   closed =
     sh_close(s, conn_user, id, 1008, "slow consumer", HUB_CLOSE_KIND_MAX);
   if (closed != 0) {
-    (void)hub_on_conn_closed(s->h, closed, now);
+    sh_call_conn_closed(s, closed, now);
   }
   sh_drain(s, now);
   return -1;
@@ -299,7 +307,7 @@ int sh_conn_ping_in(sh *s, hub_conn_id id, void *conn_user, const sh_oq *q,
 
 void sh_bp_msg(sh *s, const char *channel, size_t channel_len,
                const uint8_t *data, size_t len, hub_tstamp now) {
-  int rc = hub_on_bp_msg(s->h, channel, channel_len, data, len, now);
+  int rc = sh_call_bp_msg(s, channel, channel_len, data, len, now);
   if (rc == HUB_ERR_NOMEM) {
     /* The message is lost for every subscriber: a reconnect makes the
        loss visible (the hub is down, then re-subscribes) instead. */
@@ -312,12 +320,12 @@ void sh_bp_msg(sh *s, const char *channel, size_t channel_len,
 
 void sh_bp_subscribed(sh *s, const char *channel, size_t channel_len,
                       hub_tstamp now) {
-  (void)hub_on_bp_subscribed(s->h, channel, channel_len, now);
+  sh_call_bp_subscribed(s, channel, channel_len, now);
   sh_drain(s, now);
 }
 
 void sh_bp_up(sh *s, hub_tstamp now) {
-  int rc = hub_on_bp_up(s->h, now);
+  int rc = sh_call_bp_up(s, now);
   if (rc == HUB_ERR_NOMEM) {
     /* The hub stays down and re-subscribes nothing: try the whole
        connect again after backoff. */
@@ -329,13 +337,13 @@ void sh_bp_up(sh *s, hub_tstamp now) {
 }
 
 void sh_bp_down(sh *s, hub_tstamp now) {
-  (void)hub_on_bp_down(s->h, now);
+  sh_call_bp_down(s, now);
   sh_drain(s, now);
 }
 
 int sh_publish(sh *s, const uint8_t *body, size_t len, const char **errmsg,
                hub_tstamp now) {
-  int rc = hub_publish(s->h, body, len, errmsg, now);
+  int rc = sh_call_publish(s, body, len, errmsg, now);
   int v = SH_OK;
   if (rc == HUB_ERR_BAD_REQUEST) {
     v = SH_BAD_REQUEST;
@@ -356,7 +364,7 @@ void sh_expiry(sh *s, hub_tstamp now) {
   int rc;
   s->timer_at = HUB_TSTAMP_NONE; /* the driver's timer is one-shot */
   s->retry_at = HUB_TSTAMP_NONE;
-  rc = hub_handle_expiry(s->h, now);
+  rc = sh_call_expiry(s, now);
   if (rc == HUB_ERR_NOMEM) {
     /* What was due stays due; it is done on the retry. */
     s->st.expiry_retries++;
@@ -368,7 +376,7 @@ void sh_expiry(sh *s, hub_tstamp now) {
 }
 
 void sh_shutdown(sh *s, hub_tstamp now) {
-  (void)hub_shutdown(s->h, now);
+  sh_call_shutdown(s, now);
   sh_drain(s, now);
 }
 

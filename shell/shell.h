@@ -29,7 +29,8 @@
 extern "C" {
 #endif
 
-typedef struct bp bp; /* bp.h */
+typedef struct bp bp;         /* bp.h */
+typedef struct sh_rec sh_rec; /* sh_rec.h: the flight recorder */
 
 /* handle_expiry NOMEM: try again this much later. */
 #define SH_EXPIRY_RETRY_NS (10 * HUB_NS_PER_MS)
@@ -140,6 +141,7 @@ typedef struct sh {
   uint64_t pong_max_bytes;
   int bp_failed; /* a bp op ran out of memory during this drain */
   sh_stats st;
+  sh_rec *rec; /* NULL, or recording every hub call (sh_record) */
 } sh;
 
 /*

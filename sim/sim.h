@@ -31,6 +31,7 @@
 /* ------------------------------------------------------ the world */
 
 typedef struct sim_world sim_world;
+typedef struct sim_rec_file sim_rec_file; /* sim_rec.c: --record */
 
 /* Server flags, as `config NAME VALUE` sets them. */
 typedef struct sim_config {
@@ -86,6 +87,7 @@ typedef struct sim_alloc {
   uint32_t fail_ppb;
   int armed; /* off while the hub is created */
   uint64_t allocs, fails;
+  sh_rec *rec; /* --record: told of every hub allocation (sh_rec_alloc) */
 } sim_alloc;
 
 /* A list of key names (invariant 7's bookkeeping). */
@@ -128,6 +130,7 @@ typedef struct sim_inst {
   /* Invariant 7: DELs the link lost (not sent, or dropped in flight)
      with no SET of the key sent since, and DELs in flight. */
   sim_strv lost_dels, pending_dels;
+  sim_rec_file *rec; /* --record: this incarnation's file, or NULL */
 } sim_inst;
 
 /* Per-client, per-channel state. */
@@ -205,8 +208,9 @@ struct sim_world {
   sim_client *clients;
   size_t nclients, capclients;
   sim_redis *redis;
-  int check;    /* check invariants after every event */
-  int keep_log; /* keep every message's data (scenario expects) */
+  int check;          /* check invariants after every event */
+  int keep_log;       /* keep every message's data (scenario expects) */
+  const char *record; /* --record FILE: each instance to FILE.<id> */
   sim_violation viol;
   /* Invariant 4's scratch: the Redis time of the message being delivered
      (from the on_deliver hook), and who must get it. */
@@ -303,8 +307,9 @@ typedef struct sim_opts {
   int has_seed;
   uint64_t seed;
   FILE *trace;
-  int check;  /* check invariants even without `invariants on` */
-  int no_log; /* keep no message log (no `received DATA` expects) */
+  int check;          /* check invariants even without `invariants on` */
+  int no_log;         /* keep no message log (no `received DATA` expects) */
+  const char *record; /* --record FILE (sim_rec.h), or NULL */
 } sim_opts;
 
 /* Runs statements |lines| (|linenos| their line numbers, or NULL for

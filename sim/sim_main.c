@@ -4,8 +4,10 @@
  *   wshub-sim [--seed N] [--trace] [--stats] FILE...
  *   wshub-sim --explore --seeds A..B [--repro-dir DIR] [--keep-going]
  *             [--alloc-fail R]
+ *   wshub-sim --replay FILE [--until K] [--trace]     (sim_replay.c)
  */
 #include "sim.h"
+#include "sim_replay.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -14,8 +16,11 @@
 static void usage(FILE *f) {
   fprintf(f,
           "usage: wshub-sim [--seed N] [--trace] [--stats] FILE...\n"
+          "       wshub-sim [--seed N] --record OUT FILE   (OUT.<instance> "
+          "per instance)\n"
           "       wshub-sim --explore --seeds A..B [--repro-dir DIR] "
           "[--keep-going] [--quiet] [--alloc-fail R]\n"
+          "       wshub-sim --replay FILE [--until K] [--trace]\n"
           "Runs scenario files (see CONTRACT.md), printing PASS or FAIL per "
           "file;\nexits non-zero if any failed.  --trace prints one line per "
           "event.\n");
@@ -37,6 +42,11 @@ int main(int argc, char **argv) {
   sim_explore_opts eo;
   int explore = 0, stats = 0, i, failed = 0, nfiles = 0;
 
+  for (i = 1; i < argc; i++) {
+    if (strcmp(argv[i], "--replay") == 0) {
+      return sim_replay_main(argc, argv);
+    }
+  }
   memset(&o, 0, sizeof(o));
   memset(&eo, 0, sizeof(eo));
   eo.from = 1;
@@ -46,6 +56,8 @@ int main(int argc, char **argv) {
     if (strcmp(a, "--seed") == 0 && i + 1 < argc) {
       o.has_seed = 1;
       o.seed = strtoull(argv[++i], NULL, 10);
+    } else if (strcmp(a, "--record") == 0 && i + 1 < argc) {
+      o.record = argv[++i];
     } else if (strcmp(a, "--trace") == 0) {
       o.trace = stdout;
     } else if (strcmp(a, "--stats") == 0) {
@@ -97,6 +109,10 @@ int main(int argc, char **argv) {
     usage(stderr);
     return 2;
   }
+  if (o.record != NULL && nfiles != 1) {
+    fprintf(stderr, "wshub-sim: --record takes one scenario file\n");
+    return 2;
+  }
   for (i = 1; i < argc; i++) {
     sim_result r;
     char name[256];
@@ -104,7 +120,8 @@ int main(int argc, char **argv) {
     if (argv[i][0] == '-') {
       if (strcmp(argv[i], "--seed") == 0 || strcmp(argv[i], "--seeds") == 0 ||
           strcmp(argv[i], "--repro-dir") == 0 ||
-          strcmp(argv[i], "--alloc-fail") == 0) {
+          strcmp(argv[i], "--alloc-fail") == 0 ||
+          strcmp(argv[i], "--record") == 0) {
         i++;
       }
       continue;

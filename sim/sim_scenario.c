@@ -206,8 +206,13 @@ static int get_client(runner *rn, const char *name, sim_client **out) {
 static int set_config(runner *rn, const char *name, const char *val) {
   sim_config *c = &rn->w.cfg;
   uint64_t v = 0;
-  static const char *ignored[] = {"listen", "redis", "instance-id",
-                                  "max-connections", "handshake-timeout"};
+  static const char *ignored[] = {"listen",
+                                  "redis",
+                                  "instance-id",
+                                  "max-connections",
+                                  "handshake-timeout",
+                                  "record",
+                                  "record-max-bytes"};
   size_t i;
   if (name == NULL || val == NULL) {
     return fail(rn, "config needs a name and a value");
@@ -967,6 +972,7 @@ int sim_run_lines(char *const *lines, const int *linenos, size_t n,
   }
   rn->w.loop.trace = o->trace;
   rn->w.check = o->check;
+  rn->w.record = o->record;
   /* Message data is kept only when some expectation looks at it. */
   rn->w.keep_log = 0;
   for (i = 0; i < n && !o->no_log; i++) {

@@ -13,6 +13,8 @@
  * hub_on_conn_written reports bytes as they enter the socket.
  */
 #include "sim.h"
+#include "sim_rec.h"
+#include "sh_rec.h"
 
 #include <stdarg.h>
 #include <stdlib.h>
@@ -736,7 +738,10 @@ int sim_alloc_fails(sim_alloc *a) {
 }
 
 static void *alloc_malloc(size_t size, void *user) {
-  return alloc_fails(user) ? NULL : malloc(size);
+  sim_alloc *a = user;
+  void *p = alloc_fails(a) ? NULL : malloc(size);
+  sh_rec_alloc(a->rec, p == NULL);
+  return p;
 }
 
 static void alloc_free(void *ptr, void *user) {
@@ -745,7 +750,10 @@ static void alloc_free(void *ptr, void *user) {
 }
 
 static void *alloc_realloc(void *ptr, size_t size, void *user) {
-  return alloc_fails(user) ? NULL : realloc(ptr, size);
+  sim_alloc *a = user;
+  void *p = alloc_fails(a) ? NULL : realloc(ptr, size);
+  sh_rec_alloc(a->rec, p == NULL);
+  return p;
 }
 
 int sim_parse_rate(const char *s, uint32_t *ppb) {
@@ -872,6 +880,7 @@ int sim_inst_start(sim_world *w, sim_inst *in) {
     t.verify = tr_verify;
     t.error = tr_error;
     sh_init(&in->sh, in->h, in->tap, &hc, &t);
+    sim_rec_inst_start(w, in, &hc, w->loop.now);
   }
   sim_bp_set_partitioned(in->bp, in->partitioned);
   in->state = SIM_INST_RUNNING;
@@ -924,6 +933,7 @@ static void inst_teardown(sim_world *w, sim_inst *in) {
     in->tap->ops->free(in->tap);
     in->tap = NULL;
   }
+  sim_rec_inst_end(w, in);
   hub_del(in->h);
   in->h = NULL;
   in->state = SIM_INST_DEAD;
