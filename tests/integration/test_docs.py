@@ -112,8 +112,8 @@ def test_help_and_operations_md_list_the_same_flags():
 def test_operations_md_env_vars_and_defaults_match():
     h, d = help_flags(), doc_flags()
     for flag, (env, default) in d.items():
-        if flag == "--help":
-            assert env is None
+        if flag in ("--help", "--version"):
+            assert env is None, flag
             continue
         assert env == env_name(flag), (flag, env)
         # Where --help states a plain number as the default, the page must
@@ -125,24 +125,51 @@ def test_operations_md_env_vars_and_defaults_match():
 
 # A value each flag refuses, so that the server names the variable it
 # read it from.  --redis-prefix takes any text, and --redis reports an
-# unusable URL in its own words (checked below).
+# unusable URL in its own words (checked below); the files and texts of
+# TLS and authentication are checked after parsing, in their own words
+# (below too), and --allowed-origins takes any list.
 BAD_VALUES = {"--redis-prefix": None, "--redis": None,
-              "--registry": "maybe", "--listen": "nowhere"}
+              "--registry": "maybe", "--listen": "nowhere",
+              "--tls-cert": None, "--tls-key": None, "--token-secret": None,
+              "--token-key": None, "--api-key": None,
+              "--allowed-origins": None}
+# Given on the command line with every variable but WSHUB_LISTEN: a host
+# that cannot be resolved, so that a server that ignored the variable
+# stops (exit 1, "cannot resolve") instead of listening.
+NOWHERE = ["--listen", "999.999.999.999:1"]
 
 
 def test_every_documented_env_var_is_read():
     for flag, (env, _) in doc_flags().items():
-        if flag == "--help" or BAD_VALUES.get(flag, "") is None:
+        if flag in ("--help", "--version") or \
+                BAD_VALUES.get(flag, "") is None:
             continue
         e = dict(os.environ)
         e[env] = BAD_VALUES.get(flag, "not a value")
-        # The extra argument makes the server exit (2) after parsing even
-        # if the variable were ignored: it never starts listening.
-        out = subprocess.run([WSHUB, "extra-argument"], capture_output=True,
+        args = [] if flag == "--listen" else NOWHERE
+        out = subprocess.run([WSHUB] + args, capture_output=True,
                              timeout=10, env=e)
         assert out.returncode == 2, (env, out.returncode, out.stderr)
-        assert ("bad value for %s" % env).encode() in out.stderr, \
-            (env, out.stderr)
+        assert b"bad option value" in out.stderr and \
+            ("option=%s " % env).encode() in out.stderr, (env, out.stderr)
+    # The ones read as text, refused in their own words (exit 2).
+    for env, val, words in (
+            ("WSHUB_TOKEN_SECRET", "", b"--token-secret is empty"),
+            ("WSHUB_API_KEY", "", b"--api-key is empty"),
+            ("WSHUB_TOKEN_KEY", "/nonexistent/key.pem",
+             b"--token-key /nonexistent/key.pem"),
+            ("WSHUB_TLS_CERT", "/nonexistent/cert.pem",
+             b"--tls-cert and --tls-key go together")):
+        e = dict(os.environ)
+        e[env] = val
+        out = subprocess.run([WSHUB] + NOWHERE, capture_output=True,
+                             timeout=10, env=e)
+        assert out.returncode == 2 and words in out.stderr, (env, out.stderr)
+    # WSHUB_DEBUG=1 is --log-level debug, WSHUB_VERSION is nothing.
+    e = dict(os.environ, WSHUB_LOG_LEVEL="loud", WSHUB_VERSION="x")
+    out = subprocess.run([WSHUB] + NOWHERE, capture_output=True, timeout=10,
+                         env=e)
+    assert out.returncode == 2 and b"option=WSHUB_LOG_LEVEL " in out.stderr
     e = dict(os.environ, WSHUB_REDIS="http://127.0.0.1:1")
     out = subprocess.run([WSHUB], capture_output=True, timeout=10, env=e)
     assert out.returncode == 2 and b"--redis" in out.stderr, out.stderr
