@@ -181,7 +181,7 @@ def doc_metrics():
     out = {}
     for cells in table_rows(section(doc("http.md"), "GET /metrics")):
         name = code(cells[0])
-        if name and name.startswith("wshub_"):
+        if name and name.startswith(("wshub_", "process_")):
             out[name.split("{")[0]] = cells[1].strip()
     return out
 
@@ -194,6 +194,7 @@ def test_every_documented_metric_is_exported(wshub):
     served = dict(re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M))
     documented = doc_metrics()
     assert len(documented) >= 10, "could not read the metrics of http.md"
+    assert "process_open_fds" in documented
     for name, typ in documented.items():
         assert name in served, "%s is documented but not served" % name
         assert served[name] == typ, (name, typ, served[name])
