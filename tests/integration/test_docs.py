@@ -313,8 +313,9 @@ def test_documented_config_names(tmp_path):
                       name="cfg")
         assert out.returncode == 0, (example, out.stdout)
     # `config` takes every server flag, and the simulator's own settings.
-    sim_only = {"alloc-fail-rate"}
-    assert names == ({f[2:] for f in help_flags()} - {"help"}) | sim_only, \
+    sim_only = {"alloc-fail-rate", "auth"}
+    assert names == ({f[2:] for f in help_flags()} - {"help", "version"}) | \
+        sim_only, \
         names
     out = run_sim(tmp_path, "config no-such-setting 1\nclient a on 0\n",
                   name="cfg")
