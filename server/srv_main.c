@@ -173,7 +173,7 @@ void srv_metrics(srv *s, char *buf, size_t cap, size_t *len) {
       {"wshub_backplane_reconnects_total", "counter",
        "Times the backplane came back.", s->bp_reconnects},
       {"wshub_upgrades_rejected_total", "counter",
-       "Upgrades answered 503 (--max-connections).", s->upgrades_rejected},
+       "Upgrades refused (401, 403, 503).", s->upgrades_rejected},
       {"wshub_protocol_errors_total", "counter",
        "Connections closed for a WebSocket protocol error.", s->proto_errors},
       {"wshub_http_requests_total", "counter", "Plain HTTP requests served.",
@@ -933,6 +933,10 @@ int main(int argc, char **argv) {
   hub_tstamp t0;
   uint64_t nofile;
   int rc;
+  /* SIGHUP must never kill the server, not even in the moment between
+     start and the installation of its watcher (a reload sent by a
+     service manager right after start). */
+  signal(SIGHUP, SIG_IGN);
 
   memset(s, 0, sizeof(*s));
   s->listen_fd = -1;

@@ -206,13 +206,23 @@ static int get_client(runner *rn, const char *name, sim_client **out) {
 static int set_config(runner *rn, const char *name, const char *val) {
   sim_config *c = &rn->w.cfg;
   uint64_t v = 0;
+  /* Server flags with nothing to simulate: no sockets, no TLS, no log,
+     and authentication is `config auth on` (tokens without signatures). */
   static const char *ignored[] = {"listen",
                                   "redis",
                                   "instance-id",
                                   "max-connections",
                                   "handshake-timeout",
                                   "record",
-                                  "record-max-bytes"};
+                                  "record-max-bytes",
+                                  "tls-cert",
+                                  "tls-key",
+                                  "log-level",
+                                  "log-format",
+                                  "token-secret",
+                                  "token-key",
+                                  "api-key",
+                                  "allowed-origins"};
   size_t i;
   if (name == NULL || val == NULL) {
     return fail(rn, "config needs a name and a value");

@@ -112,8 +112,8 @@ def test_help_and_operations_md_list_the_same_flags():
 def test_operations_md_env_vars_and_defaults_match():
     h, d = help_flags(), doc_flags()
     for flag, (env, default) in d.items():
-        if flag == "--help":
-            assert env is None
+        if flag in ("--help", "--version"):
+            assert env is None, flag
             continue
         assert env == env_name(flag), (flag, env)
         # Where --help states a plain number as the default, the page must
@@ -125,24 +125,51 @@ def test_operations_md_env_vars_and_defaults_match():
 
 # A value each flag refuses, so that the server names the variable it
 # read it from.  --redis-prefix takes any text, and --redis reports an
-# unusable URL in its own words (checked below).
+# unusable URL in its own words (checked below); the files and texts of
+# TLS and authentication are checked after parsing, in their own words
+# (below too), and --allowed-origins takes any list.
 BAD_VALUES = {"--redis-prefix": None, "--redis": None,
-              "--registry": "maybe", "--listen": "nowhere"}
+              "--registry": "maybe", "--listen": "nowhere",
+              "--tls-cert": None, "--tls-key": None, "--token-secret": None,
+              "--token-key": None, "--api-key": None,
+              "--allowed-origins": None, "--record": None}
+# Given on the command line with every variable but WSHUB_LISTEN: a host
+# that cannot be resolved, so that a server that ignored the variable
+# stops (exit 1, "cannot resolve") instead of listening.
+NOWHERE = ["--listen", "999.999.999.999:1"]
 
 
 def test_every_documented_env_var_is_read():
     for flag, (env, _) in doc_flags().items():
-        if flag == "--help" or BAD_VALUES.get(flag, "") is None:
+        if flag in ("--help", "--version") or \
+                BAD_VALUES.get(flag, "") is None:
             continue
         e = dict(os.environ)
         e[env] = BAD_VALUES.get(flag, "not a value")
-        # The extra argument makes the server exit (2) after parsing even
-        # if the variable were ignored: it never starts listening.
-        out = subprocess.run([WSHUB, "extra-argument"], capture_output=True,
+        args = [] if flag == "--listen" else NOWHERE
+        out = subprocess.run([WSHUB] + args, capture_output=True,
                              timeout=10, env=e)
         assert out.returncode == 2, (env, out.returncode, out.stderr)
-        assert ("bad value for %s" % env).encode() in out.stderr, \
-            (env, out.stderr)
+        assert b"bad option value" in out.stderr and \
+            ("option=%s " % env).encode() in out.stderr, (env, out.stderr)
+    # The ones read as text, refused in their own words (exit 2).
+    for env, val, words in (
+            ("WSHUB_TOKEN_SECRET", "", b"--token-secret is empty"),
+            ("WSHUB_API_KEY", "", b"--api-key is empty"),
+            ("WSHUB_TOKEN_KEY", "/nonexistent/key.pem",
+             b"--token-key /nonexistent/key.pem"),
+            ("WSHUB_TLS_CERT", "/nonexistent/cert.pem",
+             b"--tls-cert and --tls-key go together")):
+        e = dict(os.environ)
+        e[env] = val
+        out = subprocess.run([WSHUB] + NOWHERE, capture_output=True,
+                             timeout=10, env=e)
+        assert out.returncode == 2 and words in out.stderr, (env, out.stderr)
+    # WSHUB_DEBUG=1 is --log-level debug, WSHUB_VERSION is nothing.
+    e = dict(os.environ, WSHUB_LOG_LEVEL="loud", WSHUB_VERSION="x")
+    out = subprocess.run([WSHUB] + NOWHERE, capture_output=True, timeout=10,
+                         env=e)
+    assert out.returncode == 2 and b"option=WSHUB_LOG_LEVEL " in out.stderr
     e = dict(os.environ, WSHUB_REDIS="http://127.0.0.1:1")
     out = subprocess.run([WSHUB], capture_output=True, timeout=10, env=e)
     assert out.returncode == 2 and b"--redis" in out.stderr, out.stderr
@@ -154,7 +181,7 @@ def doc_metrics():
     out = {}
     for cells in table_rows(section(doc("http.md"), "GET /metrics")):
         name = code(cells[0])
-        if name and name.startswith("wshub_"):
+        if name and name.startswith(("wshub_", "process_")):
             out[name.split("{")[0]] = cells[1].strip()
     return out
 
@@ -167,6 +194,7 @@ def test_every_documented_metric_is_exported(wshub):
     served = dict(re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M))
     documented = doc_metrics()
     assert len(documented) >= 10, "could not read the metrics of http.md"
+    assert "process_open_fds" in documented
     for name, typ in documented.items():
         assert name in served, "%s is documented but not served" % name
         assert served[name] == typ, (name, typ, served[name])
@@ -285,8 +313,9 @@ def test_documented_config_names(tmp_path):
                       name="cfg")
         assert out.returncode == 0, (example, out.stdout)
     # `config` takes every server flag, and the simulator's own settings.
-    sim_only = {"alloc-fail-rate"}
-    assert names == ({f[2:] for f in help_flags()} - {"help"}) | sim_only, \
+    sim_only = {"alloc-fail-rate", "auth"}
+    assert names == ({f[2:] for f in help_flags()} - {"help", "version"}) | \
+        sim_only, \
         names
     out = run_sim(tmp_path, "config no-such-setting 1\nclient a on 0\n",
                   name="cfg")
@@ -501,10 +530,134 @@ def test_protocol_md_error_reasons(wshub):
                 r = json.loads(await asyncio.wait_for(ws.recv(), 5))
                 assert r["type"] == "error" and r["error"] == want, (msg, r)
     asyncio.run(asyncio.wait_for(go(), 30))
-    untested = documented - set(probes)
-    assert untested <= {"too many subscriptions", "subscription cancelled"}, \
-        untested
-    assert set(probes) <= documented
+    # The authentication reasons, on a server with a secret.
+    jwt = pytest.importorskip("jwt")
+    secret = "docs-secret"
+    a = wshub("--token-secret", secret)
+    tok = jwt.encode({"sub": "alice", "subscribe": ["news.*"],
+                      "publish": ["user:{sub}"],
+                      "exp": int(time.time()) + 600}, secret,
+                     algorithm="HS256")
+    bob = jwt.encode({"sub": "bob", "exp": int(time.time()) + 600}, secret,
+                     algorithm="HS256")
+    auth_probes = {
+        "permission denied": '{"type":"subscribe","channel":"admin","id":1}',
+        "missing field: token": '{"type":"refresh","id":2}',
+        "token must be a string": '{"type":"refresh","token":7,"id":3}',
+        "token sub does not match":
+            '{"type":"refresh","token":"%s","id":4}' % bob,
+    }
+
+    async def go_auth():
+        async with websockets.connect(a.ws_url + "?token=" + tok) as ws:
+            for want, msg in auth_probes.items():
+                await ws.send(msg)
+                r = json.loads(await asyncio.wait_for(ws.recv(), 5))
+                assert r["type"] == "error" and r["error"] == want, (msg, r)
+            await ws.send('{"type":"publish","channel":"user:bob",'
+                          '"data":1,"id":5}')
+            r = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            assert r == {"type": "error", "id": 5,
+                         "error": "permission denied"}, r
+    asyncio.run(asyncio.wait_for(go_auth(), 30))
+    untested = documented - set(probes) - set(auth_probes)
+    assert untested <= {"too many subscriptions", "subscription cancelled",
+                        "refresh in progress"}, untested
+    assert set(probes) | set(auth_probes) <= documented
+
+
+def _upgrade(port, path, headers=()):
+    """(status, JSON body or None) of a WebSocket upgrade request."""
+    req = ("GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+           "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+           "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n%s\r\n") % (
+               path, "".join("%s\r\n" % h for h in headers))
+    with socket.create_connection(("127.0.0.1", port), 5) as s:
+        s.sendall(req.encode())
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        status = int(head.split()[1])
+        if status == 101:
+            return status, None
+        m = re.search(rb"content-length: *(\d+)", head, re.I)
+        while len(body) < int(m.group(1)):
+            body += s.recv(65536)
+        return status, json.loads(body)
+
+
+def test_protocol_md_401_reasons(wshub):
+    """The 401 table of protocol.md is what the server answers, cause by
+    cause, to tokens minted with python3-jwt."""
+    jwt = pytest.importorskip("jwt")
+    sec = section(doc("protocol.md"), "Authentication")
+    table = sec[sec.index("| 401 reason |"):]
+    documented = {code(c[0]) for c in table_rows(table) if code(c[0])}
+    secret = "docs-secret"
+    now = int(time.time())
+
+    def hs(claims, key=secret, alg="HS256"):
+        return jwt.encode(claims, key, algorithm=alg)
+
+    probes = {
+        "missing token": None,
+        "malformed token": "not-a-token",
+        "algorithm not allowed": hs({"sub": "a"}, alg="HS384"),
+        "bad signature": hs({"sub": "a"}, key="another-secret"),
+        "token expired": hs({"sub": "a", "exp": now - 60}),
+        "token not yet valid": hs({"sub": "a", "nbf": now + 600}),
+        "missing sub": hs({"subscribe": ["x"]}),
+        "sub must be a string of 1 to 128 bytes": hs({"sub": ""}),
+        "subscribe must be an array of strings": hs({"sub": "a",
+                                                     "subscribe": "x"}),
+        "publish must be an array of strings": hs({"sub": "a",
+                                                   "publish": [1]}),
+        "exp must be a number": hs({"sub": "a", "exp": "soon"}),
+        "nbf must be a number": hs({"sub": "a", "nbf": "later"}),
+        "too many grants": hs({"sub": "a",
+                               "subscribe": ["c%d" % i for i in range(65)]}),
+        "grants too long": hs({"sub": "a", "subscribe": ["x" * 1100]}),
+    }
+    w = wshub("--token-secret", secret)
+    for want, token in probes.items():
+        headers = () if token is None else (
+            "Authorization: Bearer %s" % token,)
+        status, body = _upgrade(w.port, "/ws", headers)
+        assert (status, body) == (401, {"error": want}), (want, status, body)
+    # ?token= is read as well as the header, and a good token upgrades.
+    status, _ = _upgrade(w.port, "/ws?token=" + hs({"sub": "a"}))
+    assert status == 101
+    assert set(probes) <= documented, set(probes) - documented
+    # Refused claims the hub or the claim parser alone sees: no token
+    # from python3-jwt reaches them.
+    assert documented - set(probes) <= {"malformed claims",
+                                        "invalid claims"}, \
+        documented - set(probes)
+
+
+def test_protocol_md_auth_example(wshub, tmp_path):
+    """The HS256 example of protocol.md against a server with its
+    secret: the grant lets news.tech through and refuses admin."""
+    pytest.importorskip("jwt")
+    sec = section(doc("protocol.md"), "Authentication")
+    blocks = fenced(sec, "python")
+    assert blocks, "no Python example under Authentication"
+    m = re.search(r"`build/wshub --token-secret (\S+)`", sec)
+    assert m, "the example names no secret"
+    w = wshub("--token-secret", m.group(1))
+    script = tmp_path / "auth.py"
+    script.write_text(with_port(blocks[0], w.port))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True,
+                         timeout=30)
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(ln) for ln in out.stdout.decode().splitlines()]
+    assert lines == [
+        {"type": "subscribed", "channel": "news.tech", "id": 1},
+        {"type": "error", "id": 2, "error": "permission denied"}], lines
 
 
 def test_operations_md_redis_cli_publish_example(redis_server, wshub):

@@ -139,7 +139,7 @@ def test_env_file_names_only_real_variables(staged):
                                timeout=10).stdout.decode()
     flags = set(re.findall(r"^\s+--([a-z][a-z-]*)", help_text, re.M))
     real = {"WSHUB_" + f.upper().replace("-", "_") for f in flags} - \
-        {"WSHUB_HELP"}
+        {"WSHUB_HELP", "WSHUB_VERSION"}
     assert names - {"WSHUB_DEBUG"} == real, (names ^ real)
     # Every line is a comment or blank: installing it changes nothing.
     for ln in text.splitlines():
