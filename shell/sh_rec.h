@@ -16,7 +16,8 @@
  * sh_call_ functions at the end of this header, so each is recorded
  * exactly once, in order, whether a driver's event or one the shell
  * makes itself (hub_on_conn_closed after a CLOSE it applied, the forced
- * hub_on_bp_down).
+ * hub_on_bp_down, hub_on_conn_verified answering a VERIFY).  The auth
+ * events carry the hub_auth claims as given (docs/recording.md).
  *
  * Threading: none.  sh_rec_unwritten may be called from a signal
  * handler that interrupted the recorder's thread.
