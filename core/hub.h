@@ -334,9 +334,15 @@ int hub_on_conn_msg(hub *h, hub_conn_id id, int binary, const uint8_t *data,
 void hub_on_conn_pong(hub *h, hub_conn_id id, hub_tstamp now);
 
 /* The transport wrote |bytes| more bytes of this connection's SEND frames
-   to the socket, finishing |msgs| frames.  A fact: cannot fail.  A report
-   of more than the connection has queued (hub_conn_backlog) is ignored,
-   as is one for a closing connection. */
+   to the socket, finishing |msgs| frames.  A fact: cannot fail, so a
+   report the backlog (hub_conn_backlog: q_msgs frames, q_bytes bytes)
+   shows to be impossible is ignored, changing nothing: one of more
+   frames or bytes than are queued, and one that finishes every queued
+   frame without every queued byte or every byte without every frame
+   ((msgs == q_msgs) != (bytes == q_bytes)).  So is one for a closing
+   connection.  The core keeps no frame lengths, so a report that splits
+   the frames at the wrong byte but is otherwise consistent is taken as
+   given; the next SEND still queues correctly. */
 void hub_on_conn_written(hub *h, hub_conn_id id, size_t msgs, size_t bytes,
                          hub_tstamp now);
 

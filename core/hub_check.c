@@ -110,6 +110,8 @@ int hub_check(const hub *h, const char **why) {
         CHECK((c->q_msgs > 0 || c->q_bytes > 0) ==
                 hub_link_linked(&c->write_link),
               "write list membership");
+        CHECK((c->q_msgs > 0) == (c->q_bytes > 0),
+              "queued frames without bytes, or bytes without frames");
         CHECK(c->q_msgs <= h->cfg.max_queue_msgs &&
                 c->q_bytes <= h->cfg.max_queue_bytes,
               "queue past its limit");

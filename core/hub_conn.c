@@ -253,6 +253,12 @@ void hub_conn_written(hub *h, hub_conn_id id, size_t msgs, size_t bytes) {
   if (msgs == 0 && bytes == 0) {
     return;
   }
+  /* A report that would leave frames with no bytes, or bytes with no
+     frames, cannot be a transport's: the backlog would no longer say
+     whether the connection has anything queued.  Ignored (hub.h). */
+  if ((msgs == c->q_msgs) != (bytes == c->q_bytes)) {
+    return;
+  }
   c->q_msgs -= msgs;
   c->q_bytes -= bytes;
   c->last_progress = h->now;

@@ -288,6 +288,166 @@ void sh_rec_event(sh_rec *r, int type, hub_tstamp now, uint64_t id, uint64_t a,
   r->call_allocs = 0;
 }
 
+/* ------------------------------------------------------------ claims */
+
+/* Writes the encoding of a hub_auth: counting only (|dst| NULL and not
+   |sink|), into |dst|, or straight to the sink (a record larger than the
+   buffer), its varints staged. */
+typedef struct sh_em {
+  sh_rec *r;
+  uint8_t *dst;
+  int sink;
+  size_t n; /* bytes so far */
+  uint8_t st[64];
+  size_t sn;
+  int err;
+} sh_em;
+
+static void sh_em_flush(sh_em *m) {
+  if (m->sink && m->sn > 0 && !m->err &&
+      sh_rec_sink_write(m->r, m->st, m->sn) != 0) {
+    m->err = 1;
+  }
+  m->sn = 0;
+}
+
+static void sh_em_bytes(sh_em *m, const void *p, size_t l) {
+  if (l == 0) {
+    return;
+  }
+  if (m->dst != NULL) {
+    memcpy(m->dst + m->n, p, l);
+  } else if (m->sink) {
+    sh_em_flush(m);
+    if (!m->err && sh_rec_sink_write(m->r, p, l) != 0) {
+      m->err = 1;
+    }
+  }
+  m->n += l;
+}
+
+static void sh_em_uv(sh_em *m, uint64_t v) {
+  uint8_t t[10];
+  size_t l = sh_put_uv(t, 0, v);
+  if (m->sink) {
+    if (m->sn + l > sizeof(m->st)) {
+      sh_em_flush(m);
+    }
+    memcpy(m->st + m->sn, t, l);
+    m->sn += l;
+    m->n += l;
+  } else {
+    sh_em_bytes(m, t, l);
+  }
+}
+
+static void sh_em_str(sh_em *m, const char *p, size_t l) {
+  sh_em_uv(m, l);
+  sh_em_bytes(m, p, l);
+}
+
+static void sh_em_globs(sh_em *m, const char *const *g, size_t n) {
+  size_t i;
+  if (g == NULL) {
+    n = 0;
+  }
+  sh_em_uv(m, n);
+  for (i = 0; i < n; i++) {
+    sh_em_str(m, g[i] != NULL ? g[i] : "", g[i] != NULL ? strlen(g[i]) : 0);
+  }
+}
+
+/* The claims block (docs/recording.md): expires, sub, the subscribe
+   globs, the publish globs. */
+static void sh_em_auth(sh_em *m, const hub_auth *a) {
+  sh_em_uv(m, a->expires);
+  sh_em_str(m, a->sub != NULL ? a->sub : "", a->sub != NULL ? a->sub_len : 0);
+  sh_em_globs(m, a->subscribe, a->nsubscribe);
+  sh_em_globs(m, a->publish, a->npublish);
+}
+
+void sh_rec_event_auth(sh_rec *r, int type, hub_tstamp now, uint64_t id,
+                       const char *text, const hub_auth *auth) {
+  uint8_t sm[64], hdr[11];
+  size_t n = 0, hn = 0, tl = text != NULL ? strlen(text) : 0, plen, total;
+  uint64_t fl = auth != NULL ? SH_REC_AUTH_CLAIMS : 0;
+  sh_em m;
+  if (r->stopped != SH_REC_ON) {
+    return;
+  }
+  if (r->stop_pending) {
+    (void)sh_rec_stop(r, SH_REC_STOP_LIMIT);
+    return;
+  }
+  sh_rec_close_event(r);
+  if (type == SH_REC_CONN_VERIFIED && text != NULL) {
+    fl |= SH_REC_AUTH_ERR;
+  }
+  n = sh_put_zz(sm, n, (int64_t)(now - r->last_now));
+  if (type == SH_REC_CONN_VERIFIED) {
+    n = sh_put_uv(sm, n, id);
+  }
+  n = sh_put_uv(sm, n, fl);
+  n = sh_put_uv(sm, n, tl);
+  memset(&m, 0, sizeof(m));
+  m.r = r;
+  if (auth != NULL) {
+    sh_em_auth(&m, auth); /* counts */
+  }
+  plen = n + tl + m.n;
+  total = sh_rec_total(plen);
+  if (!sh_rec_room(r, total)) {
+    return;
+  }
+  if (r->stopped == SH_REC_STOP_WRITE) {
+    return;
+  }
+  hdr[hn++] = (uint8_t)type;
+  hn = sh_put_uv(hdr, hn, plen);
+  if (total > r->cap - r->len && sh_rec_flush(r) != 0) {
+    return;
+  }
+  memset(&m, 0, sizeof(m));
+  m.r = r;
+  if (total <= r->cap - r->len) {
+    uint8_t *w = r->buf + r->len;
+    memcpy(w, hdr, hn);
+    memcpy(w + hn, sm, n);
+    if (tl > 0) {
+      memcpy(w + hn + n, text, tl);
+    }
+    m.dst = w + hn + n + tl;
+    if (auth != NULL) {
+      sh_em_auth(&m, auth);
+    }
+    atomic_signal_fence(memory_order_seq_cst);
+    r->len += total;
+  } else {
+    m.sink = 1;
+    if (sh_rec_sink_write(r, hdr, hn) != 0 ||
+        sh_rec_sink_write(r, sm, n) != 0 ||
+        sh_rec_sink_write(r, (const uint8_t *)text, tl) != 0) {
+      return;
+    }
+    if (auth != NULL) {
+      sh_em_auth(&m, auth);
+    }
+    sh_em_flush(&m);
+    if (m.err) {
+      return;
+    }
+    r->file_off += total;
+  }
+  r->last_now = now;
+  r->events++;
+  r->seg_open = 1;
+  r->seg_rc = 0;
+  r->seg_count = 0;
+  r->qempty = 0;
+  r->in_call = 1;
+  r->call_allocs = 0;
+}
+
 void sh_rec_alloc_failed(sh_rec *r) {
   uint8_t sm[10];
   size_t n;
@@ -348,6 +508,12 @@ int sh_record(sh *s, sh_rec *r, const hub_config *cfg, hub_tstamp now) {
   }
   sm[n++] = 14;
   n = sh_put_zz(sm, n, cfg->unix_time_s);
+  if (cfg->auth != 0) {
+    /* Only when on: a recording without authentication stays readable
+       by a build that does not know the tag (absent means 0). */
+    sm[n++] = 16;
+    n = sh_put_uv(sm, n, (uint64_t)cfg->auth);
+  }
   sm[n++] = 1; /* the instance id, last: its bytes follow */
   n = sh_put_uv(sm, n, ilen);
 
@@ -499,6 +665,7 @@ static int sh_rec_config(sh_rec_reader *rd, sh_cur *c, sh_rec_record *o) {
   hub_config_default(cfg);
   rd->instance_id[0] = '\0';
   cfg->instance_id = rd->instance_id;
+  cfg->auth = 0; /* absent: off */
   o->now = sh_get_uv(c);
   while (!c->bad && c->off < c->n) {
     uint8_t tag = c->p[c->off++];
@@ -570,11 +737,89 @@ static int sh_rec_config(sh_rec_reader *rd, sh_cur *c, sh_rec_record *o) {
     case 15:
       cfg->seed = v;
       break;
+    case 16:
+      cfg->auth = v != 0;
+      break;
     default:
       return -1; /* a field this build does not know */
     }
   }
   return c->bad ? -1 : 0;
+}
+
+/* Walks a claims block over |c| to its end; with |out|, decodes it into
+   the given space.  Returns 0, or -1 (bad, or the space is too small). */
+static int sh_auth_walk(sh_cur *c, hub_auth *out, char *chars, size_t nchars,
+                        const char **globs, size_t nglobs) {
+  size_t co = 0, go = 0, k, i;
+  uint64_t exp = sh_get_uv(c);
+  size_t l = sh_get_len(c);
+  const uint8_t *sub = sh_get_bytes(c, l);
+  if (c->bad) {
+    return -1;
+  }
+  if (out != NULL) {
+    if (l + 1 > nchars) {
+      return -1;
+    }
+    memcpy(chars, sub, l);
+    chars[l] = '\0';
+    memset(out, 0, sizeof(*out));
+    out->sub = chars;
+    out->sub_len = l;
+    out->expires = exp;
+    co = l + 1;
+  }
+  for (k = 0; k < 2; k++) {
+    uint64_t ng = sh_get_uv(c);
+    if (c->bad || ng > c->n - c->off) { /* each glob takes a byte */
+      return -1;
+    }
+    if (out != NULL) {
+      if (ng > nglobs - go) {
+        return -1;
+      }
+      if (k == 0) {
+        out->subscribe = globs + go;
+        out->nsubscribe = (size_t)ng;
+      } else {
+        out->publish = globs + go;
+        out->npublish = (size_t)ng;
+      }
+    }
+    for (i = 0; i < (size_t)ng; i++) {
+      const uint8_t *g;
+      l = sh_get_len(c);
+      g = sh_get_bytes(c, l);
+      if (c->bad || memchr(g, 0, l) != NULL) {
+        return -1;
+      }
+      if (out != NULL) {
+        if (l + 1 > nchars - co) {
+          return -1;
+        }
+        memcpy(chars + co, g, l);
+        chars[co + l] = '\0';
+        globs[go++] = chars + co;
+        co += l + 1;
+      }
+    }
+  }
+  return c->bad || c->off != c->n ? -1 : 0;
+}
+
+int sh_rec_auth(const sh_rec_record *o, hub_auth *out, char *chars,
+                size_t nchars, const char **globs, size_t nglobs) {
+  sh_cur c;
+  if ((o->type != SH_REC_CONN_OPEN_AUTH && o->type != SH_REC_CONN_VERIFIED) ||
+      !(o->a & SH_REC_AUTH_CLAIMS) || nchars == 0) {
+    return -1;
+  }
+  c.p = o->p2;
+  c.n = o->l2;
+  c.off = 0;
+  c.bad = 0;
+  return sh_auth_walk(&c, out, chars, nchars, globs, nglobs);
 }
 
 int sh_rec_next(sh_rec_reader *rd, sh_rec_record *o, const char **why) {
@@ -680,6 +925,32 @@ int sh_rec_next(sh_rec_reader *rd, sh_rec_record *o, const char **why) {
         o->l1 = sh_get_len(&c);
         o->p1 = sh_get_bytes(&c, o->l1);
         break;
+      case SH_REC_CONN_OPEN_AUTH:
+      case SH_REC_CONN_VERIFIED:
+        if (type == SH_REC_CONN_VERIFIED) {
+          o->id = sh_get_uv(&c);
+        }
+        o->a = sh_get_uv(&c);
+        o->l1 = sh_get_len(&c);
+        o->p1 = sh_get_bytes(&c, o->l1);
+        if (o->a > (type == SH_REC_CONN_VERIFIED ? 3u : 1u) ||
+            (o->p1 != NULL && memchr(o->p1, 0, o->l1) != NULL) ||
+            (!(o->a & SH_REC_AUTH_ERR) && type == SH_REC_CONN_VERIFIED &&
+             o->l1 != 0)) {
+          c.bad = 1;
+        } else if (!c.bad) {
+          /* The claims: the rest of the record, checked whole. */
+          sh_cur ac = {c.p + c.off, c.n - c.off, 0, 0};
+          o->p2 = ac.p;
+          o->l2 = ac.n;
+          if ((o->a & SH_REC_AUTH_CLAIMS)
+                ? sh_auth_walk(&ac, NULL, NULL, 0, NULL, 0) != 0
+                : ac.n != 0) {
+            c.bad = 1;
+          }
+          c.off = c.n;
+        }
+        break;
       default:
         break;
       }
@@ -697,12 +968,22 @@ int sh_rec_next(sh_rec_reader *rd, sh_rec_record *o, const char **why) {
 }
 
 const char *sh_rec_type_name(int type) {
-  static const char *const names[] = {
-    "?",           "hub_new",   "conn_open",
-    "conn_msg",    "conn_pong", "conn_written",
-    "conn_closed", "bp_msg",    "bp_subscribed",
-    "bp_up",       "bp_down",   "publish",
-    "expiry",      "shutdown"};
+  static const char *const names[] = {"?",
+                                      "hub_new",
+                                      "conn_open",
+                                      "conn_msg",
+                                      "conn_pong",
+                                      "conn_written",
+                                      "conn_closed",
+                                      "bp_msg",
+                                      "bp_subscribed",
+                                      "bp_up",
+                                      "bp_down",
+                                      "publish",
+                                      "expiry",
+                                      "shutdown",
+                                      "conn_open_auth",
+                                      "conn_verified"};
   if (type > 0 && type < SH_REC_EVENT_MAX) {
     return names[type];
   }

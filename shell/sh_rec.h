@@ -16,7 +16,8 @@
  * sh_call_ functions at the end of this header, so each is recorded
  * exactly once, in order, whether a driver's event or one the shell
  * makes itself (hub_on_conn_closed after a CLOSE it applied, the forced
- * hub_on_bp_down).
+ * hub_on_bp_down, hub_on_conn_verified answering a VERIFY).  The auth
+ * events carry the hub_auth claims as given (docs/recording.md).
  *
  * Threading: none.  sh_rec_unwritten may be called from a signal
  * handler that interrupted the recorder's thread.
@@ -57,6 +58,8 @@ enum {
   SH_REC_PUBLISH,
   SH_REC_EXPIRY,
   SH_REC_SHUTDOWN,
+  SH_REC_CONN_OPEN_AUTH, /* 14: hub_on_conn_open_auth */
+  SH_REC_CONN_VERIFIED,  /* 15: hub_on_conn_verified */
   SH_REC_EVENT_MAX,
   SH_REC_RESULT = 32,
   SH_REC_END = 33,
@@ -66,6 +69,10 @@ enum {
 /* CONN_MSG flags. */
 #define SH_REC_MSG_BINARY 1u
 #define SH_REC_MSG_NODATA 2u /* refused by length, data not given */
+
+/* CONN_OPEN_AUTH and CONN_VERIFIED flags. */
+#define SH_REC_AUTH_CLAIMS 1u /* a hub_auth was given (else NULL) */
+#define SH_REC_AUTH_ERR 2u    /* CONN_VERIFIED: an err text was given */
 
 /* RESULT flags. */
 #define SH_REC_QEMPTY 1u /* the effect queue was empty at the next event */
@@ -208,6 +215,11 @@ void sh_rec_event(sh_rec *r, int type, hub_tstamp now, uint64_t id, uint64_t a,
                   uint64_t b, const void *p1, size_t l1, const void *p2,
                   size_t l2);
 
+/* CONN_OPEN_AUTH (|text| the address) and CONN_VERIFIED (|id|, |text|
+   the error or NULL), with the claims |auth| or NULL. */
+void sh_rec_event_auth(sh_rec *r, int type, hub_tstamp now, uint64_t id,
+                       const char *text, const hub_auth *auth);
+
 static inline void sh_rec_effect(sh_rec *r, const hub_effect *e) {
   if (r != NULL && r->stopped == SH_REC_ON) {
     sh_digest_effect(&r->dg, e);
@@ -257,14 +269,18 @@ static inline void sh_rec_alloc(sh_rec *r, int failed) {
  */
 typedef struct sh_rec_record {
   int type;
-  uint64_t offset;   /* of the record in the file */
-  hub_tstamp now;    /* events and CONFIG */
-  uint64_t id;       /* conn events: the connection */
-  uint64_t a;        /* CONN_MSG: flags; CONN_WRITTEN: msgs */
-  uint64_t b;        /* CONN_MSG: length; CONN_WRITTEN: bytes */
-  const uint8_t *p1; /* remote address, message, channel, body */
+  uint64_t offset; /* of the record in the file */
+  hub_tstamp now;  /* events and CONFIG */
+  uint64_t id;     /* conn events: the connection */
+  uint64_t a;      /* CONN_MSG, CONN_OPEN_AUTH, CONN_VERIFIED: flags;
+                      CONN_WRITTEN: msgs */
+  uint64_t b;      /* CONN_MSG: length; CONN_WRITTEN: bytes */
+  /* Remote address, message, channel, body; CONN_VERIFIED: err. */
+  const uint8_t *p1;
   size_t l1;
-  const uint8_t *p2; /* BP_MSG: data */
+  /* BP_MSG: data; CONN_OPEN_AUTH, CONN_VERIFIED: the encoded claims
+     (with SH_REC_AUTH_CLAIMS; read them with sh_rec_auth). */
+  const uint8_t *p2;
   size_t l2;
   hub_config cfg; /* CONFIG */
   int rc;         /* RESULT */
@@ -296,6 +312,18 @@ int sh_rec_open(sh_rec_reader *rd, const uint8_t *data, size_t len,
    out->offset say what was cut off) or SH_REC_BAD (*why). */
 int sh_rec_next(sh_rec_reader *rd, sh_rec_record *out, const char **why);
 
+/*
+ * The claims of a CONN_OPEN_AUTH or CONN_VERIFIED record |o| (with
+ * SH_REC_AUTH_CLAIMS), decoded into |out|: its strings are copied,
+ * NUL-terminated, into |chars| (|nchars| bytes) and its glob lists point
+ * into |globs| (|nglobs| entries).  SH_REC_AUTH_SPACE(o->l2) of each is
+ * always enough.  Returns 0, or -1 when the space is too small (or the
+ * record has no claims).  |out| is valid while the three are.
+ */
+#define SH_REC_AUTH_SPACE(l2) ((l2) + 1)
+int sh_rec_auth(const sh_rec_record *o, hub_auth *out, char *chars,
+                size_t nchars, const char **globs, size_t nglobs);
+
 /* "conn_msg", "result", ... ("?" for an unknown type). */
 const char *sh_rec_type_name(int type);
 
@@ -312,6 +340,30 @@ static inline int sh_call_conn_open(sh *s, hub_conn_id *id, const char *addr,
                  addr != NULL ? strlen(addr) : 0, NULL, 0);
   }
   rc = hub_on_conn_open(s->h, id, addr, conn_user, now);
+  sh_rec_rc(s->rec, rc);
+  return rc;
+}
+
+static inline int sh_call_conn_open_auth(sh *s, hub_conn_id *id,
+                                         const char *addr, const hub_auth *auth,
+                                         void *conn_user, hub_tstamp now) {
+  int rc;
+  if (s->rec != NULL) {
+    sh_rec_event_auth(s->rec, SH_REC_CONN_OPEN_AUTH, now, 0, addr, auth);
+  }
+  rc = hub_on_conn_open_auth(s->h, id, addr, auth, conn_user, now);
+  sh_rec_rc(s->rec, rc);
+  return rc;
+}
+
+static inline int sh_call_conn_verified(sh *s, hub_conn_id id,
+                                        const hub_auth *auth, const char *err,
+                                        hub_tstamp now) {
+  int rc;
+  if (s->rec != NULL) {
+    sh_rec_event_auth(s->rec, SH_REC_CONN_VERIFIED, now, id, err, auth);
+  }
+  rc = hub_on_conn_verified(s->h, id, auth, err, now);
   sh_rec_rc(s->rec, rc);
   return rc;
 }

@@ -142,11 +142,11 @@ static void sh_arm_timer(sh *s) {
    message (the refresh cannot be served). */
 static void sh_verified(sh *s, hub_conn_id id, void *conn_user,
                         const hub_auth *auth, const char *err, hub_tstamp now) {
-  int rc = hub_on_conn_verified(s->h, id, auth, err, now);
+  int rc = sh_call_conn_verified(s, id, auth, err, now);
   if (rc == HUB_ERR_NOMEM) {
     hub_conn_id closed = sh_close_internal(s, conn_user, id);
     if (closed != 0) {
-      (void)hub_on_conn_closed(s->h, closed, now);
+      sh_call_conn_closed(s, closed, now);
     }
   } else if (rc != 0 && rc != HUB_ERR_UNKNOWN_CONN) {
     sh_error(s, "hub_on_conn_verified", rc);
@@ -244,7 +244,7 @@ int sh_conn_open(sh *s, hub_conn_id *id, const char *remote_addr,
 
 int sh_conn_open_auth(sh *s, hub_conn_id *id, const char *remote_addr,
                       const hub_auth *auth, void *conn_user, hub_tstamp now) {
-  int rc = hub_on_conn_open_auth(s->h, id, remote_addr, auth, conn_user, now);
+  int rc = sh_call_conn_open_auth(s, id, remote_addr, auth, conn_user, now);
   int v = SH_OK;
   if (rc == HUB_ERR_SHUT_DOWN) {
     v = SH_SHUT_DOWN;

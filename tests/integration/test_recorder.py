@@ -387,3 +387,81 @@ def test_sim_record_with_allocation_failures_replays_ok(tmp_path):
             rc, text = replay(tmp_path / f, "--trace")
             fails += text.count("of the call fails)")
     assert fails > 10
+
+
+def test_record_auth_session_replays_ok(wshub, tmp_path):
+    """An authenticated session (--token-secret) recorded: the open with
+    the token's claims, a subscribe the grants refuse, a refresh with
+    another sub (refused), a good refresh (narrower grants, later exp),
+    then the 4001 at the new exp.  The claims are in the recording, the
+    tokens are not; the replay gets the same effects."""
+    import asyncio
+    import json
+
+    import jwt
+    import websockets
+
+    secret = "rec-secret"
+    rec = tmp_path / "auth.rec"
+    w = wshub("--token-secret", secret, "--record", str(rec))
+
+    def mint(claims):
+        return jwt.encode(claims, secret, algorithm="HS256")
+
+    exp = int(time.time()) + 2
+    tok = mint({"sub": "alice", "subscribe": ["news", "sport"],
+                "publish": ["news"], "exp": exp})
+
+    async def reply(ws, msg):
+        await ws.send(json.dumps(msg))
+        while True:
+            r = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            if r.get("type") != "message":
+                return r
+
+    async def go():
+        async with websockets.connect(w.ws_url + "?token=" + tok) as ws:
+            for ch in ("news", "sport"):
+                r = await reply(ws, {"type": "subscribe", "channel": ch})
+                assert r["type"] == "subscribed", r
+            r = await reply(ws, {"type": "subscribe", "channel": "secret",
+                                 "id": 1})
+            assert r["error"] == "permission denied", r
+            r = await reply(ws, {"type": "refresh", "id": 2, "token": mint(
+                {"sub": "mallory", "subscribe": ["*"]})})
+            assert r == {"type": "error", "id": 2,
+                         "error": "token sub does not match"}, r
+            await ws.send(json.dumps({"type": "refresh", "id": 3,
+                                      "token": mint({
+                                          "sub": "alice",
+                                          "subscribe": ["news"],
+                                          "exp": exp + 1})}))
+            assert json.loads(await asyncio.wait_for(ws.recv(), 5)) == {
+                "type": "refreshed", "id": 3}
+            assert json.loads(await asyncio.wait_for(ws.recv(), 5)) == {
+                "type": "unsubscribed", "channel": "sport",
+                "reason": "permission denied"}
+            with pytest.raises(websockets.ConnectionClosed):
+                while True:
+                    await asyncio.wait_for(ws.recv(), 10)
+            assert ws.close_code == 4001
+    asyncio.run(go())
+    stop_term(w)
+    rc, out = replay(rec)
+    assert rc == 0 and out.startswith("REPLAY ok: "), out
+    rc, out = replay(rec, "--trace")
+    assert rc == 0, out
+    assert "auth 1" in out
+    assert re.search(r'conn_open_auth\(addr "[^"]*", sub "alice", '
+                     r'subscribe \["news", "sport"\], publish \["news"\], '
+                     r'expires t=\+', out), out
+    assert re.search(r'conn_verified\(conn \d+, sub "mallory", '
+                     r'subscribe \["\*"\], publish \[\]', out), out
+    assert re.search(r'conn_verified\(conn \d+, sub "alice", '
+                     r'subscribe \["news"\], publish \[\]', out), out
+    assert "effect VERIFY conn" in out
+    assert re.search(r"CLOSE conn \d+ 4001 token expired \(token_expired\)",
+                     out), out
+    # The tokens themselves are not in the file (only the claims).
+    data = rec.read_bytes()
+    assert tok.encode() not in data and tok.split(".")[2].encode() not in data

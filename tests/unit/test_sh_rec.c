@@ -69,6 +69,7 @@ typedef struct tdrv {
   hub *h;
   sh s;
   tconn conns[8];
+  uint16_t last_close; /* the code of the last CLOSE applied */
 } tdrv;
 
 static int td_send(void *user, void *conn_user, hub_conn_id id, hub_buf *buf) {
@@ -87,10 +88,10 @@ static void td_ping(void *user, void *conn_user, hub_conn_id id) {
 
 static int td_close(void *user, void *conn_user, hub_conn_id id, uint16_t code,
                     const char *reason, hub_close_kind kind) {
-  (void)user;
+  tdrv *d = user;
   (void)conn_user;
   (void)id;
-  (void)code;
+  d->last_close = code;
   (void)reason;
   (void)kind;
   return SH_CLOSE_DONE;
@@ -119,10 +120,15 @@ static void td_cfg(hub_config *cfg) {
   cfg->max_queue_msgs = 8; /* the early-write mark at 2 frames */
 }
 
-static void td_start(tdrv *d, hub_config *cfg, sh_rec *r) {
+static int td_verify(void *user, void *conn_user, hub_conn_id id,
+                     const char *token, size_t len, const hub_auth **auth,
+                     const char **err);
+
+static void td_start_auth(tdrv *d, hub_config *cfg, sh_rec *r, int auth) {
   sh_transport t;
   memset(d, 0, sizeof(*d));
   td_cfg(cfg);
+  cfg->auth = auth;
   assert_int_equal(hub_new(&d->h, cfg, NULL, 1000), 0);
   memset(&t, 0, sizeof(t));
   t.user = d;
@@ -131,11 +137,49 @@ static void td_start(tdrv *d, hub_config *cfg, sh_rec *r) {
   t.close = td_close;
   t.write = td_write;
   t.set_timer = td_set_timer;
+  t.verify = auth ? td_verify : NULL;
   sh_init(&d->s, d->h, NULL, cfg, &t);
   if (r != NULL) {
     assert_int_equal(sh_record(&d->s, r, cfg, 1000), 0);
   }
   sh_drain(&d->s, 1000);
+}
+
+static void td_start(tdrv *d, hub_config *cfg, sh_rec *r) {
+  td_start_auth(d, cfg, r, 0);
+}
+
+/* The claims of the auth session's tokens: "t-open" (sub alice, news*
+   and {sub}.* to subscribe, news only to publish, expiring at 50 us),
+   "t-ok" (alice again: news.local only, expiring at 90 us), "t-other"
+   (sub mallory, refused by the core); any other token fails to
+   verify. */
+static const char *const ta_sub_open[] = {"news*", "{sub}.*"};
+static const char *const ta_pub_open[] = {"news"};
+static const char *const ta_sub_ok[] = {"news.local"};
+static const char *const ta_any[] = {"*"};
+static const hub_auth ta_open = {"alice",     5, ta_sub_open, 2,
+                                 ta_pub_open, 1, 50000};
+static const hub_auth ta_ok = {"alice", 5, ta_sub_ok, 1, NULL, 0, 90000};
+static const hub_auth ta_other = {"mallory", 7, ta_any,         1,
+                                  ta_any,    1, HUB_TSTAMP_NONE};
+
+static int td_verify(void *user, void *conn_user, hub_conn_id id,
+                     const char *token, size_t len, const hub_auth **auth,
+                     const char **err) {
+  (void)user;
+  (void)conn_user;
+  (void)id;
+  assert_int_equal(strlen(token), len);
+  if (strcmp(token, "t-ok") == 0) {
+    *auth = &ta_ok;
+  } else if (strcmp(token, "t-other") == 0) {
+    *auth = &ta_other;
+  } else {
+    *err = "bad signature";
+    return -1;
+  }
+  return 0;
 }
 
 static void td_msg(tdrv *d, int k, const char *text, hub_tstamp now) {
@@ -466,6 +510,10 @@ static void test_sh_rec_digest_order_and_cache(void **state) {
 
 /* A small replay: a fresh hub through the records, popping what the
    shell popped, digesting the same way. */
+static hub_auth *auths; /* when set: the auth session's checks */
+static size_t nauth;
+static void check_auth(const hub_auth *a, size_t k);
+
 static void replay_check(const uint8_t *file, size_t len, size_t *events,
                          int *types) {
   sh_rec_reader rd;
@@ -518,6 +566,40 @@ static void replay_check(const uint8_t *file, size_t len, size_t *events,
       assert_int_equal(hub_on_conn_open(h, &id, addr, NULL, o.now), 0);
       break;
     }
+    case SH_REC_CONN_OPEN_AUTH:
+    case SH_REC_CONN_VERIFIED: {
+      char text[64], chars[256];
+      const char *globs[16];
+      hub_auth a;
+      const hub_auth *ap = NULL;
+      assert_true(o.l1 < sizeof(text));
+      memcpy(text, o.p1 != NULL ? o.p1 : (const uint8_t *)"", o.l1);
+      text[o.l1] = '\0';
+      if (o.a & SH_REC_AUTH_CLAIMS) {
+        assert_int_equal(sh_rec_auth(&o, &a, chars, sizeof(chars), globs, 16),
+                         0);
+        ap = &a;
+        if (auths != NULL) {
+          auths[nauth] = a; /* the strings: checked before the next */
+          check_auth(&a, nauth);
+        }
+      } else if (auths != NULL) {
+        memset(&auths[nauth], 0, sizeof(auths[nauth]));
+        check_auth(NULL, nauth);
+      }
+      nauth++;
+      if (o.type == SH_REC_CONN_OPEN_AUTH) {
+        assert_string_equal(text, "10.0.0.1:1");
+        assert_int_equal(hub_on_conn_open_auth(h, &id, text, ap, NULL, o.now),
+                         0);
+      } else {
+        assert_int_equal(
+          hub_on_conn_verified(h, o.id, ap,
+                               (o.a & SH_REC_AUTH_ERR) ? text : NULL, o.now),
+          0);
+      }
+      break;
+    }
     case SH_REC_CONN_MSG:
       assert_int_equal(
         hub_on_conn_msg(h, o.id, (int)(o.a & 1), o.p1, o.l1, o.now), 0);
@@ -530,6 +612,9 @@ static void replay_check(const uint8_t *file, size_t len, size_t *events,
       break;
     case SH_REC_PUBLISH:
       assert_int_equal(hub_publish(h, o.p1, o.l1, &err, o.now), 0);
+      break;
+    case SH_REC_CONN_PONG:
+      hub_on_conn_pong(h, o.id, o.now);
       break;
     case SH_REC_EXPIRY:
       assert_int_equal(hub_handle_expiry(h, o.now), 0);
@@ -614,6 +699,156 @@ static void test_sh_rec_alloc_failures_are_numbered(void **state) {
   hub_del(d.h);
 }
 
+/* The claims recorded are the ones given: k-th auth event of the
+   session (the open, the refreshes in order). */
+static void check_globs(const char *const *got, size_t ngot,
+                        const char *const *want, size_t nwant) {
+  size_t i;
+  assert_int_equal(ngot, nwant);
+  for (i = 0; i < nwant; i++) {
+    assert_string_equal(got[i], want[i]);
+  }
+}
+
+static void check_auth(const hub_auth *a, size_t k) {
+  static const hub_auth *const want[] = {&ta_open, &ta_ok, NULL, &ta_other};
+  const hub_auth *w;
+  assert_true(k < sizeof(want) / sizeof(want[0]));
+  w = want[k];
+  if (w == NULL) {
+    assert_null(a);
+    return;
+  }
+  assert_non_null(a);
+  assert_int_equal(a->sub_len, w->sub_len);
+  assert_memory_equal(a->sub, w->sub, w->sub_len);
+  check_globs(a->subscribe, a->nsubscribe, w->subscribe, w->nsubscribe);
+  check_globs(a->publish, a->npublish, w->publish, w->npublish);
+  assert_true(a->expires == w->expires);
+}
+
+/* An authenticated session through the shell: open with claims, a
+   subscribe and a publish the grants refuse (permission denied), a
+   refresh that verifies (its grants end a subscription), one that does
+   not, one with another sub (refused by the core), then the token's
+   expiry (CLOSE 4001 and the shell's own conn_closed).  Every call is
+   recorded with its claims, and a replay gets the same effects. */
+static void test_sh_rec_auth_session(void **state) {
+  static uint8_t buf[1 << 15];
+  static hub_auth got[8];
+  sh_rec r;
+  tsink t;
+  tdrv d;
+  hub_config cfg;
+  int types[256];
+  size_t n = 0, i, opens = 0, verified = 0, closed = 0;
+  sh_rec_reader rd;
+  sh_rec_record o;
+  const char *why;
+  (void)state;
+  ts_init(&r, &t, buf, sizeof(buf), 0);
+  td_start_auth(&d, &cfg, &r, 1);
+  assert_int_equal(sh_conn_open_auth(&d.s, &d.conns[0].id, "10.0.0.1:1",
+                                     &ta_open, &d.conns[0], 2000),
+                   SH_OK);
+  td_msg(&d, 0, "{\"type\":\"subscribe\",\"channel\":\"news.local\"}", 3000);
+  td_msg(&d, 0, "{\"type\":\"subscribe\",\"channel\":\"alice.inbox\"}", 3100);
+  td_msg(&d, 0, "{\"type\":\"subscribe\",\"channel\":\"secret\"}", 3200);
+  td_msg(&d, 0, "{\"type\":\"publish\",\"channel\":\"secret\",\"data\":1}",
+         3300);
+  assert_int_equal(hub_channel_subscribers(d.h, "alice.inbox", 11), 1);
+  assert_int_equal(hub_channel_subscribers(d.h, "secret", 6), 0);
+  td_msg(&d, 0, "{\"type\":\"refresh\",\"token\":\"t-ok\"}", 4000);
+  /* The new grants end the alice.inbox subscription. */
+  assert_int_equal(hub_channel_subscribers(d.h, "alice.inbox", 11), 0);
+  assert_int_equal(hub_channel_subscribers(d.h, "news.local", 10), 1);
+  td_msg(&d, 0, "{\"type\":\"refresh\",\"token\":\"forged\"}", 5000);
+  td_msg(&d, 0, "{\"type\":\"refresh\",\"token\":\"t-other\"}", 6000);
+  assert_int_equal(hub_channel_subscribers(d.h, "news.local", 10), 1);
+  sh_expiry(&d.s, 80000); /* past the first exp, before the refreshed */
+  assert_int_equal(hub_channel_subscribers(d.h, "news.local", 10), 1);
+  assert_int_equal(d.last_close, 0);
+  sh_expiry(&d.s, 95000);
+  assert_int_equal(d.last_close, 4001);
+  assert_int_equal(hub_channel_subscribers(d.h, "news.local", 10), 0);
+  assert_int_equal(sh_rec_end(&r), 0);
+
+  /* Config: auth on. */
+  assert_int_equal(sh_rec_open(&rd, t.file, t.len, &why), 0);
+  assert_int_equal(sh_rec_next(&rd, &o, &why), SH_REC_RECORD);
+  assert_int_equal(o.type, SH_REC_CONFIG);
+  assert_int_equal(o.cfg.auth, 1);
+
+  auths = got;
+  nauth = 0;
+  replay_check(t.file, t.len, &n, types);
+  assert_int_equal(nauth, 4);
+  auths = NULL;
+  for (i = 0; i < n; i++) {
+    opens += types[i] == SH_REC_CONN_OPEN_AUTH;
+    verified += types[i] == SH_REC_CONN_VERIFIED;
+    closed += types[i] == SH_REC_CONN_CLOSED;
+  }
+  assert_int_equal(opens, 1);
+  assert_int_equal(verified, 3);
+  assert_int_equal(closed, 1); /* after the 4001, the shell's report */
+  sh_rec_fini(&r);
+  hub_del(d.h);
+}
+
+/* A claims block the reader cannot read whole is a bad record, and
+   sh_rec_auth refuses space that is too small. */
+static void test_sh_rec_auth_reader(void **state) {
+  static uint8_t buf[1024];
+  sh_rec r;
+  tsink t;
+  tdrv d;
+  hub_config cfg;
+  sh_rec_reader rd;
+  sh_rec_record o;
+  const char *why = NULL;
+  char chars[64];
+  const char *globs[4];
+  hub_auth a;
+  size_t at;
+  (void)state;
+  ts_init(&r, &t, buf, sizeof(buf), 0);
+  td_start_auth(&d, &cfg, &r, 1);
+  sh_rec_event_auth(&r, SH_REC_CONN_OPEN_AUTH, 2000, 0, "a", &ta_open);
+  sh_rec_rc(&r, 0);
+  sh_rec_event_auth(&r, SH_REC_CONN_VERIFIED, 3000, 7, "nope", NULL);
+  sh_rec_rc(&r, 0);
+  assert_int_equal(sh_rec_end(&r), 0);
+  assert_int_equal(sh_rec_open(&rd, t.file, t.len, &why), 0);
+  assert_int_equal(sh_rec_next(&rd, &o, &why), SH_REC_RECORD); /* CONFIG */
+  at = rd.off;
+  assert_int_equal(sh_rec_next(&rd, &o, &why), SH_REC_RECORD);
+  assert_int_equal(o.type, SH_REC_CONN_OPEN_AUTH);
+  assert_int_equal(o.a, SH_REC_AUTH_CLAIMS);
+  assert_int_equal(sh_rec_auth(&o, &a, chars, 8, globs, 4), -1);
+  assert_int_equal(sh_rec_auth(&o, &a, chars, sizeof(chars), globs, 2), -1);
+  assert_int_equal(sh_rec_auth(&o, &a, chars, sizeof(chars), globs, 4), 0);
+  assert_true(a.expires == 50000);
+  assert_string_equal(a.publish[0], "news");
+  while (sh_rec_next(&rd, &o, &why) == SH_REC_RECORD &&
+         o.type != SH_REC_CONN_VERIFIED) {
+  }
+  assert_int_equal(o.type, SH_REC_CONN_VERIFIED);
+  assert_int_equal(o.id, 7);
+  assert_int_equal(o.a, SH_REC_AUTH_ERR);
+  assert_int_equal(o.l1, 4);
+  assert_memory_equal(o.p1, "nope", 4);
+  assert_int_equal(o.l2, 0);
+  assert_int_equal(sh_rec_auth(&o, &a, chars, sizeof(chars), globs, 4), -1);
+  /* The open's last glob count made larger than what follows. */
+  t.file[at + 1] = (uint8_t)(t.file[at + 1] - 1); /* its length, shorter */
+  assert_int_equal(sh_rec_open(&rd, t.file, t.len, &why), 0);
+  assert_int_equal(sh_rec_next(&rd, &o, &why), SH_REC_RECORD);
+  assert_int_equal(sh_rec_next(&rd, &o, &why), SH_REC_BAD);
+  sh_rec_fini(&r);
+  hub_del(d.h);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_sh_rec_hash_is_fixed),
@@ -626,6 +861,8 @@ int main(void) {
     cmocka_unit_test(test_sh_rec_digest_order_and_cache),
     cmocka_unit_test(test_sh_rec_shell_records_every_call_once),
     cmocka_unit_test(test_sh_rec_alloc_failures_are_numbered),
+    cmocka_unit_test(test_sh_rec_auth_session),
+    cmocka_unit_test(test_sh_rec_auth_reader),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
