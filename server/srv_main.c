@@ -324,6 +324,8 @@ static const char srv_usage[] =
   "  --handshake-timeout S     drop a client not upgraded by then (10)\n"
   "  --sndbuf BYTES            SO_SNDBUF of client sockets (0 = OS "
   "default)\n"
+  "  --max-publish-rate N      publishes per second per WebSocket, a bucket "
+  "of N (1000; 0 = no limit)\n"
   "  --help                    this text\n"
   "Durations take seconds (\"1.5\") or a unit (\"250ms\", \"2s\").\n";
 
@@ -344,6 +346,7 @@ enum {
   O_MAXCONN,
   O_HANDSHAKE,
   O_SNDBUF,
+  O_PUBRATE,
   O_HELP
 };
 
@@ -364,6 +367,7 @@ static const struct option srv_longopts[] = {
   {"max-connections", required_argument, NULL, O_MAXCONN},
   {"handshake-timeout", required_argument, NULL, O_HANDSHAKE},
   {"sndbuf", required_argument, NULL, O_SNDBUF},
+  {"max-publish-rate", required_argument, NULL, O_PUBRATE},
   {"help", no_argument, NULL, O_HELP},
   {NULL, 0, NULL, 0}};
 

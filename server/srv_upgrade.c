@@ -484,6 +484,8 @@ static void srv_handle_request(srv *s, srv_conn *c) {
       srv_respond_json_error(s, c, 400, body, close);
     } else if (v == SH_SHUT_DOWN) {
       srv_respond_json_error(s, c, 503, "shutting down", 1);
+    } else if (v == SH_BP_CONGESTED) {
+      srv_respond_json_error(s, c, 503, "backplane unavailable", close);
     } else {
       /* Out of memory for it (the shell's policy): try again later. */
       srv_respond_json_error(s, c, 503, hub_strerror(HUB_ERR_NOMEM), close);

@@ -275,6 +275,11 @@ void sh_bp_up(sh *s, hub_tstamp now) {
   sh_drain(s, now);
 }
 
+void sh_bp_congested(sh *s, int congested, hub_tstamp now) {
+  hub_on_bp_congested(s->h, congested, now);
+  sh_drain(s, now);
+}
+
 void sh_bp_down(sh *s, hub_tstamp now) {
   (void)hub_on_bp_down(s->h, now);
   sh_drain(s, now);
@@ -288,6 +293,8 @@ int sh_publish(sh *s, const uint8_t *body, size_t len, const char **errmsg,
     v = SH_BAD_REQUEST;
   } else if (rc == HUB_ERR_SHUT_DOWN) {
     v = SH_SHUT_DOWN;
+  } else if (rc == HUB_ERR_UNAVAILABLE) {
+    v = SH_BP_CONGESTED;
   } else if (rc != 0) {
     if (rc != HUB_ERR_NOMEM) {
       sh_error(s, "hub_publish", rc);
