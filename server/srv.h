@@ -29,6 +29,7 @@
 #include "hub.h"
 #include "bp.h"
 #include "shell.h"
+#include "srv_rel.h"
 
 /* Flags, as CONTRACT.md lists them (durations already in ns). */
 typedef struct srv_config {
@@ -44,6 +45,7 @@ typedef struct srv_config {
   hub_tstamp handshake_timeout_ns;
   uint64_t max_connections; /* 0: from the open-file limit */
   int sndbuf;               /* SO_SNDBUF for client sockets, 0 = default */
+  srv_rel_config rel;       /* srv_rel.h */
 } srv_config;
 
 /* Connection states. */
@@ -107,6 +109,7 @@ typedef struct srv_conn {
   hub_conn_id id;               /* 0 unless known to the hub */
   srv_http *http;               /* only while in SRV_HTTP */
   srv_rx *rx;                   /* only while a frame is partly read */
+  srv_ip *ip;                   /* its address's count (srv_rel.h) */
 } srv_conn;
 
 #define SRV_RBUF_SIZE 65536
@@ -159,6 +162,7 @@ typedef struct srv {
   uint64_t rx_lent; /* frame parsers lent to connections */
   uint64_t outqs;   /* out-queues allocated */
   int64_t started_unix;
+  srv_rel rel; /* srv_rel.h */
 } srv;
 
 /* srv_main.c */

@@ -614,6 +614,8 @@ void srv_conn_drop(srv *s, srv_conn *c) {
   close(c->io.fd);
   c->state = SRV_DEAD;
   s->conns_total--;
+  srv_rel_release(s, c->ip);
+  c->ip = NULL;
   srv_list_remove(c);
   srv_http_free(c);
   if (c->rx != NULL) {
@@ -1107,11 +1109,15 @@ void srv_accept_cb(struct ev_loop *loop, ev_io *w, int revents) {
     struct sockaddr_storage ss;
     socklen_t sl = sizeof(ss);
     srv_conn *c;
+    srv_ip *ip;
     int fd =
       accept4(w->fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
       if (errno == EINTR || errno == ECONNABORTED) {
         continue;
+      }
+      if ((errno == EMFILE || errno == ENFILE) && srv_rel_shed(s, w->fd) == 0) {
+        continue; /* one answered 503 with the spare descriptor */
       }
       if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
           errno == ENOMEM) {
@@ -1120,17 +1126,23 @@ void srv_accept_cb(struct ev_loop *loop, ev_io *w, int revents) {
       }
       return;
     }
+    if (srv_rel_admit(s, fd, &ss, &ip) != 0) {
+      continue; /* refused, answered and closed */
+    }
     c = calloc(1, sizeof(*c));
     if (c == NULL) {
+      srv_rel_release(s, ip);
       close(fd);
       continue;
     }
+    c->ip = ip;
     srv_set_sockopts(s, fd);
     ev_io_init(&c->io, srv_conn_io_cb, fd, EV_READ);
     c->state = SRV_HTTP;
     s->conns_total++;
     if (srv_http_new(s, c) != 0) {
       s->conns_total--;
+      srv_rel_release(s, ip);
       close(fd);
       free(c);
       continue;

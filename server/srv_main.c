@@ -171,6 +171,7 @@ void srv_metrics(srv *s, char *buf, size_t cap, size_t *len) {
       (unsigned long long)st.evictions[k]);
   }
 #undef M
+  srv_rel_metrics(s, buf, cap, &n);
   *len = n;
 }
 
@@ -326,6 +327,13 @@ static const char srv_usage[] =
   "default)\n"
   "  --max-publish-rate N      publishes per second per WebSocket, a bucket "
   "of N (1000; 0 = no limit)\n"
+  "  --redis-timeout S         a Redis link silent this long is down (3)\n"
+  "  --max-backplane-message-bytes N  larger Redis payloads are dropped "
+  "(max(1 MiB, --max-message-bytes))\n"
+  "  --redis-max-queue-bytes N commands queued for Redis past which "
+  "publishes get 503 (16777216)\n"
+  "  --max-connections-per-ip N  sockets one client address may hold "
+  "(0 = no limit)\n"
   "  --help                    this text\n"
   "Durations take seconds (\"1.5\") or a unit (\"250ms\", \"2s\").\n";
 
@@ -347,6 +355,10 @@ enum {
   O_HANDSHAKE,
   O_SNDBUF,
   O_PUBRATE,
+  O_REDIS_TIMEOUT, /* these four: srv_rel.c */
+  O_MAXBPMSG,
+  O_REDIS_QUEUE,
+  O_PERIP,
   O_HELP
 };
 
@@ -368,6 +380,10 @@ static const struct option srv_longopts[] = {
   {"handshake-timeout", required_argument, NULL, O_HANDSHAKE},
   {"sndbuf", required_argument, NULL, O_SNDBUF},
   {"max-publish-rate", required_argument, NULL, O_PUBRATE},
+  {"redis-timeout", required_argument, NULL, O_REDIS_TIMEOUT},
+  {"max-backplane-message-bytes", required_argument, NULL, O_MAXBPMSG},
+  {"redis-max-queue-bytes", required_argument, NULL, O_REDIS_QUEUE},
+  {"max-connections-per-ip", required_argument, NULL, O_PERIP},
   {"help", no_argument, NULL, O_HELP},
   {NULL, 0, NULL, 0}};
 
@@ -444,6 +460,9 @@ static int srv_set_option(srv_config *cfg, int opt, const char *val,
     dur = &cfg->handshake_timeout_ns;
     break;
   default:
+    if (o->name != NULL && srv_rel_set_option(cfg, o->name, val) == 0) {
+      return 0;
+    }
     goto bad;
   }
   if (hub_parse_duration(val, dur) != 0 || (*dur == 0 && opt != O_SHUTDOWN)) {
@@ -464,6 +483,7 @@ static void srv_config_default(srv_config *cfg) {
   cfg->hub.registry = -1;
   cfg->shutdown_timeout_ns = 10 * HUB_NS_PER_S;
   cfg->handshake_timeout_ns = 10 * HUB_NS_PER_S;
+  srv_rel_config_default(&cfg->rel);
 }
 
 static int srv_parse_args(srv_config *cfg, int argc, char **argv) {
@@ -639,6 +659,10 @@ int main(int argc, char **argv) {
     return 1;
   }
   srv_conn_init(s);
+  if (srv_rel_init(s) != 0) {
+    fprintf(stderr, "wshub: out of memory\n");
+    return 1;
+  }
 
   hc = s->cfg.hub;
   hc.instance_id = s->cfg.instance_id;
@@ -669,6 +693,7 @@ int main(int argc, char **argv) {
     bc.prefix = s->cfg.redis_prefix;
     bc.client_name = name;
     bc.seed = srv_link_seed(s->cfg.instance_id);
+    srv_rel_bp_config(s, &bc);
     rc = bp_redis_new(&s->bp, &bc, &ev);
     if (rc != 0) {
       fprintf(stderr, "wshub: --redis %s: %s\n", s->cfg.redis_url,
@@ -707,6 +732,7 @@ int main(int argc, char **argv) {
   }
   hub_del(s->h);
   srv_conn_fini(s);
+  srv_rel_fini(s);
   fprintf(stderr, "wshub: bye\n");
   return 0;
 }
