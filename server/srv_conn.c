@@ -812,6 +812,9 @@ static void srv_on_control(srv *s, srv_conn *c, srv_rx *rx) {
          !((code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1014) ||
            (code >= 3000 && code <= 4999)))) {
       code = 1002;
+    } else if (rx->ctl_len > 2 &&
+               !srv_utf8_valid(rx->ctl + 2, rx->ctl_len - 2)) {
+      code = 1007; /* the reason must be UTF-8 (RFC 6455 5.5.1, 8.1) */
     }
     srv_conn_close_now(s, c, code, NULL);
     sh_conn_closed(&s->sh, id, srv_now());
@@ -987,7 +990,13 @@ static void srv_conn_io_cb(struct ev_loop *loop, ev_io *w, int revents) {
       break;
     }
     if (n == 0) {
-      srv_conn_gone(s, c);
+      if (c->state == SRV_HTTP && c->q.bytes > 0) {
+        /* The client shut its side after its requests: the answers it
+           is owed still go out. */
+        srv_conn_finish(s, c);
+      } else {
+        srv_conn_gone(s, c);
+      }
       break;
     }
     switch (c->state) {

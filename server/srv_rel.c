@@ -3,6 +3,7 @@
  * descriptor for EMFILE, and the Redis backplane's liveness settings
  * (srv_rel.h).
  */
+#define _GNU_SOURCE /* accept4 */
 #include "srv.h"
 #include "srv_rel.h"
 #include "bp_redis.h"
@@ -23,11 +24,55 @@ struct srv_ip {
   uint8_t key[16]; /* the address bytes (4 for IPv4, 16 for IPv6) */
 };
 
-/* Answers a refused socket in one write if its buffer takes it (it
-   always does: it is new and empty), then closes it. */
-static void srv_rel_refuse(int fd, const char *why) {
+/* Refused sockets waiting for the client's EOF (srv_rel_refuse). */
+#define SRV_REFUSING_MAX 16 /* inside the 32 descriptors max_conns leaves */
+#define SRV_REFUSING_S 1.0
+
+typedef struct srv_refusing {
+  ev_io io;
+  ev_timer timer;
+  srv *s;
+} srv_refusing;
+
+static void srv_refusing_end(struct ev_loop *loop, srv_refusing *f) {
+  ev_io_stop(loop, &f->io);
+  ev_timer_stop(loop, &f->timer);
+  close(f->io.fd);
+  f->s->rel.refusing--;
+  free(f);
+}
+
+static void srv_refusing_io_cb(struct ev_loop *loop, ev_io *w, int revents) {
+  srv_refusing *f = w->data;
+  char sink[4096];
+  ssize_t n;
+  (void)revents;
+  while ((n = read(w->fd, sink, sizeof(sink))) > 0) {
+  }
+  if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+    srv_refusing_end(loop, f);
+  }
+}
+
+static void srv_refusing_timer_cb(struct ev_loop *loop, ev_timer *w,
+                                  int revents) {
+  (void)revents;
+  srv_refusing_end(loop, w->data);
+}
+
+/*
+ * Answers a refused socket with a 503 in one write (its buffer is new
+ * and empty: it takes it) and shuts the write side.  Closing it at once
+ * would reset the connection if the client's request is already in, and
+ * the reset can overtake the answer; so the socket stays, reading and
+ * discarding, until the client's EOF or a second at most, in a bounded
+ * pool (past it, and with |s| NULL, it is closed at once: a refusal
+ * either way, never a wait in the accept queue).
+ */
+static void srv_rel_refuse_on(srv *s, int fd, const char *why) {
+  srv_refusing *f = NULL;
   char buf[256];
-  size_t blen = strlen(why) + 13;
+  size_t blen = strlen(why) + 12; /* {"error":"..."} */
   int n = snprintf(buf, sizeof(buf),
                    "HTTP/1.1 503 Service Unavailable\r\n"
                    "Content-Type: application/json\r\n"
@@ -38,17 +83,30 @@ static void srv_rel_refuse(int fd, const char *why) {
     ssize_t w = write(fd, buf, (size_t)n);
     (void)w; /* best effort: the socket is closed either way */
   }
-  /* Read what the client already sent: closing a socket with unread
-     input resets the connection, and the reset could reach the client
-     before it read the answer. */
   (void)shutdown(fd, SHUT_WR);
-  {
+  if (s != NULL && s->rel.refusing < SRV_REFUSING_MAX) {
+    f = malloc(sizeof(*f));
+  }
+  if (f == NULL) {
     char sink[4096];
     int k;
     for (k = 0; k < 16 && read(fd, sink, sizeof(sink)) > 0; k++) {
     }
+    close(fd);
+    return;
   }
-  close(fd);
+  f->s = s;
+  s->rel.refusing++;
+  ev_io_init(&f->io, srv_refusing_io_cb, fd, EV_READ);
+  f->io.data = f;
+  ev_timer_init(&f->timer, srv_refusing_timer_cb, SRV_REFUSING_S, 0.0);
+  f->timer.data = f;
+  ev_io_start(s->loop, &f->io);
+  ev_timer_start(s->loop, &f->timer);
+}
+
+static void srv_rel_refuse(int fd, const char *why) {
+  srv_rel_refuse_on(NULL, fd, why);
 }
 
 void srv_rel_config_default(srv_rel_config *rc) {
@@ -168,7 +226,7 @@ int srv_rel_admit(srv *s, int fd, const struct sockaddr_storage *ss,
   /* Every socket counts: HTTP, WebSocket and closing ones alike. */
   if (s->conns_total >= s->max_conns) {
     r->refused_full++;
-    srv_rel_refuse(fd, "too many connections");
+    srv_rel_refuse_on(s, fd, "too many connections");
     return -1;
   }
   len = srv_rel_key(ss, key);
@@ -183,7 +241,7 @@ int srv_rel_admit(srv *s, int fd, const struct sockaddr_storage *ss,
   }
   if (e != NULL && e->count >= s->cfg.rel.max_conns_per_ip) {
     r->refused_per_ip++;
-    srv_rel_refuse(fd, "too many connections from this address");
+    srv_rel_refuse_on(s, fd, "too many connections from this address");
     return -1;
   }
   if (e == NULL) {
@@ -228,7 +286,7 @@ int srv_rel_shed(srv *s, int listen_fd) {
   }
   close(r->spare_fd);
   r->spare_fd = -1;
-  fd = accept(listen_fd, NULL, NULL);
+  fd = accept4(listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
   if (fd >= 0) {
     r->emfile_shed++;
     srv_rel_refuse(fd, "out of file descriptors");
@@ -289,4 +347,63 @@ void srv_rel_metrics(srv *s, char *buf, size_t cap, size_t *n) {
       }
     }
   }
+}
+
+/* ------------------------------------------------------------ checks */
+
+int srv_utf8_valid(const uint8_t *s, size_t len) {
+  size_t i = 0;
+  while (i < len) {
+    uint8_t b = s[i];
+    size_t n, k;
+    uint32_t cp;
+    if (b < 0x80) {
+      i++;
+      continue;
+    }
+    if (b >= 0xc2 && b <= 0xdf) {
+      n = 1;
+      cp = b & 0x1fu;
+    } else if (b >= 0xe0 && b <= 0xef) {
+      n = 2;
+      cp = b & 0x0fu;
+    } else if (b >= 0xf0 && b <= 0xf4) {
+      n = 3;
+      cp = b & 0x07u;
+    } else {
+      return 0;
+    }
+    if (len - i <= n) {
+      return 0;
+    }
+    for (k = 1; k <= n; k++) {
+      if ((s[i + k] & 0xc0) != 0x80) {
+        return 0;
+      }
+      cp = (cp << 6) | (s[i + k] & 0x3fu);
+    }
+    /* Overlong forms, surrogates, past U+10FFFF. */
+    if ((n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) ||
+        (cp >= 0xd800 && cp <= 0xdfff) || cp > 0x10ffff) {
+      return 0;
+    }
+    i += n + 1;
+  }
+  return 1;
+}
+
+int srv_ws_key_valid(const char *key, size_t len) {
+  size_t i;
+  /* base64 of 16 bytes: 22 characters of the alphabet and "==". */
+  if (len != 24 || key[22] != '=' || key[23] != '=') {
+    return 0;
+  }
+  for (i = 0; i < 22; i++) {
+    char ch = key[i];
+    if (!((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') ||
+          (ch >= '0' && ch <= '9') || ch == '+' || ch == '/')) {
+      return 0;
+    }
+  }
+  return 1;
 }

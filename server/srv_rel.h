@@ -39,6 +39,7 @@ typedef struct srv_rel {
   size_t cap;
   size_t n;
   int spare_fd;            /* held for EMFILE, -1 if it could not be opened */
+  size_t refusing;         /* refused sockets waiting for their client EOF */
   uint64_t refused_full;   /* sockets refused: --max-connections */
   uint64_t refused_per_ip; /* sockets refused: --max-connections-per-ip */
   uint64_t emfile_shed;    /* accepted with the spare descriptor, refused */
@@ -71,5 +72,10 @@ int srv_rel_shed(srv *s, int listen_fd);
 
 /* Appends this module's metrics (Prometheus text) at buf + *n. */
 void srv_rel_metrics(srv *s, char *buf, size_t cap, size_t *n);
+
+/* Protocol checks (RFC 6455): a close frame's reason must be UTF-8
+   (1007 otherwise); Sec-WebSocket-Key must be 16 base64-encoded bytes. */
+int srv_utf8_valid(const uint8_t *s, size_t len);
+int srv_ws_key_valid(const char *key, size_t len);
 
 #endif /* SRV_REL_H */

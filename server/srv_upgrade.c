@@ -18,7 +18,7 @@
 #define SRV_HDR_MAX 8192           /* request line and headers */
 #define SRV_BODY_MIN (1 << 20) /* POST bodies up to max(this, max-message) */
 
-enum { H_OTHER = 0, H_UPGRADE, H_CONNECTION, H_KEY, H_VERSION };
+enum { H_OTHER = 0, H_UPGRADE, H_CONNECTION, H_KEY, H_VERSION, H_HOST };
 
 struct srv_http {
   http_parser p;
@@ -38,6 +38,7 @@ struct srv_http {
   size_t connection_len;
   char version[8];
   size_t version_len;
+  int has_host;
   size_t hdr_bytes;
   uint8_t *body;
   size_t body_len;
@@ -107,6 +108,7 @@ static int srv_on_message_begin(http_parser *p) {
   h->connection_len = h->version_len = h->hdr_bytes = h->body_len = 0;
   h->url[0] = h->key[0] = h->upgrade[0] = h->connection[0] = '\0';
   h->version[0] = '\0';
+  h->has_host = 0;
   h->last_was_value = 0;
   h->hdr = H_OTHER;
   h->error_status = 0;
@@ -163,6 +165,9 @@ static int srv_on_header_value(http_parser *p, const char *at, size_t n) {
       h->hdr = H_KEY;
     } else if (strcmp(h->field, "sec-websocket-version") == 0) {
       h->hdr = H_VERSION;
+    } else if (strcmp(h->field, "host") == 0) {
+      h->hdr = H_HOST;
+      h->has_host = 1;
     } else {
       h->hdr = H_OTHER;
     }
@@ -216,6 +221,22 @@ static int srv_on_body(http_parser *p, const char *at, size_t n) {
   return 0;
 }
 
+/* A body the limit refuses is refused by its length, before it is sent:
+   the client may be waiting for an answer (Expect: 100-continue) and a
+   4 GiB promise would otherwise hold the connection until it times out. */
+static int srv_on_headers_complete(http_parser *p) {
+  srv_http *h = srv_h(p);
+  const srv *s = h->s;
+  uint64_t max = s->cfg.hub.max_message_bytes > SRV_BODY_MIN
+                   ? s->cfg.hub.max_message_bytes
+                   : SRV_BODY_MIN;
+  if ((p->flags & F_CONTENTLENGTH) && p->content_length > max) {
+    h->error_status = 413;
+    return -1;
+  }
+  return 0;
+}
+
 static int srv_on_message_complete(http_parser *p) {
   /* Stop here so the request is answered before the next is parsed. */
   http_parser_pause(p, 1);
@@ -227,6 +248,7 @@ static const http_parser_settings srv_http_settings = {
   .on_url = srv_on_url,
   .on_header_field = srv_on_header_field,
   .on_header_value = srv_on_header_value,
+  .on_headers_complete = srv_on_headers_complete,
   .on_body = srv_on_body,
   .on_message_complete = srv_on_message_complete,
 };
@@ -376,9 +398,12 @@ static void srv_upgrade(srv *s, srv_conn *c, const uint8_t *rest,
     srv_respond_json_error(s, c, 404, "not found", 1);
     return;
   }
+  /* RFC 6455 4.2.1: HTTP/1.1 or later, a Host, a key that is 16 bytes in
+     base64. */
   if (strcasecmp(h->upgrade, "websocket") != 0 ||
-      !srv_token_in(h->connection, "upgrade") || h->key_len == 0 ||
-      h->key_len > 32) {
+      !srv_token_in(h->connection, "upgrade") ||
+      !srv_ws_key_valid(h->key, h->key_len) || !h->has_host ||
+      h->p.http_major < 1 || (h->p.http_major == 1 && h->p.http_minor < 1)) {
     srv_respond_json_error(s, c, 400, "bad websocket upgrade", 1);
     return;
   }
