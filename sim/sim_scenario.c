@@ -512,8 +512,10 @@ static int do_expect(runner *rn, char *p, const char *text) {
   if (nw >= 2 && (strcmp(words[nw - 2], "within") == 0 ||
                   strcmp(words[nw - 2], "for") == 0)) {
     if (parse_dur(words[nw - 1], &dur) != 0) {
+      /* The words point into |copy|: report before freeing it. */
+      rv = fail(rn, "bad duration %s", words[nw - 1]);
       free(copy);
-      return fail(rn, "bad duration %s", words[nw - 1]);
+      return rv;
     }
     has_dur = words[nw - 2][0] == 'w' ? 1 : 2;
     /* Cut the original text before " within"/" for". */
