@@ -33,7 +33,11 @@
 #include <unistd.h>
 
 #define SRV_IOV_MAX 128
-#define SRV_READS_PER_EVENT 8
+/* The read budget: reads of SRV_RBUF_SIZE per connection per loop
+   iteration.  Level-triggered, what is left is read in the next
+   iteration, after every other ready socket had its turn: one flooding
+   socket costs the others at most this much parsing per round. */
+#define SRV_READS_PER_EVENT 2
 #define SRV_RX_POOL_MAX 256
 #define SRV_CLOSE_WAIT_NS (2 * HUB_NS_PER_S)
 
