@@ -175,6 +175,17 @@ static void bp_redis_connect_cb(const redisAsyncContext *ac, int status) {
     bp_redis_lost(r);
     return;
   }
+  /* Connected is not up: a stopped Redis (or a stalled link) accepts
+     the TCP connection and answers nothing.  The connection is up once
+     its first command (CLIENT SETNAME) is answered: bp_redis_hello_cb;
+     the connect timeout covers the rest. */
+}
+
+static void bp_redis_hello_cb(redisAsyncContext *ac, void *reply, void *priv) {
+  bp_redis *r = priv;
+  if (reply == NULL || r->quitting) {
+    return; /* freed before Redis answered */
+  }
   if (ac == r->sub) {
     r->sub_ok = 1;
   } else if (ac == r->pub) {
@@ -198,6 +209,7 @@ static void bp_redis_connect_cb(const redisAsyncContext *ac, int status) {
 }
 
 static int bp_redis_health_reply(bp_redis *r, const redisReply *rep);
+static void bp_redis_hello_cb(redisAsyncContext *ac, void *reply, void *priv);
 static void bp_redis_queue_check(bp_redis *r);
 static int bp_redis_health_init(bp_redis *r, const bp_redis_config *cfg);
 
@@ -273,9 +285,10 @@ static redisAsyncContext *bp_redis_open(bp_redis *r, const char *role) {
   }
   redisAsyncSetConnectCallback(ac, bp_redis_connect_cb);
   redisAsyncSetDisconnectCallback(ac, bp_redis_disconnect_cb);
-  /* Queued now, sent first once connected. */
-  (void)redisAsyncCommand(ac, NULL, NULL, "CLIENT SETNAME %s:%s", r->name,
-                          role);
+  /* Queued now, sent first once connected; its answer makes the
+     connection count as up. */
+  (void)redisAsyncCommand(ac, bp_redis_hello_cb, r, "CLIENT SETNAME %s:%s",
+                          r->name, role);
   if (r->db != 0) {
     (void)redisAsyncCommand(ac, NULL, NULL, "SELECT %d", r->db);
   }

@@ -166,6 +166,13 @@ def _hung_redis(wshub, redis_server, stop, resume, label, redis_url=None):
             assert pub.publish("news", {"n": base + i})[0] == 200
         wait_for(lambda: all(base + i in cnt.ns for i in range(50)), 10,
                  what="local delivery while Redis hangs")
+        # No flapping: reconnect attempts reach a TCP listener that
+        # answers nothing, and that is not "up".
+        flaps = 0
+        for _ in range(12):
+            flaps += healthz(w.port) != 503
+            time.sleep(0.5)
+        assert flaps == 0, "/healthz left 503 while Redis still hangs"
         other = RawWS(w.port)
         t_sub = time.monotonic()
         sub(other, "other")
@@ -285,8 +292,8 @@ def test_slow_redis_refuses_publishes_instead_of_queueing(wshub,
 def test_flooding_publisher_cannot_get_readers_evicted(wshub):
     w = wshub()
     readers = []
-    for _ in range(20):
-        r = RawWS(w.port)
+    for _ in range(30):
+        r = RawWS(w.port, rcvbuf=65536)
         sub(r, "flood")
         readers.append(r)
     byte_counts = [0] * len(readers)
@@ -294,9 +301,15 @@ def test_flooding_publisher_cannot_get_readers_evicted(wshub):
     stop = threading.Event()
 
     def drain(i):
+        # A healthy reader: 1 MB/s (some 15,000 of these messages a
+        # second), far more than the channel's fair share.
         s = readers[i].sock
         s.settimeout(0.2)
+        t_next = time.monotonic()
         while not stop.is_set():
+            wait = t_next - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
             try:
                 d = s.recv(1 << 20)
             except socket.timeout:
@@ -308,6 +321,7 @@ def test_flooding_publisher_cannot_get_readers_evicted(wshub):
                 eofs[i] = True
                 return
             byte_counts[i] += len(d)
+            t_next = max(t_next, time.monotonic() - 0.1) + len(d) / 1e6
 
     ths = [threading.Thread(target=drain, args=(i,), daemon=True)
            for i in range(len(readers))]
