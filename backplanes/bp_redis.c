@@ -14,6 +14,7 @@
  * job.
  */
 #include "bp_redis.h"
+#include "sh_health.h"
 #include "shell.h"
 
 #include <stdarg.h>
@@ -26,6 +27,15 @@
 #include <hiredis/hiredis.h>
 
 #define BP_REDIS_CONNECT_TIMEOUT_S 2.0
+
+/* The reader's idle buffer is released past this (hiredis's default,
+   made explicit).  hiredis 0.14 has no element or bulk-length limit that
+   could turn a huge reply into a protocol error and a dropped
+   connection; a 1.x reader gets maxelements raised to its ceiling. */
+#define BP_REDIS_READER_MAXBUF (16 * 1024)
+
+/* Which connection sh_health's index means. */
+enum { BP_REDIS_SUB = 0, BP_REDIS_PUB = 1 };
 
 typedef struct bp_redis {
   bp base;
@@ -65,6 +75,20 @@ typedef struct bp_redis {
   char addr[300];
   char reason[160];
   int lost_was_up;
+  /* Liveness and congestion (shell/sh_health.h).  The subscriber is
+     probed with a SUBSCRIBE and UNSUBSCRIBE of a channel of its own
+     (health_chan), whose confirmation hiredis 0.14 routes to our
+     callback in either mode; a PING's answer in subscribed mode is not
+     routed reliably there.  The command connection is probed with PING. */
+  sh_health health;
+  ev_timer health_timer;
+  ev_timer congest_poll; /* reports a congestion change from the loop */
+  int congested_told;    /* what on_congested last said */
+  void (*on_congested)(void *user, int congested);
+  char *health_chan; /* prefix + "health:" + name */
+  size_t health_chan_len;
+  uint64_t max_msg_bytes;
+  bp_redis_stats st;
 } bp_redis;
 
 /* Logs |msg| with addr= and the key/value strings that follow (NULL
@@ -161,6 +185,10 @@ static void bp_redis_lost(bp_redis *r) {
   int was_up = r->up;
   r->up = 0;
   r->lost_was_up |= was_up;
+  ev_timer_stop(r->loop, &r->health_timer);
+  ev_timer_stop(r->loop, &r->congest_poll);
+  /* The hub forgets congestion with the down itself. */
+  r->congested_told = 0;
   /* This attempt is over; the next one arms its own timeout (libev
      forbids re-setting an active timer). */
   ev_timer_stop(r->loop, &r->connect_timeout);
@@ -192,8 +220,6 @@ static void bp_redis_disconnect_cb(const redisAsyncContext *ac, int status) {
   bp_redis_lost(r);
 }
 
-static void bp_redis_ready(bp_redis *r, const redisAsyncContext *ac);
-
 /* AUTH's answer.  A refusal (wrong password or user) is logged and
    handled like any outage: the connection is dropped and the link
    retries with backoff. */
@@ -211,7 +237,7 @@ static void bp_redis_auth_cb(redisAsyncContext *ac, void *reply, void *priv) {
     redisAsyncDisconnect(ac);
     return;
   }
-  bp_redis_ready(r, ac);
+  /* Accepted: CLIENT SETNAME's answer follows (bp_redis_hello_cb). */
 }
 
 static void bp_redis_connect_cb(const redisAsyncContext *ac, int status) {
@@ -227,14 +253,20 @@ static void bp_redis_connect_cb(const redisAsyncContext *ac, int status) {
     bp_redis_lost(r);
     return;
   }
-  if (r->has_auth) {
-    return; /* ready once AUTH answers (bp_redis_auth_cb) */
-  }
-  bp_redis_ready(r, ac);
+  /* Connected is not up: a stopped Redis (or a stalled link) accepts
+     the TCP connection and answers nothing.  The connection is up once
+     its first command after AUTH (CLIENT SETNAME) is answered:
+     bp_redis_hello_cb; the connect timeout covers the rest. */
 }
 
-/* |ac| is connected (and authenticated): up once both are. */
-static void bp_redis_ready(bp_redis *r, const redisAsyncContext *ac) {
+/* CLIENT SETNAME's answer (queued after AUTH when there is one): |ac| is
+   connected, authenticated and answering; up once both are. */
+static void bp_redis_hello_cb(redisAsyncContext *ac, void *reply, void *priv) {
+  bp_redis *r = priv;
+  if (reply == NULL || r->quitting || (ac != r->sub && ac != r->pub) ||
+      (ac->c.flags & REDIS_DISCONNECTING)) {
+    return; /* freed before Redis answered, or AUTH refused */
+  }
   if (ac == r->sub) {
     r->sub_ok = 1;
   } else if (ac == r->pub) {
@@ -246,12 +278,24 @@ static void bp_redis_ready(bp_redis *r, const redisAsyncContext *ac) {
     r->reason[0] = '\0';
     r->lost_was_up = 0;
     sh_link_up(&r->link);
+    sh_health_up(&r->health, bp_redis_now_ns(r));
+    r->congested_told = 0;
+    if (sh_health_period(&r->health) > 0) {
+      double p = (double)sh_health_period(&r->health) / 1e9;
+      ev_timer_set(&r->health_timer, p, p);
+      ev_timer_start(r->loop, &r->health_timer);
+    }
     bp_redis_log(r, BP_LOG_INFO, "redis backplane up", (const char *)NULL);
     if (r->base.ev.on_up != NULL) {
       r->base.ev.on_up(r->base.ev.user);
     }
   }
 }
+
+static int bp_redis_health_reply(bp_redis *r, const redisReply *rep);
+static void bp_redis_hello_cb(redisAsyncContext *ac, void *reply, void *priv);
+static void bp_redis_queue_check(bp_redis *r);
+static int bp_redis_health_init(bp_redis *r, const bp_redis_config *cfg);
 
 /* Replies on the subscriber connection: subscribe confirmations and
    messages.  Unsubscribe confirmations need nothing. */
@@ -260,8 +304,13 @@ static void bp_redis_sub_cb(redisAsyncContext *ac, void *reply, void *priv) {
   redisReply *rep = reply;
   const redisReply *kind, *chan;
   (void)ac;
-  if (rep == NULL || rep->type != REDIS_REPLY_ARRAY || rep->elements < 3 ||
-      !r->up) {
+  if (rep == NULL || !r->up) {
+    return;
+  }
+  if (bp_redis_health_reply(r, rep)) {
+    return;
+  }
+  if (rep->type != REDIS_REPLY_ARRAY || rep->elements < 3) {
     return;
   }
   kind = rep->element[0];
@@ -273,6 +322,24 @@ static void bp_redis_sub_cb(redisAsyncContext *ac, void *reply, void *priv) {
   }
   if (strcmp(kind->str, "message") == 0) {
     const redisReply *data = rep->element[2];
+    if (data->type == REDIS_REPLY_STRING && r->max_msg_bytes > 0 &&
+        (uint64_t)data->len > r->max_msg_bytes) {
+      /* Poison: delivering it would evict every reader of the channel
+         (one frame past their queue limit). */
+      r->st.dropped_big++;
+      {
+        char n[24], max[24];
+        snprintf(n, sizeof(n), "%llu", (unsigned long long)data->len);
+        snprintf(max, sizeof(max), "%llu",
+                 (unsigned long long)r->max_msg_bytes);
+        bp_redis_log(r, BP_LOG_WARN,
+                     "dropped a message from redis over "
+                     "--max-backplane-message-bytes",
+                     "channel", chan->str + r->chan_prefix_len, "#bytes", n,
+                     "#max_bytes", max, (const char *)NULL);
+      }
+      return;
+    }
     if (data->type == REDIS_REPLY_STRING && r->base.ev.on_msg != NULL) {
       r->base.ev.on_msg(r->base.ev.user, chan->str + r->chan_prefix_len,
                         (size_t)chan->len - r->chan_prefix_len,
@@ -298,6 +365,12 @@ static redisAsyncContext *bp_redis_open(bp_redis *r, const char *role) {
     return NULL;
   }
   ac->data = r;
+  if (ac->c.reader != NULL) {
+    ac->c.reader->maxbuf = BP_REDIS_READER_MAXBUF;
+#if HIREDIS_MAJOR >= 1
+    ac->c.reader->maxelements = 0; /* no limit */
+#endif
+  }
   if (redisLibevAttach(r->loop, ac) != REDIS_OK) {
     redisAsyncFree(ac);
     return NULL;
@@ -314,8 +387,9 @@ static redisAsyncContext *bp_redis_open(bp_redis *r, const char *role) {
     redisAsyncFree(ac);
     return NULL;
   }
-  (void)redisAsyncCommand(ac, NULL, NULL, "CLIENT SETNAME %s:%s", r->name,
-                          role);
+  /* Its answer makes the connection count as up. */
+  (void)redisAsyncCommand(ac, bp_redis_hello_cb, r, "CLIENT SETNAME %s:%s",
+                          r->name, role);
   if (r->db != 0) {
     (void)redisAsyncCommand(ac, NULL, NULL, "SELECT %d", r->db);
   }
@@ -430,8 +504,12 @@ static int bp_redis_publish(bp *b, const char *channel, size_t len,
   bp_redis *r = (bp_redis *)b;
   const char *extra[1] = {(const char *)data};
   size_t extra_len[1] = {data_len};
-  return bp_redis_cmd(r, r->pub, NULL, "PUBLISH", r->chan_prefix,
-                      r->chan_prefix_len, channel, len, 1, extra, extra_len);
+  int rc = bp_redis_cmd(r, r->pub, NULL, "PUBLISH", r->chan_prefix,
+                        r->chan_prefix_len, channel, len, 1, extra, extra_len);
+  if (rc == 0) {
+    bp_redis_queue_check(r);
+  }
+  return rc;
 }
 
 static int bp_redis_set(bp *b, const char *key, size_t key_len,
@@ -462,6 +540,8 @@ static void bp_redis_free(bp *b) {
   ev_timer_stop(r->loop, &r->connect_timeout);
   ev_timer_stop(r->loop, &r->quit_poll);
   ev_timer_stop(r->loop, &r->reset_poll);
+  ev_timer_stop(r->loop, &r->health_timer);
+  ev_timer_stop(r->loop, &r->congest_poll);
   /* redisAsyncFree runs the disconnect callback, which forgets them. */
   if (r->sub != NULL) {
     redisAsyncFree(r->sub);
@@ -473,6 +553,7 @@ static void bp_redis_free(bp *b) {
   free(r->chan_prefix);
   free(r->name);
   free(r->scratch);
+  free(r->health_chan);
   free(r);
 }
 
@@ -536,6 +617,8 @@ void bp_redis_quit(bp *b, void (*done)(void *arg), void *arg) {
   ev_timer_stop(r->loop, &r->retry);
   ev_timer_stop(r->loop, &r->connect_timeout);
   ev_timer_stop(r->loop, &r->reset_poll);
+  ev_timer_stop(r->loop, &r->health_timer);
+  ev_timer_stop(r->loop, &r->congest_poll);
   /* Disconnect after pending replies (the shutdown's DELs) arrive. */
   if (r->sub != NULL && !(r->sub->c.flags & REDIS_DISCONNECTING)) {
     redisAsyncDisconnect(r->sub);
@@ -628,6 +711,13 @@ int bp_redis_new(bp **out, const bp_redis_config *cfg, const bp_events *ev) {
   }
   memcpy(r->chan_prefix, r->prefix, r->prefix_len);
   memcpy(r->chan_prefix + r->prefix_len, "chan:", 6);
+  if (bp_redis_health_init(r, cfg) != 0) {
+    free(r->prefix);
+    free(r->name);
+    free(r->chan_prefix);
+    free(r);
+    return HUB_ERR_NOMEM;
+  }
   sh_link_init(&r->link, cfg->seed);
   ev_timer_init(&r->retry, bp_redis_retry_cb, 0.0, 0.0);
   r->retry.data = r;
@@ -702,4 +792,193 @@ int bp_redis_claim(bp *b, const char *key, const char *value, uint32_t ttl_s,
     return HUB_ERR_NOMEM;
   }
   return 0;
+}
+
+/* ------------------------------------------------------------ health */
+
+/*
+ * Drops both connections at once: a Redis that answers nothing would
+ * never let redisAsyncDisconnect finish (it waits for the replies), so
+ * the contexts are freed, as a connect timeout frees them.
+ */
+static void bp_redis_drop_dead(bp_redis *r, int which) {
+  redisAsyncContext *sub = r->sub, *pub = r->pub;
+  int was_up = r->up;
+  r->st.timeouts++;
+  {
+    char t[32];
+    snprintf(t, sizeof(t), "%.3f", (double)r->health.timeout_ns / 1e9);
+    bp_redis_log(r, BP_LOG_WARN,
+                 "redis connection answered nothing (--redis-timeout)",
+                 "connection", which == BP_REDIS_SUB ? "subscriber" : "command",
+                 "#timeout_s", t, (const char *)NULL);
+  }
+  bp_redis_note(r, which == BP_REDIS_SUB
+                     ? "subscriber connection timed out (--redis-timeout)"
+                     : "command connection timed out (--redis-timeout)");
+  r->lost_was_up |= was_up;
+  r->up = 0;
+  r->sub = r->pub = NULL;
+  r->sub_ok = r->pub_ok = 0;
+  ev_timer_stop(r->loop, &r->health_timer);
+  if (sub != NULL) {
+    redisAsyncFree(sub);
+  }
+  if (pub != NULL) {
+    redisAsyncFree(pub);
+  }
+  if (was_up && !r->quitting && r->base.ev.on_down != NULL) {
+    r->base.ev.on_down(r->base.ev.user);
+  }
+  bp_redis_lost(r); /* up is 0: schedules the reconnect, reports nothing */
+}
+
+/* The command connection's PING came back. */
+static void bp_redis_pong_cb(redisAsyncContext *ac, void *reply, void *priv) {
+  bp_redis *r = priv;
+  (void)ac;
+  if (reply == NULL || !r->up) {
+    return; /* freed, or an old link */
+  }
+  sh_health_heard(&r->health, BP_REDIS_PUB, 1, bp_redis_now_ns(r));
+}
+
+/*
+ * Every reply on the subscriber connection counts as life; the health
+ * channel's own confirmations end a probe (and are not the hub's).
+ * Returns 1 when |rep| was the probe's.
+ */
+static int bp_redis_health_reply(bp_redis *r, const redisReply *rep) {
+  const redisReply *kind, *chan;
+  int probe;
+  sh_health_heard(&r->health, BP_REDIS_SUB, 0, bp_redis_now_ns(r));
+  if (rep->type != REDIS_REPLY_ARRAY || rep->elements < 2) {
+    return 0;
+  }
+  kind = rep->element[0];
+  chan = rep->element[1];
+  if (kind->type != REDIS_REPLY_STRING || chan->type != REDIS_REPLY_STRING ||
+      (size_t)chan->len != r->health_chan_len ||
+      memcmp(chan->str, r->health_chan, r->health_chan_len) != 0) {
+    return 0;
+  }
+  probe = strcmp(kind->str, "subscribe") == 0;
+  if (probe) {
+    sh_health_heard(&r->health, BP_REDIS_SUB, 1, bp_redis_now_ns(r));
+    /* Held for one round trip only: the instance subscribes to nothing
+       it has no subscriber for. */
+    (void)redisAsyncCommand(r->sub, NULL, NULL, "UNSUBSCRIBE %b",
+                            r->health_chan, r->health_chan_len);
+  }
+  return 1;
+}
+
+static void bp_redis_tell_congested(bp_redis *r) {
+  if (r->up && r->health.congested != r->congested_told) {
+    r->congested_told = r->health.congested;
+    if (r->congested_told) {
+      r->st.congested++;
+      char q[24];
+      snprintf(q, sizeof(q), "%llu", (unsigned long long)r->st.queue_bytes);
+      bp_redis_log(r, BP_LOG_WARN,
+                   "redis is not keeping up: refusing publishes",
+                   "#queue_bytes", q, (const char *)NULL);
+    } else {
+      bp_redis_log(r, BP_LOG_INFO, "redis caught up: accepting publishes",
+                   (const char *)NULL);
+    }
+    if (r->on_congested != NULL) {
+      r->on_congested(r->base.ev.user, r->congested_told);
+    }
+  }
+}
+
+static uint64_t bp_redis_queue_bytes(const bp_redis *r) {
+  uint64_t n = 0;
+  if (r->pub != NULL && r->pub->c.obuf != NULL) {
+    n += sdslen(r->pub->c.obuf);
+  }
+  if (r->sub != NULL && r->sub->c.obuf != NULL) {
+    n += sdslen(r->sub->c.obuf);
+  }
+  return n;
+}
+
+/* After a command is queued: past the cap, report from the loop (the op
+   runs inside the shell's drain, which no callback may re-enter). */
+static void bp_redis_queue_check(bp_redis *r) {
+  r->st.queue_bytes = bp_redis_queue_bytes(r);
+  if (sh_health_queue(&r->health, r->st.queue_bytes) &&
+      !ev_is_active(&r->congest_poll)) {
+    ev_timer_set(&r->congest_poll, 0.0, 0.0);
+    ev_timer_start(r->loop, &r->congest_poll);
+  }
+}
+
+static void bp_redis_congest_poll_cb(struct ev_loop *loop, ev_timer *w,
+                                     int revents) {
+  bp_redis *r = w->data;
+  (void)loop;
+  (void)revents;
+  ev_timer_stop(r->loop, &r->congest_poll);
+  bp_redis_tell_congested(r);
+}
+
+static void bp_redis_health_cb(struct ev_loop *loop, ev_timer *w, int revents) {
+  bp_redis *r = w->data;
+  hub_tstamp now = bp_redis_now_ns(r);
+  int v;
+  (void)loop;
+  (void)revents;
+  if (!r->up || r->quitting || r->sub == NULL || r->pub == NULL) {
+    return;
+  }
+  v = sh_health_tick(&r->health, BP_REDIS_SUB, now);
+  if (v == SH_HEALTH_DEAD) {
+    bp_redis_drop_dead(r, BP_REDIS_SUB);
+    return;
+  }
+  if (v == SH_HEALTH_PROBE) {
+    (void)redisAsyncCommand(r->sub, bp_redis_sub_cb, r, "SUBSCRIBE %b",
+                            r->health_chan, r->health_chan_len);
+  }
+  v = sh_health_tick(&r->health, BP_REDIS_PUB, now);
+  if (v == SH_HEALTH_DEAD) {
+    bp_redis_drop_dead(r, BP_REDIS_PUB);
+    return;
+  }
+  if (v == SH_HEALTH_PROBE) {
+    (void)redisAsyncCommand(r->pub, bp_redis_pong_cb, r, "PING");
+  }
+  /* The queue drains without telling us: look at it here too. */
+  r->st.queue_bytes = bp_redis_queue_bytes(r);
+  (void)sh_health_queue(&r->health, r->st.queue_bytes);
+  bp_redis_tell_congested(r);
+}
+
+static int bp_redis_health_init(bp_redis *r, const bp_redis_config *cfg) {
+  size_t nl = strlen(r->name);
+  r->health_chan_len = r->prefix_len + 7 + nl;
+  r->health_chan = malloc(r->health_chan_len + 1);
+  if (r->health_chan == NULL) {
+    return -1;
+  }
+  memcpy(r->health_chan, r->prefix, r->prefix_len);
+  memcpy(r->health_chan + r->prefix_len, "health:", 7);
+  memcpy(r->health_chan + r->prefix_len + 7, r->name, nl + 1);
+  sh_health_init(&r->health, cfg->timeout_ns, cfg->queue_bytes_max);
+  r->max_msg_bytes = cfg->max_msg_bytes;
+  r->on_congested = cfg->on_congested;
+  ev_timer_init(&r->health_timer, bp_redis_health_cb, 0.0, 0.0);
+  r->health_timer.data = r;
+  ev_timer_init(&r->congest_poll, bp_redis_congest_poll_cb, 0.0, 0.0);
+  r->congest_poll.data = r;
+  return 0;
+}
+
+void bp_redis_get_stats(const bp *b, bp_redis_stats *st) {
+  const bp_redis *r = (const bp_redis *)b;
+  *st = r->st;
+  st->queue_bytes = bp_redis_queue_bytes(r);
+  st->is_congested = r->congested_told;
 }

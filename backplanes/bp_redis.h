@@ -39,7 +39,31 @@ typedef struct bp_redis_config {
   uint64_t seed;           /* the backoff jitter's PRNG */
   bp_redis_log_cb log;     /* NULL: no log */
   void *log_user;
+  /* --redis-timeout: a connection that answers nothing, not even its
+     health check, for this long is dropped and the backplane reported
+     down (0: no check).  See shell/sh_health.h. */
+  uint64_t timeout_ns;
+  /* --max-backplane-message-bytes: larger payloads from Redis are
+     dropped, counted and logged (0: no limit). */
+  uint64_t max_msg_bytes;
+  /* Commands queued for Redis and not yet written, in bytes, past which
+     the backplane counts as congested (0: no cap). */
+  uint64_t queue_bytes_max;
+  /* Optional: the congestion state changed (|congested| 1: past the
+     cap; 0: drained below half of it).  Called from the loop, never
+     from inside an op; not called for the reset that a down implies. */
+  void (*on_congested)(void *user, int congested);
 } bp_redis_config;
+
+typedef struct bp_redis_stats {
+  uint64_t dropped_big; /* payloads over max_msg_bytes, dropped */
+  uint64_t timeouts;    /* links dropped for the read deadline */
+  uint64_t congested;   /* times the queue passed its cap */
+  uint64_t queue_bytes; /* bytes queued for Redis now */
+  int is_congested;
+} bp_redis_stats;
+
+void bp_redis_get_stats(const bp *b, bp_redis_stats *st);
 
 /*
  * bp_redis_new creates the backplane and starts connecting; |ev| is

@@ -27,6 +27,8 @@ const char *hub_strerror(int err) {
     return "bad request";
   case HUB_ERR_SHUT_DOWN:
     return "hub is shutting down";
+  case HUB_ERR_UNAVAILABLE:
+    return "backplane unavailable";
   case HUB_ERR_NOMEM:
     return "out of memory";
   default:
@@ -213,9 +215,16 @@ int hub_on_bp_up(hub *h, hub_tstamp now) {
 
 void hub_on_bp_down(hub *h, hub_tstamp now) {
   advance(h, now);
+  /* The driver's queue went with the link. */
+  h->bp_congested = 0;
   if (h->bp_up) {
     hub_topic_bp_down(h);
   }
+}
+
+void hub_on_bp_congested(hub *h, int congested, hub_tstamp now) {
+  advance(h, now);
+  h->bp_congested = congested != 0;
 }
 
 int hub_publish(hub *h, const uint8_t *body, size_t len, const char **errmsg,
@@ -233,6 +242,10 @@ int hub_publish(hub *h, const uint8_t *body, size_t len, const char **errmsg,
   if (!hub_utf8_valid(body, len)) {
     err = "body is not valid UTF-8";
   } else if (hub_req_parse((const char *)body, len, 1, &req, &err) == 0) {
+    if (h->bp_up && h->bp_congested) {
+      h->st.bp_refused++;
+      return HUB_ERR_UNAVAILABLE;
+    }
     return hub_topic_publish(h, NULL, &req);
   }
   if (errmsg != NULL) {

@@ -48,6 +48,8 @@ typedef enum hub_error {
   HUB_ERR_UNKNOWN_CONN = -101,
   HUB_ERR_BAD_REQUEST = -102, /* hub_publish: *errmsg says why */
   HUB_ERR_SHUT_DOWN = -103,   /* the hub is shutting down */
+  /* hub_publish: the backplane's queue is full (hub_on_bp_congested) */
+  HUB_ERR_UNAVAILABLE = -200,
   HUB_ERR_NOMEM = -500
 } hub_error;
 
@@ -179,6 +181,10 @@ typedef struct hub_config {
   uint64_t max_queue_bytes;
   uint64_t max_message_bytes;
   uint32_t max_subs_per_conn;
+  /* Publishes per second per WebSocket connection, a bucket of this many
+     refilled at this rate (0: no limit); one finding it empty gets an
+     error reply "rate limited" and is not delivered. */
+  uint32_t max_publish_rate;
   hub_tstamp ping_interval_ns;
   hub_tstamp pong_timeout_ns;
   hub_tstamp write_timeout_ns;
@@ -205,9 +211,10 @@ void hub_config_default(hub_config *cfg);
  * (CONTRACT.md, without "--"): max-queue-msgs, max-queue-bytes,
  * max-message-bytes, ping-interval, pong-timeout, write-timeout,
  * heartbeat-interval (durations as hub_parse_duration reads them, not 0),
- * registry (on|off) and auth (on|off).  Both strings are borrowed.  Returns 0,
- * HUB_ERR_INVALID_ARGUMENT for a bad value (|cfg| unchanged), or 1 when
- * |name| is not a hub setting (the caller's to handle).
+ * max-publish-rate (0: no limit), registry (on|off) and auth (on|off).  Both
+ * strings are borrowed.  Returns 0, HUB_ERR_INVALID_ARGUMENT for a bad value
+ * (|cfg| unchanged), or 1 when |name| is not a hub setting (the caller's to
+ * handle).
  */
 int hub_config_set(hub_config *cfg, const char *name, const char *value);
 
@@ -374,6 +381,14 @@ void hub_on_bp_subscribed(hub *h, const char *channel, size_t channel_len,
    forces a reconnect (down, then up again after its backoff). */
 int hub_on_bp_up(hub *h, hub_tstamp now);
 
+/* The driver's backplane queue (commands not yet answered) passed its
+   cap (|congested| 1) or drained below it again (0).  While congested
+   and up, publishes are refused instead of queued: a WebSocket publish
+   gets an error reply "backplane unavailable", hub_publish returns
+   HUB_ERR_UNAVAILABLE.  hub_on_bp_down clears it.  A fact: cannot fail,
+   emits nothing. */
+void hub_on_bp_congested(hub *h, int congested, hub_tstamp now);
+
 /* The backplane went away: its subscriptions are gone; subscribes are
    acknowledged at once and publishes delivered locally until it is up.
    A fact: cannot fail. */
@@ -382,9 +397,9 @@ void hub_on_bp_down(hub *h, hub_tstamp now);
 /*
  * A publish from outside the WebSocket protocol (HTTP POST /publish):
  * |body| is {"channel":"...","data":<any JSON>}.  Returns 0,
- * HUB_ERR_BAD_REQUEST with *errmsg set to a static reason, HUB_ERR_SHUT_DOWN
- * or HUB_ERR_NOMEM; on an error nothing was published.  NOMEM: the driver
- * answers 503.
+ * HUB_ERR_BAD_REQUEST with *errmsg set to a static reason, HUB_ERR_SHUT_DOWN,
+ * HUB_ERR_UNAVAILABLE (backplane congested) or HUB_ERR_NOMEM; on an error
+ * nothing was published.  NOMEM and UNAVAILABLE: the driver answers 503.
  */
 int hub_publish(hub *h, const uint8_t *body, size_t len, const char **errmsg,
                 hub_tstamp now);
@@ -429,6 +444,8 @@ typedef struct hub_stats {
   uint64_t msgs_out;         /* message frames queued to clients */
   uint64_t publishes; /* publishes accepted (WebSocket and hub_publish) */
   uint64_t evictions[HUB_CLOSE_KIND_MAX];
+  uint64_t rate_limited; /* publishes refused by max_publish_rate */
+  uint64_t bp_refused;   /* publishes refused: backplane congested */
 } hub_stats;
 
 void hub_get_stats(const hub *h, hub_stats *st);

@@ -129,6 +129,13 @@ int hub_config_set(hub_config *cfg, const char *name, const char *value) {
     cfg->max_queue_bytes = v;
     return 0;
   }
+  if (strcmp(name, "max-publish-rate") == 0) {
+    if (hub_parse_u64(value, &v) != 0 || v > UINT32_MAX) {
+      return HUB_ERR_INVALID_ARGUMENT;
+    }
+    cfg->max_publish_rate = (uint32_t)v;
+    return 0;
+  }
   if (strcmp(name, "max-message-bytes") == 0) {
     if (hub_parse_u64(value, &v) != 0 || v == 0 || v > (UINT64_C(1) << 30)) {
       return HUB_ERR_INVALID_ARGUMENT;
@@ -148,6 +155,7 @@ void hub_config_default(hub_config *cfg) {
   cfg->max_queue_bytes = 4194304;
   cfg->max_message_bytes = 65536;
   cfg->max_subs_per_conn = 4096;
+  cfg->max_publish_rate = 1000;
   cfg->ping_interval_ns = 54 * HUB_NS_PER_S;
   cfg->pong_timeout_ns = 60 * HUB_NS_PER_S;
   cfg->write_timeout_ns = 10 * HUB_NS_PER_S;

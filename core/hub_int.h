@@ -29,6 +29,7 @@ _Noreturn void hub_assert_fail(const char *cond, const char *file, int line);
 
 #include "hub_list.h"
 #include "hub_map.h"
+#include "hub_rate.h"
 
 /* Allocation through the hub's allocator (hub_buf.c). */
 void *hub_mem_malloc(const hub_mem *mem, size_t size);
@@ -122,6 +123,7 @@ struct hub_conn {
   int evict;
   hub_conn *evict_next;
   hub_conn_auth auth;
+  hub_rate publish_rate; /* max_publish_rate's bucket (hub_rate.h) */
 };
 
 /* A connection key whose REG_DEL was emitted while the backplane was down
@@ -162,6 +164,9 @@ struct hub {
      subscriptions): each owns one reserved effect (hub_effq.h). */
   size_t nreplies;
   int bp_up;
+  /* The driver reported the backplane's command queue past its cap
+     (hub_on_bp_congested): publishes are refused while it is up. */
+  int bp_congested;
   int shut_down;
   hub_tstamp now;
   hub_tstamp t_start;

@@ -16,6 +16,7 @@ typedef struct json_cur {
   const unsigned char *s;
   size_t len;
   size_t pos;
+  int too_deep; /* the nesting limit, not the syntax, stopped it */
 } json_cur;
 
 static void skip_ws(json_cur *c) {
@@ -298,7 +299,11 @@ static int parse_array(json_cur *c, int depth) {
 
 static int parse_value(json_cur *c, int depth, hub_json_kind *kind,
                        json_top *top) {
-  if (depth > HUB_JSON_DEPTH_MAX || c->pos >= c->len) {
+  if (depth > HUB_JSON_DEPTH_MAX) {
+    c->too_deep = 1;
+    return -1;
+  }
+  if (c->pos >= c->len) {
     return -1;
   }
   switch (c->s[c->pos]) {
@@ -336,6 +341,7 @@ int hub_json_parse(const char *s, size_t len, hub_json_kind *kind,
   c.s = (const unsigned char *)s;
   c.len = len;
   c.pos = 0;
+  c.too_deep = 0;
   top.keys = keys;
   top.nkeys = nkeys;
   top.found = found;
@@ -345,7 +351,7 @@ int hub_json_parse(const char *s, size_t len, hub_json_kind *kind,
   *kind = HUB_JSON_NONE;
   skip_ws(&c);
   if (parse_value(&c, 0, kind, &top) != 0) {
-    return -1;
+    return c.too_deep ? HUB_JSON_TOO_DEEP : -1;
   }
   skip_ws(&c);
   return c.pos == c.len ? 0 : -1;

@@ -15,6 +15,9 @@
 /* Nesting deeper than this is rejected (no unbounded recursion). */
 #define HUB_JSON_DEPTH_MAX 64
 
+/* hub_json_parse's result when only the nesting limit was passed. */
+#define HUB_JSON_TOO_DEEP (-2)
+
 /* A span of the input: [off, off + len). */
 typedef struct hub_json_span {
   size_t off;
@@ -43,8 +46,11 @@ typedef struct hub_json_member {
  * with optional surrounding whitespace; *kind receives its kind.  When it
  * is an object, the member whose key is keys[i] (compared as raw text) is
  * stored in found[i]; found[i].kind is HUB_JSON_NONE for a key that is
- * absent; for a repeated key the last one wins.  Returns 0 if valid, -1
- * otherwise.  Strings must be valid UTF-8 without raw control characters.
+ * absent; for a repeated key the last one wins.  Returns 0 if valid,
+ * HUB_JSON_TOO_DEEP when the text nests deeper than HUB_JSON_DEPTH_MAX
+ * (found[] then holds the top-level members complete before the deep
+ * part, each one valid JSON), or -1 otherwise.  Strings must be valid UTF-8
+ * without raw control characters.
  */
 int hub_json_parse(const char *s, size_t len, hub_json_kind *kind,
                    const char *const *keys, size_t nkeys,

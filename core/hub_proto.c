@@ -26,9 +26,22 @@ int hub_req_parse(const char *s, size_t len, int publish_body, hub_req *req,
   hub_json_kind kind;
   const char *type;
   size_t type_len;
+  int rv;
 
   memset(req, 0, sizeof(*req));
-  if (hub_json_parse(s, len, &kind, req_keys, K_MAX, m) != 0) {
+  rv = hub_json_parse(s, len, &kind, req_keys, K_MAX, m);
+  if (rv == HUB_JSON_TOO_DEEP) {
+    /* An id complete before the deep part is valid JSON on its own: the
+       client can still match the error to its request. */
+    if (!publish_body && m[K_ID].kind != HUB_JSON_NONE &&
+        m[K_ID].value.len <= HUB_ID_LEN_MAX) {
+      req->id = s + m[K_ID].value.off;
+      req->id_len = m[K_ID].value.len;
+    }
+    *err = "JSON nested too deeply";
+    return -1;
+  }
+  if (rv != 0) {
     *err = "malformed JSON";
     return -1;
   }
@@ -125,6 +138,57 @@ int hub_channel_valid(const char *channel, size_t len) {
   return 1;
 }
 
+/* Queues an error reply (|id| may be NULL) to |c|. */
+static int proto_error(hub *h, hub_conn *c, const char *id, size_t id_len,
+                       const char *err) {
+  hub_buf *f;
+
+  /* The error reply, and an eviction by it. */
+  if (hub_effq_reserve(h, 1 + hub_conn_close_cost(c)) != 0) {
+    return HUB_ERR_NOMEM;
+  }
+  f = hub_frame_error(h, id, id_len, err);
+  if (f == NULL) {
+    return HUB_ERR_NOMEM;
+  }
+  hub_conn_reply(h, c, f);
+  return 0;
+}
+
+/*
+ * A publish from a WebSocket connection.  Two refusals come before it
+ * costs anything downstream: the connection's rate limit (its bucket is
+ * empty) and a congested backplane (its queue is past the driver's cap,
+ * so the message would only add to the memory held for a Redis that does
+ * not keep up).  Either gets an error reply; the connection stays open.
+ * The token is taken only once the publish succeeded, so NOMEM leaves
+ * the bucket as it was.
+ */
+static int proto_publish(hub *h, hub_conn *c, const hub_req *req) {
+  uint32_t per_s = h->cfg.max_publish_rate;
+  int rv;
+
+  if (!hub_rate_allows(&c->publish_rate, per_s, h->now)) {
+    rv = proto_error(h, c, req->id, req->id_len, "rate limited");
+    if (rv == 0) {
+      h->st.rate_limited++;
+    }
+    return rv;
+  }
+  if (h->bp_up && h->bp_congested) {
+    rv = proto_error(h, c, req->id, req->id_len, "backplane unavailable");
+    if (rv == 0) {
+      h->st.bp_refused++;
+    }
+    return rv;
+  }
+  rv = hub_topic_publish(h, c, req);
+  if (rv == 0) {
+    hub_rate_take(&c->publish_rate, per_s, h->now);
+  }
+  return rv;
+}
+
 int hub_proto_on_msg(hub *h, hub_conn *c, int binary, const uint8_t *data,
                      size_t len) {
   hub_req req;
@@ -156,17 +220,7 @@ int hub_proto_on_msg(hub *h, hub_conn *c, int binary, const uint8_t *data,
     }
   }
   if (err != NULL) {
-    hub_buf *f;
-    /* The error reply, and an eviction by it. */
-    if (hub_effq_reserve(h, 1 + hub_conn_close_cost(c)) != 0) {
-      return HUB_ERR_NOMEM;
-    }
-    f = hub_frame_error(h, req.id, req.id_len, err);
-    if (f == NULL) {
-      return HUB_ERR_NOMEM;
-    }
-    hub_conn_reply(h, c, f);
-    return 0;
+    return proto_error(h, c, req.id, req.id_len, err);
   }
   switch (req.type) {
   case HUB_REQ_SUBSCRIBE:
@@ -180,7 +234,7 @@ int hub_proto_on_msg(hub *h, hub_conn *c, int binary, const uint8_t *data,
     if (!hub_auth_granted(c, 1, req.channel, req.channel_len)) {
       return hub_auth_deny(h, c, &req);
     }
-    return hub_topic_publish(h, c, &req);
+    return proto_publish(h, c, &req);
   case HUB_REQ_REFRESH:
     return hub_auth_refresh(h, c, &req);
   }

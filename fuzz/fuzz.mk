@@ -14,7 +14,7 @@ FUZZ_DIR := build/fuzz
 FUZZ_CFLAGS := -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -g -O1 \
   -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
   -Wall -Wextra -Werror -Icore
-FUZZ_TARGETS := client bp replay
+FUZZ_TARGETS := client bp replay scn http frame
 FUZZ_SECONDS ?= 60
 FUZZ_SMOKE_SECONDS ?= 8
 FUZZ_BINS := $(FUZZ_TARGETS:%=$(FUZZ_DIR)/fuzz_%)
@@ -40,6 +40,32 @@ $(FUZZ_DIR)/fuzz_replay: $(FUZZ_REPLAY_SRC) sim/sim_replay.h shell/sh_rec.h \
 	@$(if $(Q),echo "  FUZZ    $@")
 	$(Q)$(FUZZ_CC) $(FUZZ_CFLAGS) -Ishell -Isim -o $@ $(FUZZ_REPLAY_SRC) \
 	  $(CORE_SRC)
+
+# The scenario runner over the simulated world (no sim_main.c: its main).
+FUZZ_SIM_SRC = $(filter-out sim/sim_main.c,$(sort $(wildcard sim/*.c))) \
+  backplanes/bp.c $(SHELL_SRC)
+$(FUZZ_DIR)/fuzz_scn: fuzz/fuzz_scn.c $(FUZZ_SIM_SRC) $(CORE_SRC) \
+  $(wildcard core/*.h sim/*.h shell/*.h) | $(BUILD)/.test-deps-ok
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  FUZZ    $@")
+	$(Q)$(FUZZ_CC) $(FUZZ_CFLAGS) -Isim -Ibackplanes -Ishell -o $@ \
+	  fuzz/fuzz_scn.c $(FUZZ_SIM_SRC) $(CORE_SRC)
+
+# The server's HTTP and frame paths: every server source (srv_main.c's
+# main renamed out of the way) over a real loopback socket.
+FUZZ_SRV_SRC = $(sort $(wildcard server/*.c)) backplanes/bp_redis.c \
+  backplanes/bp.c $(SHELL_SRC)
+# fuzz_http: raw bytes (requests, upgrades); fuzz_frame: frames after a
+# valid upgrade (fuzz/fuzz_srv.c, FZ_MODE).
+$(FUZZ_DIR)/fuzz_http $(FUZZ_DIR)/fuzz_frame: fuzz/fuzz_srv.c $(FUZZ_SRV_SRC) \
+  $(CORE_SRC) $(wildcard core/*.h server/*.h shell/*.h backplanes/*.h) \
+  | $(BUILD)/.test-deps-ok
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  FUZZ    $@")
+	$(Q)$(FUZZ_CC) $(FUZZ_CFLAGS) -Dmain=wshub_main -Wno-missing-prototypes \
+	  -DFZ_MODE=$(if $(findstring frame,$@),1,0) \
+	  -Iserver -Ibackplanes -Ishell -o $@ fuzz/fuzz_srv.c $(FUZZ_SRV_SRC) \
+	  $(CORE_SRC) -lev -lwslay -lhiredis -lhttp_parser -lcrypto
 
 .PHONY: fuzz fuzz-smoke $(FUZZ_TARGETS:%=fuzz-%)
 $(FUZZ_TARGETS:%=fuzz-%): fuzz-%: $(FUZZ_DIR)/fuzz_%

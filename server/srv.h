@@ -29,6 +29,7 @@
 #include "hub.h"
 #include "bp.h"
 #include "shell.h"
+#include "srv_rel.h"
 
 /* Flags, as CONTRACT.md lists them (durations already in ns). */
 typedef struct srv_config {
@@ -55,6 +56,7 @@ typedef struct srv_config {
   const char *allowed_origins;
   const char *record_path; /* --record: NULL = not recording */
   uint64_t record_max_bytes;
+  srv_rel_config rel; /* srv_rel.h */
 } srv_config;
 
 /* Connection states. */
@@ -122,6 +124,7 @@ typedef struct srv_conn {
   srv_http *http;               /* only while in SRV_HTTP */
   srv_rx *rx;                   /* only while a frame is partly read */
   uint8_t tls_read_ww;          /* the last TLS read wants EV_WRITE */
+  srv_ip *ip;                   /* its address's count (srv_rel.h) */
 } srv_conn;
 
 #define SRV_RBUF_SIZE 65536
@@ -180,6 +183,7 @@ typedef struct srv {
   uint64_t rx_lent; /* frame parsers lent to connections */
   uint64_t outqs;   /* out-queues allocated */
   int64_t started_unix;
+  srv_rel rel; /* srv_rel.h */
 } srv;
 
 /* srv_main.c */

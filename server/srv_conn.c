@@ -35,7 +35,11 @@
 #include <unistd.h>
 
 #define SRV_IOV_MAX 128
-#define SRV_READS_PER_EVENT 8
+/* The read budget: reads of SRV_RBUF_SIZE per connection per loop
+   iteration.  Level-triggered, what is left is read in the next
+   iteration, after every other ready socket had its turn: one flooding
+   socket costs the others at most this much parsing per round. */
+#define SRV_READS_PER_EVENT 2
 #define SRV_RX_POOL_MAX 256
 #define SRV_CLOSE_WAIT_NS (2 * HUB_NS_PER_S)
 
@@ -618,6 +622,8 @@ void srv_conn_drop(srv *s, srv_conn *c) {
   close(c->io.fd);
   c->state = SRV_DEAD;
   s->conns_total--;
+  srv_rel_release(s, c->ip);
+  c->ip = NULL;
   srv_list_remove(c);
   srv_http_free(c);
   if (c->rx != NULL) {
@@ -819,6 +825,9 @@ static void srv_on_control(srv *s, srv_conn *c, srv_rx *rx) {
          !((code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1014) ||
            (code >= 3000 && code <= 4999)))) {
       code = 1002;
+    } else if (rx->ctl_len > 2 &&
+               !srv_utf8_valid(rx->ctl + 2, rx->ctl_len - 2)) {
+      code = 1007; /* the reason must be UTF-8 (RFC 6455 5.5.1, 8.1) */
     }
     srv_conn_close_now(s, c, code, NULL);
     sh_conn_closed(&s->sh, id, srv_now());
@@ -1001,7 +1010,13 @@ static void srv_conn_io_cb(struct ev_loop *loop, ev_io *w, int revents) {
       break;
     }
     if (n == 0) {
-      srv_conn_gone(s, c);
+      if (c->state == SRV_HTTP && c->q.bytes > 0) {
+        /* The client shut its side after its requests: the answers it
+           is owed still go out. */
+        srv_conn_finish(s, c);
+      } else {
+        srv_conn_gone(s, c);
+      }
       break;
     }
     switch (c->state) {
@@ -1014,8 +1029,11 @@ static void srv_conn_io_cb(struct ev_loop *loop, ev_io *w, int revents) {
     default:
       break; /* closing: input is discarded until EOF */
     }
-    if ((size_t)n < sizeof(s->rbuf) &&
-        (c->tls == NULL || !srv_tls_pending(c))) {
+    /* A short read drained the socket (a TLS read stops with room for
+       less than a record: srv_tls_read); else the budget decides. */
+    if (c->tls == NULL ? (size_t)n < sizeof(s->rbuf)
+                       : (size_t)n + SRV_TLS_RECORD_MAX <= sizeof(s->rbuf) &&
+                           !srv_tls_pending(c)) {
       break;
     }
   }
@@ -1124,11 +1142,15 @@ void srv_accept_cb(struct ev_loop *loop, ev_io *w, int revents) {
     struct sockaddr_storage ss;
     socklen_t sl = sizeof(ss);
     srv_conn *c;
+    srv_ip *ip;
     int fd =
       accept4(w->fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
       if (errno == EINTR || errno == ECONNABORTED) {
         continue;
+      }
+      if ((errno == EMFILE || errno == ENFILE) && srv_rel_shed(s, w->fd) == 0) {
+        continue; /* one answered 503 with the spare descriptor */
       }
       if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
           errno == ENOMEM) {
@@ -1137,13 +1159,19 @@ void srv_accept_cb(struct ev_loop *loop, ev_io *w, int revents) {
       }
       return;
     }
+    if (srv_rel_admit(s, fd, &ss, &ip) != 0) {
+      continue; /* refused, answered and closed */
+    }
     c = calloc(1, sizeof(*c));
     if (c == NULL) {
+      srv_rel_release(s, ip);
       close(fd);
       continue;
     }
+    c->ip = ip;
     srv_set_sockopts(s, fd);
     if (s->tls_ctx != NULL && srv_tls_conn_new(s, c, fd) != 0) {
+      srv_rel_release(s, ip);
       close(fd);
       free(c);
       continue;
@@ -1154,6 +1182,7 @@ void srv_accept_cb(struct ev_loop *loop, ev_io *w, int revents) {
     if (srv_http_new(s, c) != 0) {
       s->conns_total--;
       srv_tls_conn_free(c);
+      srv_rel_release(s, ip);
       close(fd);
       free(c);
       continue;

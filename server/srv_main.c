@@ -216,6 +216,7 @@ void srv_metrics(srv *s, char *buf, size_t cap, size_t *len) {
     srv_version, srv_revision);
 #undef M
   srv_proc_metrics(buf, cap, &n);
+  srv_rel_metrics(s, buf, cap, &n);
   *len = n;
 }
 
@@ -419,6 +420,15 @@ static const char srv_usage[] =
   "                            wshub-sim --replay FILE)\n"
   "  --record-max-bytes N      stop recording when FILE would pass N bytes "
   "(1073741824)\n"
+  "  --max-publish-rate N      publishes per second per WebSocket, a bucket "
+  "of N (1000; 0 = no limit)\n"
+  "  --redis-timeout S         a Redis link silent this long is down (3)\n"
+  "  --max-backplane-message-bytes N  larger Redis payloads are dropped "
+  "(max(1 MiB, --max-message-bytes))\n"
+  "  --redis-max-queue-bytes N commands queued for Redis past which "
+  "publishes get 503 (16777216)\n"
+  "  --max-connections-per-ip N  sockets one client address may hold "
+  "(0 = no limit)\n"
   "  --help                    this text\n"
   "Durations take seconds (\"1.5\") or a unit (\"250ms\", \"2s\", "
   "\"1m\", \"1h\").\n"
@@ -458,6 +468,11 @@ enum {
   O_ORIGINS,
   O_RECORD,
   O_RECORD_MAX,
+  O_PUBRATE,
+  O_REDIS_TIMEOUT, /* these four: srv_rel.c */
+  O_MAXBPMSG,
+  O_REDIS_QUEUE,
+  O_PERIP,
   O_HELP
 };
 
@@ -489,6 +504,11 @@ static const struct option srv_longopts[] = {
   {"allowed-origins", required_argument, NULL, O_ORIGINS},
   {"record", required_argument, NULL, O_RECORD},
   {"record-max-bytes", required_argument, NULL, O_RECORD_MAX},
+  {"max-publish-rate", required_argument, NULL, O_PUBRATE},
+  {"redis-timeout", required_argument, NULL, O_REDIS_TIMEOUT},
+  {"max-backplane-message-bytes", required_argument, NULL, O_MAXBPMSG},
+  {"redis-max-queue-bytes", required_argument, NULL, O_REDIS_QUEUE},
+  {"max-connections-per-ip", required_argument, NULL, O_PERIP},
   {"help", no_argument, NULL, O_HELP},
   {NULL, 0, NULL, 0}};
 
@@ -607,6 +627,9 @@ static int srv_set_option(srv_config *cfg, int opt, const char *val,
     dur = &cfg->handshake_timeout_ns;
     break;
   default:
+    if (o->name != NULL && srv_rel_set_option(cfg, o->name, val) == 0) {
+      return 0;
+    }
     goto bad;
   }
   if (hub_parse_duration(val, dur) != 0 || (*dur == 0 && opt != O_SHUTDOWN)) {
@@ -630,6 +653,7 @@ static void srv_config_default(srv_config *cfg) {
   cfg->handshake_timeout_ns = 10 * HUB_NS_PER_S;
   cfg->log_level = SRV_LOG_INFO;
   cfg->record_max_bytes = SRV_REC_MAX_BYTES_DEFAULT;
+  srv_rel_config_default(&cfg->rel);
 }
 
 /* WSHUB_<FLAG> of an option ("max-message-bytes": WSHUB_MAX_MESSAGE_BYTES). */
@@ -1011,6 +1035,10 @@ int main(int argc, char **argv) {
     return 1;
   }
   srv_conn_init(s);
+  if (srv_rel_init(s) != 0) {
+    srv_log(SRV_LOG_ERROR, "out of memory", (const char *)NULL);
+    return 1;
+  }
 
   hc = s->cfg.hub;
   hc.instance_id = s->cfg.instance_id;
@@ -1048,6 +1076,7 @@ int main(int argc, char **argv) {
     bc.seed = srv_link_seed(s->cfg.instance_id);
     bc.log = srv_bp_log;
     bc.log_user = s;
+    srv_rel_bp_config(s, &bc);
     rc = bp_redis_new(&s->bp, &bc, &ev);
     if (rc != 0) {
       srv_log(SRV_LOG_ERROR, "bad --redis", "url", s->cfg.redis_url, "reason",
@@ -1099,6 +1128,7 @@ int main(int argc, char **argv) {
   }
   hub_del(s->h);
   srv_conn_fini(s);
+  srv_rel_fini(s);
   srv_auth_fini(&auth);
   srv_tls_ctx_free(s->tls_ctx);
   srv_log(s->exit_code != 0 ? SRV_LOG_ERROR : SRV_LOG_INFO, "bye",

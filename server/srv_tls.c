@@ -120,16 +120,40 @@ void srv_tls_conn_free(srv_conn *c) {
   }
 }
 
+/*
+ * One read of the connection's read budget (srv_conn.c): whole records
+ * while |buf| has room for a full one (16 KiB of plaintext), so that a
+ * TLS read is worth a plaintext read of |len| bytes and no decrypted
+ * bytes are left inside OpenSSL, where no readiness of the socket would
+ * bring them out, when the budget ends the round.  Returns the bytes read
+ * (an error after some shows on the next call), 0 at the close, or -1.
+ */
 ssize_t srv_tls_read(srv *s, srv_conn *c, void *buf, size_t len) {
+  size_t total = 0;
   int r, e;
   (void)s;
   c->tls_read_ww = 0;
   ERR_clear_error();
-  r = SSL_read(c->tls, buf, len > (size_t)INT32_MAX ? INT32_MAX : (int)len);
-  if (r > 0) {
-    return r;
+  for (;;) {
+    size_t room = len - total;
+    r = SSL_read(c->tls, (uint8_t *)buf + total,
+                 room > (size_t)INT32_MAX ? INT32_MAX : (int)room);
+    if (r <= 0) {
+      break;
+    }
+    total += (size_t)r;
+    if (len - total < SRV_TLS_RECORD_MAX || SSL_pending(c->tls) > 0) {
+      return (ssize_t)total;
+    }
   }
   e = SSL_get_error(c->tls, r);
+  if (total > 0) {
+    if (e == SSL_ERROR_WANT_WRITE) {
+      c->tls_read_ww = 1;
+    }
+    ERR_clear_error();
+    return (ssize_t)total; /* the rest (or the error) on the next call */
+  }
   switch (e) {
   case SSL_ERROR_WANT_READ:
     errno = EAGAIN;

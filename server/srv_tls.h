@@ -39,6 +39,9 @@ int srv_tls_conn_new(srv *s, srv_conn *c, int fd);
 /* Frees |c|'s TLS state (NULL-safe); call before closing the socket. */
 void srv_tls_conn_free(srv_conn *c);
 
+/* The most plaintext one TLS record carries (RFC 8446 5.1). */
+#define SRV_TLS_RECORD_MAX 16384
+
 /*
  * srv_tls_read reads decrypted bytes (driving the handshake first).
  * Returns the count, 0 at the peer's close (close_notify or EOF), or -1

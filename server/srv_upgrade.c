@@ -67,7 +67,8 @@ enum {
   H_KEY,
   H_VERSION,
   H_AUTHZ,
-  H_ORIGIN
+  H_ORIGIN,
+  H_HOST
 };
 
 struct srv_http {
@@ -91,6 +92,7 @@ struct srv_http {
   char origin[256];
   size_t origin_len;
   int has_origin;
+  int has_host;
   size_t hdr_bytes;
   uint8_t *body;
   size_t body_len;
@@ -165,6 +167,7 @@ static int srv_on_message_begin(http_parser *p) {
   h->origin_len = 0;
   h->origin[0] = '\0';
   h->has_origin = 0;
+  h->has_host = 0;
   h->last_was_value = 0;
   h->hdr = H_OTHER;
   h->error_status = 0;
@@ -232,6 +235,9 @@ static int srv_on_header_value(http_parser *p, const char *at, size_t n) {
     } else if (strcmp(h->field, "origin") == 0) {
       h->hdr = H_ORIGIN;
       h->has_origin = 1;
+    } else if (strcmp(h->field, "host") == 0) {
+      h->hdr = H_HOST;
+      h->has_host = 1;
     } else {
       h->hdr = H_OTHER;
     }
@@ -298,6 +304,22 @@ static int srv_on_body(http_parser *p, const char *at, size_t n) {
   return 0;
 }
 
+/* A body the limit refuses is refused by its length, before it is sent:
+   the client may be waiting for an answer (Expect: 100-continue) and a
+   4 GiB promise would otherwise hold the connection until it times out. */
+static int srv_on_headers_complete(http_parser *p) {
+  srv_http *h = srv_h(p);
+  const srv *s = h->s;
+  uint64_t max = s->cfg.hub.max_message_bytes > SRV_BODY_MIN
+                   ? s->cfg.hub.max_message_bytes
+                   : SRV_BODY_MIN;
+  if ((p->flags & F_CONTENTLENGTH) && p->content_length > max) {
+    h->error_status = 413;
+    return -1;
+  }
+  return 0;
+}
+
 static int srv_on_message_complete(http_parser *p) {
   /* Stop here so the request is answered before the next is parsed. */
   http_parser_pause(p, 1);
@@ -309,6 +331,7 @@ static const http_parser_settings srv_http_settings = {
   .on_url = srv_on_url,
   .on_header_field = srv_on_header_field,
   .on_header_value = srv_on_header_value,
+  .on_headers_complete = srv_on_headers_complete,
   .on_body = srv_on_body,
   .on_message_complete = srv_on_message_complete,
 };
@@ -466,9 +489,12 @@ static void srv_upgrade(srv *s, srv_conn *c, const uint8_t *rest,
     srv_respond_json_error(s, c, 404, "not found", 1);
     return;
   }
+  /* RFC 6455 4.2.1: HTTP/1.1 or later, a Host, a key that is 16 bytes in
+     base64. */
   if (strcasecmp(h->upgrade, "websocket") != 0 ||
-      !srv_token_in(h->connection, "upgrade") || h->key_len == 0 ||
-      h->key_len > 32) {
+      !srv_token_in(h->connection, "upgrade") ||
+      !srv_ws_key_valid(h->key, h->key_len) || !h->has_host ||
+      h->p.http_major < 1 || (h->p.http_major == 1 && h->p.http_minor < 1)) {
     srv_respond_json_error(s, c, 400, "bad websocket upgrade", 1);
     return;
   }
@@ -612,6 +638,8 @@ static void srv_handle_request(srv *s, srv_conn *c) {
       srv_respond_json_error(s, c, 400, body, close);
     } else if (v == SH_SHUT_DOWN) {
       srv_respond_json_error(s, c, 503, "shutting down", 1);
+    } else if (v == SH_BP_CONGESTED) {
+      srv_respond_json_error(s, c, 503, "backplane unavailable", close);
     } else {
       /* Out of memory for it (the shell's policy): try again later. */
       srv_respond_json_error(s, c, 503, hub_strerror(HUB_ERR_NOMEM), close);

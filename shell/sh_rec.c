@@ -260,6 +260,9 @@ void sh_rec_event(sh_rec *r, int type, hub_tstamp now, uint64_t id, uint64_t a,
   case SH_REC_CONN_CLOSED:
     n = sh_put_uv(sm, n, id);
     break;
+  case SH_REC_BP_CONGESTED:
+    n = sh_put_uv(sm, n, a);
+    break;
   case SH_REC_BP_MSG:
     n = sh_put_uv(sm, n, l1);
     n = sh_put_uv(sm, n, l2);
@@ -468,7 +471,7 @@ void sh_rec_alloc_failed(sh_rec *r) {
 }
 
 int sh_record(sh *s, sh_rec *r, const hub_config *cfg, hub_tstamp now) {
-  uint8_t h[SH_REC_HEADER_LEN], sm[192];
+  uint8_t h[SH_REC_HEADER_LEN], sm[224];
   const char *iid = cfg->instance_id != NULL ? cfg->instance_id : "";
   size_t ilen = strlen(iid), n = 0;
   const struct {
@@ -513,6 +516,11 @@ int sh_record(sh *s, sh_rec *r, const hub_config *cfg, hub_tstamp now) {
        by a build that does not know the tag (absent means 0). */
     sm[n++] = 16;
     n = sh_put_uv(sm, n, (uint64_t)cfg->auth);
+  }
+  if (cfg->max_publish_rate != 0) {
+    /* Likewise only when set (absent means 0: no limit). */
+    sm[n++] = 17;
+    n = sh_put_uv(sm, n, cfg->max_publish_rate);
   }
   sm[n++] = 1; /* the instance id, last: its bytes follow */
   n = sh_put_uv(sm, n, ilen);
@@ -665,7 +673,8 @@ static int sh_rec_config(sh_rec_reader *rd, sh_cur *c, sh_rec_record *o) {
   hub_config_default(cfg);
   rd->instance_id[0] = '\0';
   cfg->instance_id = rd->instance_id;
-  cfg->auth = 0; /* absent: off */
+  cfg->auth = 0;             /* absent: off */
+  cfg->max_publish_rate = 0; /* absent: no limit */
   o->now = sh_get_uv(c);
   while (!c->bad && c->off < c->n) {
     uint8_t tag = c->p[c->off++];
@@ -739,6 +748,12 @@ static int sh_rec_config(sh_rec_reader *rd, sh_cur *c, sh_rec_record *o) {
       break;
     case 16:
       cfg->auth = v != 0;
+      break;
+    case 17:
+      if (v > UINT32_MAX) {
+        return -1;
+      }
+      cfg->max_publish_rate = (uint32_t)v;
       break;
     default:
       return -1; /* a field this build does not know */
@@ -913,6 +928,12 @@ int sh_rec_next(sh_rec_reader *rd, sh_rec_record *o, const char **why) {
       case SH_REC_CONN_CLOSED:
         o->id = sh_get_uv(&c);
         break;
+      case SH_REC_BP_CONGESTED:
+        o->a = sh_get_uv(&c);
+        if (o->a > 1) {
+          c.bad = 1;
+        }
+        break;
       case SH_REC_BP_MSG:
         o->l1 = sh_get_len(&c);
         o->l2 = sh_get_len(&c);
@@ -983,7 +1004,8 @@ const char *sh_rec_type_name(int type) {
                                       "expiry",
                                       "shutdown",
                                       "conn_open_auth",
-                                      "conn_verified"};
+                                      "conn_verified",
+                                      "bp_congested"};
   if (type > 0 && type < SH_REC_EVENT_MAX) {
     return names[type];
   }

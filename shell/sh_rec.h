@@ -60,6 +60,7 @@ enum {
   SH_REC_SHUTDOWN,
   SH_REC_CONN_OPEN_AUTH, /* 14: hub_on_conn_open_auth */
   SH_REC_CONN_VERIFIED,  /* 15: hub_on_conn_verified */
+  SH_REC_BP_CONGESTED,   /* 16: hub_on_bp_congested */
   SH_REC_EVENT_MAX,
   SH_REC_RESULT = 32,
   SH_REC_END = 33,
@@ -446,6 +447,15 @@ static inline void sh_call_bp_down(sh *s, hub_tstamp now) {
     sh_rec_event(s->rec, SH_REC_BP_DOWN, now, 0, 0, 0, NULL, 0, NULL, 0);
   }
   hub_on_bp_down(s->h, now);
+  sh_rec_rc(s->rec, 0);
+}
+
+static inline void sh_call_bp_congested(sh *s, int congested, hub_tstamp now) {
+  if (s->rec != NULL) {
+    sh_rec_event(s->rec, SH_REC_BP_CONGESTED, now, 0, congested != 0, 0, NULL,
+                 0, NULL, 0);
+  }
+  hub_on_bp_congested(s->h, congested, now);
   sh_rec_rc(s->rec, 0);
 }
 

@@ -336,6 +336,11 @@ void sh_bp_up(sh *s, hub_tstamp now) {
   sh_drain(s, now);
 }
 
+void sh_bp_congested(sh *s, int congested, hub_tstamp now) {
+  sh_call_bp_congested(s, congested, now);
+  sh_drain(s, now);
+}
+
 void sh_bp_down(sh *s, hub_tstamp now) {
   sh_call_bp_down(s, now);
   sh_drain(s, now);
@@ -349,6 +354,8 @@ int sh_publish(sh *s, const uint8_t *body, size_t len, const char **errmsg,
     v = SH_BAD_REQUEST;
   } else if (rc == HUB_ERR_SHUT_DOWN) {
     v = SH_SHUT_DOWN;
+  } else if (rc == HUB_ERR_UNAVAILABLE) {
+    v = SH_BP_CONGESTED;
   } else if (rc != 0) {
     if (rc != HUB_ERR_NOMEM) {
       sh_error(s, "hub_publish", rc);

@@ -170,7 +170,8 @@ enum {
   SH_OK = 0,
   SH_BAD_REQUEST = 1, /* publish: *errmsg says why (HTTP 400) */
   SH_UNAVAILABLE = 2, /* out of memory for it: try later (HTTP 503) */
-  SH_SHUT_DOWN = 3    /* shutting down (HTTP 503) */
+  SH_SHUT_DOWN = 3,   /* shutting down (HTTP 503) */
+  SH_BP_CONGESTED = 4 /* publish: the backplane's queue is full (503) */
 };
 
 /* The events, one wrapper per hub event (hub.h says what each means). */
@@ -200,8 +201,10 @@ void sh_bp_subscribed(sh *s, const char *channel, size_t channel_len,
                       hub_tstamp now);
 void sh_bp_up(sh *s, hub_tstamp now);
 void sh_bp_down(sh *s, hub_tstamp now);
+/* The backplane's command queue passed its cap (1) or drained (0). */
+void sh_bp_congested(sh *s, int congested, hub_tstamp now);
 /* Returns SH_OK, SH_BAD_REQUEST (*errmsg: a static reason),
-   SH_UNAVAILABLE or SH_SHUT_DOWN. */
+   SH_UNAVAILABLE, SH_SHUT_DOWN or SH_BP_CONGESTED. */
 int sh_publish(sh *s, const uint8_t *body, size_t len, const char **errmsg,
                hub_tstamp now);
 /* The driver's hub timer fired. */

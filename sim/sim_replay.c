@@ -184,9 +184,11 @@ static void rp_event_text(rp *r, const sh_rec_record *e, char *b, size_t cap) {
   n = strlen(b);
   switch (e->type) {
   case SH_REC_CONFIG:
-    snprintf(b + n, cap - n, "instance %s, backplane %d, registry %d, auth %d",
-             e->cfg.instance_id, e->cfg.backplane, e->cfg.registry,
-             e->cfg.auth);
+    snprintf(b + n, cap - n,
+             "instance %s, backplane %d, registry %d, auth %d, "
+             "max-publish-rate %u",
+             e->cfg.instance_id, e->cfg.backplane, e->cfg.registry, e->cfg.auth,
+             (unsigned)e->cfg.max_publish_rate);
     break;
   case SH_REC_CONN_OPEN:
     snprintf(b + n, cap - n, "addr \"");
@@ -226,6 +228,9 @@ static void rp_event_text(rp *r, const sh_rec_record *e, char *b, size_t cap) {
   case SH_REC_CONN_PONG:
   case SH_REC_CONN_CLOSED:
     snprintf(b + n, cap - n, "conn %llu", (unsigned long long)e->id);
+    break;
+  case SH_REC_BP_CONGESTED:
+    snprintf(b + n, cap - n, "%s", e->a ? "congested" : "drained");
     break;
   case SH_REC_CONN_WRITTEN:
     snprintf(b + n, cap - n, "conn %llu, %llu msgs, %llu bytes",
@@ -641,6 +646,9 @@ static int rp_call(rp *r, const sh_rec_record *e, int want_rc, int *rc) {
     break;
   case SH_REC_BP_DOWN:
     hub_on_bp_down(r->h, e->now);
+    break;
+  case SH_REC_BP_CONGESTED:
+    hub_on_bp_congested(r->h, (int)e->a, e->now);
     break;
   case SH_REC_PUBLISH: {
     const char *err = NULL;

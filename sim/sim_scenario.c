@@ -207,6 +207,7 @@ static int set_config(runner *rn, const char *name, const char *val) {
   sim_config *c = &rn->w.cfg;
   uint64_t v = 0;
   /* Server flags with nothing to simulate: no sockets, no TLS, no log,
+     no Redis link health or queue (the simulated backplane has neither),
      and authentication is `config auth on` (tokens without signatures). */
   static const char *ignored[] = {"listen",
                                   "redis",
@@ -222,7 +223,11 @@ static int set_config(runner *rn, const char *name, const char *val) {
                                   "token-secret",
                                   "token-key",
                                   "api-key",
-                                  "allowed-origins"};
+                                  "allowed-origins",
+                                  "redis-timeout",
+                                  "max-backplane-message-bytes",
+                                  "redis-max-queue-bytes",
+                                  "max-connections-per-ip"};
   size_t i;
   if (name == NULL || val == NULL) {
     return fail(rn, "config needs a name and a value");
@@ -600,8 +605,10 @@ static int do_expect(runner *rn, char *p, const char *text) {
   if (nw >= 2 && (strcmp(words[nw - 2], "within") == 0 ||
                   strcmp(words[nw - 2], "for") == 0)) {
     if (parse_dur(words[nw - 1], &dur) != 0) {
+      /* The words point into |copy|: report before freeing it. */
+      rv = fail(rn, "bad duration %s", words[nw - 1]);
       free(copy);
-      return fail(rn, "bad duration %s", words[nw - 1]);
+      return rv;
     }
     has_dur = words[nw - 2][0] == 'w' ? 1 : 2;
     /* Cut the original text before " within"/" for". */
