@@ -43,7 +43,7 @@ $(FUZZ_DIR)/fuzz_replay: $(FUZZ_REPLAY_SRC) sim/sim_replay.h shell/sh_rec.h \
 
 # The scenario runner over the simulated world (no sim_main.c: its main).
 FUZZ_SIM_SRC = $(filter-out sim/sim_main.c,$(sort $(wildcard sim/*.c))) \
-  backplanes/bp.c $(SHELL_SRC)
+  $(SHELL_SRC)
 $(FUZZ_DIR)/fuzz_scn: fuzz/fuzz_scn.c $(FUZZ_SIM_SRC) $(CORE_SRC) \
   $(wildcard core/*.h sim/*.h shell/*.h) | $(BUILD)/.test-deps-ok
 	@mkdir -p $(dir $@)
@@ -54,7 +54,7 @@ $(FUZZ_DIR)/fuzz_scn: fuzz/fuzz_scn.c $(FUZZ_SIM_SRC) $(CORE_SRC) \
 # The server's HTTP and frame paths: every server source (srv_main.c's
 # main renamed out of the way) over a real loopback socket.
 FUZZ_SRV_SRC = $(sort $(wildcard server/*.c)) backplanes/bp_redis.c \
-  backplanes/bp.c $(SHELL_SRC)
+  $(SHELL_SRC)
 # fuzz_http: raw bytes (requests, upgrades); fuzz_frame: frames after a
 # valid upgrade (fuzz/fuzz_srv.c, FZ_MODE).
 $(FUZZ_DIR)/fuzz_http $(FUZZ_DIR)/fuzz_frame: fuzz/fuzz_srv.c $(FUZZ_SRV_SRC) \
@@ -65,7 +65,7 @@ $(FUZZ_DIR)/fuzz_http $(FUZZ_DIR)/fuzz_frame: fuzz/fuzz_srv.c $(FUZZ_SRV_SRC) \
 	$(Q)$(FUZZ_CC) $(FUZZ_CFLAGS) -Dmain=wshub_main -Wno-missing-prototypes \
 	  -DFZ_MODE=$(if $(findstring frame,$@),1,0) \
 	  -Iserver -Ibackplanes -Ishell -o $@ fuzz/fuzz_srv.c $(FUZZ_SRV_SRC) \
-	  $(CORE_SRC) -lev -lwslay -lhiredis -lhttp_parser -lcrypto
+	  $(CORE_SRC) -lev -lwslay -lhiredis -lhttp_parser -ljwt -lssl -lcrypto
 
 .PHONY: fuzz fuzz-smoke $(FUZZ_TARGETS:%=fuzz-%)
 $(FUZZ_TARGETS:%=fuzz-%): fuzz-%: $(FUZZ_DIR)/fuzz_%

@@ -21,6 +21,7 @@
  * leak.
  */
 #include "srv.h"
+#include "srv_auth.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -173,6 +174,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   s->cfg.handshake_timeout_ns = 10 * HUB_NS_PER_S;
   s->cfg.shutdown_timeout_ns = 10 * HUB_NS_PER_S;
   srv_rel_config_default(&s->cfg.rel);
+  {
+    /* No tokens, no API key, any origin: as srv_main without those
+       flags (srv_upgrade asks it on every upgrade and POST). */
+    static srv_auth auth;
+    static int auth_ok;
+    char err[256];
+    if (!auth_ok &&
+        srv_auth_init(&auth, NULL, NULL, NULL, NULL, err, sizeof(err)) != 0) {
+      abort();
+    }
+    auth_ok = 1;
+    s->auth = &auth;
+  }
   s->max_conns = 64;
   s->loop = ev_loop_new(EVFLAG_AUTO);
   if (s->loop == NULL) {
