@@ -250,6 +250,8 @@ static void test_sh_rec_roundtrip(void **state) {
   sh_rec_event(&r, SH_REC_CONN_MSG, 1600, 2, SH_REC_MSG_NODATA, 1 << 20, NULL,
                0, NULL, 0);
   sh_rec_rc(&r, HUB_ERR_NOMEM);
+  sh_rec_event(&r, SH_REC_BP_CONGESTED, 1700, 0, 1, 0, NULL, 0, NULL, 0);
+  sh_rec_qempty(&r);
   assert_int_equal(sh_rec_end(&r), 0);
   assert_int_equal(t.writes, 1); /* all of it in one write, at the end */
 
@@ -258,6 +260,7 @@ static void test_sh_rec_roundtrip(void **state) {
   assert_int_equal(o.type, SH_REC_CONFIG);
   assert_string_equal(o.cfg.instance_id, "rec-test");
   assert_true(o.cfg.seed == 42 && o.cfg.max_queue_msgs == 8);
+  assert_true(o.cfg.max_publish_rate == cfg.max_publish_rate); /* tag 17 */
   assert_true(o.now == 1000);
   /* hub_new queued nothing (no registry): no RESULT. */
   assert_int_equal(sh_rec_next(&rd, &o, &why), SH_REC_RECORD);
@@ -276,8 +279,11 @@ static void test_sh_rec_roundtrip(void **state) {
   assert_int_equal(o.rc, HUB_ERR_NOMEM);
   assert_true(o.count == 0 && o.flags == 0);
   assert_int_equal(sh_rec_next(&rd, &o, &why), SH_REC_RECORD);
+  assert_int_equal(o.type, SH_REC_BP_CONGESTED);
+  assert_true(o.now == 1700 && o.a == 1);
+  assert_int_equal(sh_rec_next(&rd, &o, &why), SH_REC_RECORD);
   assert_int_equal(o.type, SH_REC_END);
-  assert_true(o.flags == SH_REC_STOP_END && o.count == 3);
+  assert_true(o.flags == SH_REC_STOP_END && o.count == 4);
   assert_int_equal(sh_rec_next(&rd, &o, &why), SH_REC_EOF);
   sh_rec_fini(&r);
   hub_del(d.h);
@@ -622,6 +628,9 @@ static void replay_check(const uint8_t *file, size_t len, size_t *events,
     case SH_REC_SHUTDOWN:
       hub_shutdown(h, o.now);
       break;
+    case SH_REC_BP_CONGESTED:
+      hub_on_bp_congested(h, (int)o.a, o.now);
+      break;
     default:
       fail_msg("unexpected record %d", o.type);
     }
@@ -658,6 +667,31 @@ static void test_sh_rec_shell_records_every_call_once(void **state) {
   assert_int_equal(closed, 3);
   /* The early writes (the mark is 2 frames) were recorded too. */
   assert_true(written > 0);
+  sh_rec_fini(&r);
+  hub_del(d.h);
+}
+
+/* The driver's congestion reports go through the recorder too. */
+static void test_sh_rec_shell_records_congestion(void **state) {
+  static uint8_t buf[1 << 12];
+  sh_rec r;
+  tsink t;
+  tdrv d;
+  hub_config cfg;
+  int types[16];
+  size_t n = 0, i, congested = 0;
+  (void)state;
+  ts_init(&r, &t, buf, sizeof(buf), 0);
+  td_start(&d, &cfg, &r);
+  sh_bp_congested(&d.s, 1, 2000);
+  sh_bp_congested(&d.s, 0, 3000);
+  assert_int_equal(sh_rec_end(&r), 0);
+  replay_check(t.file, t.len, &n, types);
+  for (i = 0; i < n; i++) {
+    congested += types[i] == SH_REC_BP_CONGESTED;
+  }
+  assert_int_equal(congested, 2);
+  assert_string_equal(sh_rec_type_name(SH_REC_BP_CONGESTED), "bp_congested");
   sh_rec_fini(&r);
   hub_del(d.h);
 }
@@ -860,6 +894,7 @@ int main(void) {
     cmocka_unit_test(test_sh_rec_reader_rejects),
     cmocka_unit_test(test_sh_rec_digest_order_and_cache),
     cmocka_unit_test(test_sh_rec_shell_records_every_call_once),
+    cmocka_unit_test(test_sh_rec_shell_records_congestion),
     cmocka_unit_test(test_sh_rec_alloc_failures_are_numbered),
     cmocka_unit_test(test_sh_rec_auth_session),
     cmocka_unit_test(test_sh_rec_auth_reader),
