@@ -419,6 +419,16 @@ static const char srv_usage[] =
   "                            wshub-sim --replay FILE)\n"
   "  --record-max-bytes N      stop recording when FILE would pass N bytes "
   "(1073741824)\n"
+  "  --history-size N          messages kept per history channel (0 = no "
+  "history)\n"
+  "  --history-ttl S           kept messages dropped after no publish this "
+  "long (300)\n"
+  "  --history-meta-ttl S      a channel's offset and epoch outlive its last "
+  "publish\n"
+  "                            this long (86400)\n"
+  "  --history-channels LIST   comma-separated globs of the channels that "
+  "keep history (*);\n"
+  "                            history needs the embedded backplane for now\n"
   "  --help                    this text\n"
   "Durations take seconds (\"1.5\") or a unit (\"250ms\", \"2s\", "
   "\"1m\", \"1h\").\n"
@@ -458,6 +468,10 @@ enum {
   O_ORIGINS,
   O_RECORD,
   O_RECORD_MAX,
+  O_HISTORY_SIZE,
+  O_HISTORY_TTL,
+  O_HISTORY_META_TTL,
+  O_HISTORY_CHANNELS,
   O_HELP
 };
 
@@ -489,6 +503,10 @@ static const struct option srv_longopts[] = {
   {"allowed-origins", required_argument, NULL, O_ORIGINS},
   {"record", required_argument, NULL, O_RECORD},
   {"record-max-bytes", required_argument, NULL, O_RECORD_MAX},
+  {"history-size", required_argument, NULL, O_HISTORY_SIZE},
+  {"history-ttl", required_argument, NULL, O_HISTORY_TTL},
+  {"history-meta-ttl", required_argument, NULL, O_HISTORY_META_TTL},
+  {"history-channels", required_argument, NULL, O_HISTORY_CHANNELS},
   {"help", no_argument, NULL, O_HELP},
   {NULL, 0, NULL, 0}};
 
@@ -950,6 +968,21 @@ int main(int argc, char **argv) {
   }
   if (s->cfg.hub.registry < 0) {
     s->cfg.hub.registry = s->cfg.redis_url != NULL;
+  }
+  /* History so far lives in the embedded backplane only (the Redis
+     streams, the wshub function and the recovery's read effect are not
+     built), and the recorder does not yet carry the history settings, so
+     a replay could not rebuild the hub: both are refused, not faked. */
+  if (s->cfg.hub.history_size > 0 && s->cfg.redis_url != NULL) {
+    srv_log(SRV_LOG_ERROR,
+            "history with the Redis backplane is not supported yet",
+            (const char *)NULL);
+    return 2;
+  }
+  if (s->cfg.hub.history_size > 0 && s->cfg.record_path != NULL) {
+    srv_log(SRV_LOG_ERROR, "--record with history is not supported yet",
+            (const char *)NULL);
+    return 2;
   }
   if (s->cfg.hub.registry && s->cfg.redis_url == NULL) {
     srv_log(SRV_LOG_ERROR, "--registry on needs --redis", (const char *)NULL);
