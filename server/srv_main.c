@@ -971,16 +971,10 @@ int main(int argc, char **argv) {
   }
   /* History so far lives in the embedded backplane only (the Redis
      streams, the wshub function and the recovery's read effect are not
-     built), and the recorder does not yet carry the history settings, so
-     a replay could not rebuild the hub: both are refused, not faked. */
+     built): refused, not faked. */
   if (s->cfg.hub.history_size > 0 && s->cfg.redis_url != NULL) {
     srv_log(SRV_LOG_ERROR,
             "history with the Redis backplane is not supported yet",
-            (const char *)NULL);
-    return 2;
-  }
-  if (s->cfg.hub.history_size > 0 && s->cfg.record_path != NULL) {
-    srv_log(SRV_LOG_ERROR, "--record with history is not supported yet",
             (const char *)NULL);
     return 2;
   }

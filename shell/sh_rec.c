@@ -308,7 +308,7 @@ void sh_rec_alloc_failed(sh_rec *r) {
 }
 
 int sh_record(sh *s, sh_rec *r, const hub_config *cfg, hub_tstamp now) {
-  uint8_t h[SH_REC_HEADER_LEN], sm[192];
+  uint8_t h[SH_REC_HEADER_LEN], sm[192 + sizeof(cfg->history_channels) + 32];
   const char *iid = cfg->instance_id != NULL ? cfg->instance_id : "";
   size_t ilen = strlen(iid), n = 0;
   const struct {
@@ -348,6 +348,21 @@ int sh_record(sh *s, sh_rec *r, const hub_config *cfg, hub_tstamp now) {
   }
   sm[n++] = 14;
   n = sh_put_zz(sm, n, cfg->unix_time_s);
+  if (cfg->history_size > 0) {
+    /* Only with history on, so that a recording without it keeps the
+       bytes it always had. */
+    size_t cl = strlen(cfg->history_channels);
+    sm[n++] = 16;
+    n = sh_put_uv(sm, n, cfg->history_size);
+    sm[n++] = 17;
+    n = sh_put_uv(sm, n, cfg->history_ttl_ns);
+    sm[n++] = 18;
+    n = sh_put_uv(sm, n, cfg->history_meta_ttl_ns);
+    sm[n++] = 19; /* the channel globs: length, then the bytes */
+    n = sh_put_uv(sm, n, cl);
+    memcpy(sm + n, cfg->history_channels, cl);
+    n += cl;
+  }
   sm[n++] = 1; /* the instance id, last: its bytes follow */
   n = sh_put_uv(sm, n, ilen);
 
@@ -517,6 +532,16 @@ static int sh_rec_config(sh_rec_reader *rd, sh_cur *c, sh_rec_record *o) {
       cfg->unix_time_s = sh_get_zz(c);
       continue;
     }
+    if (tag == 19) {
+      size_t l = sh_get_len(c);
+      const uint8_t *s = sh_get_bytes(c, l);
+      if (s == NULL || l >= sizeof(cfg->history_channels) || memchr(s, 0, l)) {
+        return -1;
+      }
+      memcpy(cfg->history_channels, s, l);
+      cfg->history_channels[l] = '\0';
+      continue;
+    }
     v = sh_get_uv(c);
     switch (tag) {
     case 2:
@@ -569,6 +594,18 @@ static int sh_rec_config(sh_rec_reader *rd, sh_cur *c, sh_rec_record *o) {
       break;
     case 15:
       cfg->seed = v;
+      break;
+    case 16:
+      if (v > UINT32_MAX) {
+        return -1;
+      }
+      cfg->history_size = (uint32_t)v;
+      break;
+    case 17:
+      cfg->history_ttl_ns = v;
+      break;
+    case 18:
+      cfg->history_meta_ttl_ns = v;
       break;
     default:
       return -1; /* a field this build does not know */

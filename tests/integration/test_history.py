@@ -1,16 +1,21 @@
 """CONTRACT.md "History and recovery" against build/wshub with the
 embedded backplane: offsets in message and published frames and in the
 POST /publish answer, epochs, `since` recovery, GET /history, the
-history flags, and the refusals of what is not built yet (history with
---redis, --record with history)."""
+history flags, a recording with history replayed, and the refusal of
+what is not built yet (history with --redis)."""
 import asyncio
 import json
 import subprocess
 import time
 
+import os
+
 import websockets
 
 from conftest import WSHUB
+
+SIM = os.environ.get("WSHUB_SIM_BIN",
+                     os.path.join(os.path.dirname(WSHUB), "wshub-sim"))
 
 
 def run(coro):
@@ -215,11 +220,38 @@ def test_unbuilt_parts_are_refused():
     assert r.returncode == 2
     assert b"history with the Redis backplane is not supported yet" in \
         r.stderr
-    r = subprocess.run([WSHUB, "--history-size", "5", "--record",
-                        "/dev/null"], capture_output=True, timeout=5)
-    assert r.returncode == 2
-    assert b"--record with history is not supported yet" in r.stderr
     r = subprocess.run([WSHUB, "--redis", "redis://127.0.0.1:1"],
                        capture_output=True, timeout=5,
                        env={"WSHUB_HISTORY_SIZE": "3"})
     assert r.returncode == 2
+
+
+def test_recording_with_history_replays(wshub, tmp_path):
+    rec = str(tmp_path / "h.rec")
+    w = wshub("--history-size", "3", "--history-channels", "n*",
+              "--history-ttl", "1", "--record", rec)
+
+    async def go():
+        async with websockets.connect(w.ws_url) as a:
+            await a.send('{"type":"subscribe","channel":"news"}')
+            epoch = (await recv_json(a))["epoch"]
+            for i in range(5):
+                w.publish("news", str(i))
+            for i in range(5):
+                await recv_json(a)
+        async with websockets.connect(w.ws_url) as b:
+            await b.send('{"type":"subscribe","channel":"news","since":'
+                         '{"offset":3,"epoch":"%s"}}' % epoch)
+            assert (await recv_json(b))["recovered"] is True
+            assert [(await recv_json(b))["offset"] for _ in range(2)] == \
+                [4, 5]
+        await asyncio.sleep(1.2)  # past --history-ttl
+        assert json.loads(w.publish("news", "9")[1])["offset"] == 6
+
+    run(go())
+    w.signal(15)
+    assert w.wait() == 0
+    out = subprocess.run([SIM, "--replay", rec], capture_output=True,
+                         timeout=30)
+    assert out.returncode == 0, out.stdout
+    assert out.stdout.startswith(b"REPLAY ok: ")
