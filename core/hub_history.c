@@ -562,7 +562,9 @@ int hub_history_get(const hub *h, const char *channel, size_t len,
   if (limit == 0 || limit > size) {
     limit = size;
   }
-  if (since + 1 > first) {
+  if (since >= off) {
+    first = off + 1; /* nothing newer (and no overflow of since + 1) */
+  } else if (since + 1 > first) {
     first = since + 1;
   }
   last = off;

@@ -314,6 +314,8 @@ static void test_history_query_limits(void **state) {
   assert_non_null(strstr(got, "\"messages\":[]}"));
   history_json(&t, "q", 50, 0, got, sizeof(got));
   assert_non_null(strstr(got, "\"messages\":[]}"));
+  history_json(&t, "q", UINT64_MAX, 0, got, sizeof(got));
+  assert_non_null(strstr(got, "\"offset\":9,\"messages\":[]}"));
   th_fini(&t);
 }
 
