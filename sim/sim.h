@@ -267,6 +267,9 @@ void sim_inst_crash(sim_world *w, sim_inst *in);
 void sim_inst_shutdown(sim_world *w, sim_inst *in);
 void sim_inst_partition(sim_world *w, sim_inst *in);
 void sim_inst_heal(sim_world *w, sim_inst *in);
+/* `redis restart`: every instance's Redis connections dropped, all of
+   Redis's data lost; reconnects succeed (sim_world.c). */
+void sim_redis_restart(sim_world *w);
 
 /* Returns the new client's index, or -1. */
 int sim_client_new(sim_world *w, const char *name, int inst, uint32_t read_rate,

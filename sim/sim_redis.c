@@ -225,6 +225,13 @@ static void redis_expire_all(sim_redis *r) {
   }
 }
 
+void sim_redis_flush(sim_redis *r) {
+  while (r->nkeys > 0) {
+    free(r->keys[--r->nkeys].key);
+  }
+  sim_trace(r->loop, "redis loses all its data");
+}
+
 int sim_redis_key_present(sim_redis *r, const char *key) {
   return redis_key_find(r, key) != NULL;
 }

@@ -94,6 +94,11 @@ int sim_redis_hook(sim_redis *r, const sim_redis_hooks *h);
    referenced, not copied. */
 void sim_redis_publish(sim_redis *r, uint32_t chan, sim_blob *data);
 
+/* Redis lost all its data (the `redis restart` statement, after the
+   world dropped every instance's connections): every key is gone at
+   once.  No hook runs: a checker reads keys when it checks. */
+void sim_redis_flush(sim_redis *r);
+
 /* 1 if |key| (a full key name) exists and has not expired. */
 int sim_redis_key_present(sim_redis *r, const char *key);
 

@@ -855,7 +855,17 @@ static int exec_stmt(runner *rn, const char *text) {
     goto out;
   }
   if (strcmp(a, "redis") == 0) {
-    char *verb = tok(&p), *ch = tok(&p), *data = rest(&p);
+    char *verb = tok(&p), *ch, *data;
+    if (verb != NULL && strcmp(verb, "restart") == 0) {
+      if (tok(&p) != NULL) {
+        rv = fail(rn, "redis restart takes no argument");
+        goto out;
+      }
+      sim_redis_restart(&rn->w);
+      goto out;
+    }
+    ch = tok(&p);
+    data = rest(&p);
     if (verb == NULL || strcmp(verb, "publish") != 0 || ch == NULL ||
         *data == '\0') {
       rv = fail(rn, "redis publish needs a channel and data");

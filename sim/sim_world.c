@@ -1024,6 +1024,25 @@ void sim_inst_heal(sim_world *w, sim_inst *in) {
   sim_trace(&w->loop, "instance %d healed", in->idx);
 }
 
+/* `redis restart`: Redis drops every connection (each instance sees its
+   link go down, as in a partition, but its reconnects succeed) and
+   loses all its data: keys, and with them any subscription state. */
+void sim_redis_restart(sim_world *w) {
+  size_t i;
+  sim_trace(&w->loop, "redis restarts");
+  for (i = 0; i < w->ninsts; i++) {
+    sim_inst *in = &w->insts[i];
+    if (in->bp == NULL) {
+      continue;
+    }
+    if (in->state == SIM_INST_SHUTTING) {
+      in->shutdown_clean = 0;
+    }
+    sim_bp_drop(in->bp, 1);
+  }
+  sim_redis_flush(w->redis);
+}
+
 int sim_instances(sim_world *w, size_t n) {
   size_t i;
   if (n > w->ninsts) {

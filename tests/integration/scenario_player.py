@@ -15,6 +15,8 @@ Mapping onto real processes:
                        each instance reaches Redis through its own TCP
                        proxy; a partition cuts its connections and refuses
                        new ones until healed
+  redis restart        the redis-server is killed and started again on its
+                       port (no persistence: all data lost)
   redis-subscribed I C Redis's view: instance I's subscriber connection
                        (found by CLIENT SETNAME in CLIENT LIST) issued a
                        SUBSCRIBE to ws:chan:C more recently than an
@@ -652,6 +654,14 @@ class Player:
                 self.lineno = lineno
                 await self.statement(rest)
             self.scheduled.append(asyncio.ensure_future(later()))
+        elif head == "redis" and tok[1:] == ["restart"]:
+            # Redis drops every connection and loses all its data: a new
+            # redis-server (no persistence) on the same port.  The view's
+            # MONITOR connection goes with it.
+            self.view.close()
+            self.redis.kill()
+            self.redis.start()
+            self.view = RedisView(self.redis)
         elif head == "redis":
             if tok[1] != "publish":
                 self.fail("unknown redis statement")
