@@ -296,12 +296,14 @@ int hub_hist_sub_prepare(hub *h, const hub_req *req, int repeat,
   } else {
     memcpy(epoch, r->epoch, sizeof(epoch));
   }
+  /* A record not made yet has offset 0 and the epoch GET /history
+     named for it, so a since of {0, that epoch} is recovered too. */
   off = r != NULL ? r->offset : 0;
-  if (req->has_since && !repeat && r != NULL &&
+  if (req->has_since && !repeat &&
       req->since_epoch_len == HUB_HISTORY_EPOCH_LEN &&
-      memcmp(req->since_epoch, r->epoch, HUB_HISTORY_EPOCH_LEN) == 0 &&
-      req->since_offset <= r->offset) {
-    first = r->n > 0 ? r->offset - r->n + 1 : r->offset + 1;
+      memcmp(req->since_epoch, epoch, HUB_HISTORY_EPOCH_LEN) == 0 &&
+      req->since_offset <= off) {
+    first = r != NULL && r->n > 0 ? r->offset - r->n + 1 : off + 1;
     if (req->since_offset + 1 >= first) {
       recovered = 1;
       off = req->since_offset;
@@ -313,7 +315,7 @@ int hub_hist_sub_prepare(hub *h, const hub_req *req, int repeat,
   if (hs->reply == NULL) {
     goto nomem;
   }
-  if (recovered == 1 && r->offset > off) {
+  if (recovered == 1 && r != NULL && r->offset > off) {
     size_t n = (size_t)(r->offset - off);
     hs->replay = hub_mem_malloc(h->mem, n * sizeof(*hs->replay));
     if (hs->replay == NULL) {

@@ -338,6 +338,24 @@ static void test_history_epochs_deterministic(void **state) {
   take_epoch(&t2, b, e2, sizeof(e2));
   assert_string_equal(e1, e2);
   assert_non_null(strstr(q, e1));
+  /* since {0, the named epoch} on a channel not made yet: recovered,
+     with nothing to replay. */
+  history_json(&t1, "y", 0, 0, q, sizeof(q));
+  {
+    const char *v = strstr(q, "\"epoch\":\"") + 9;
+    char msg[256], want[256];
+    snprintf(msg, sizeof(msg),
+             "{\"type\":\"subscribe\",\"channel\":\"y\",\"since\":"
+             "{\"offset\":0,\"epoch\":\"%.16s\"}}",
+             v);
+    snprintf(want, sizeof(want),
+             "{\"type\":\"subscribed\",\"channel\":\"y\",\"offset\":0,"
+             "\"epoch\":\"%.16s\",\"recovered\":true}",
+             v);
+    assert_int_equal(th_msg(&t1, a, msg), 0);
+    expect_frame(&t1, a, want);
+    th_expect_none(&t1);
+  }
   th_fini(&t1);
   th_fini(&t2);
 }
