@@ -404,6 +404,18 @@ static int client_cmd(runner *rn, sim_client *c, const char *verb, char *args) {
     sim_client_disconnect(&rn->w, c);
     return 0;
   }
+  if (strcmp(verb, "reconnect") == 0) {
+    char *on = tok(&p);
+    sim_inst *in;
+    if (on == NULL || strcmp(on, "on") != 0) {
+      return fail(rn, "reconnect needs `on I`");
+    }
+    if (get_inst(rn, tok(&p), &in) != 0) {
+      return -1;
+    }
+    sim_client_reconnect(&rn->w, c, in->idx);
+    return 0;
+  }
   return fail(rn, "unknown statement %s", verb);
 }
 

@@ -15,7 +15,7 @@ SCENARIOS = ["lazy_subscribe", "cross_instance_fanout",
              "slow_client_eviction", "graceful_shutdown",
              "protocol_errors", "redis_direct_publish", "redis_partition",
              "subscribe_ack_race", "unsubscribe_last",
-             "auth_permission_denied", "redis_restart"]
+             "auth_permission_denied", "redis_restart", "client_reconnect"]
 # Not in the default run:
 # - instance_crash waits for real TTLs (30 s and 120 s): about 2.5 minutes.
 #   WSHUB_LONG_SCENARIOS=1 runs it.
