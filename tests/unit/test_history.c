@@ -448,6 +448,45 @@ static void test_history_nomem_changes_nothing(void **state) {
   assert_true(done_pub && done_sub);
 }
 
+/* A replay that does not fit the connection's queue limits evicts it
+   (1008, as any frame past the limits would), and the hub stays
+   consistent. */
+static void test_history_replay_past_queue_limit_evicts(void **state) {
+  th t;
+  hub_conn_id a, b;
+  char epoch[40], msg[256];
+  const char *err;
+  int i;
+
+  (void)state;
+  th_init(&t);
+  t.cfg.history_size = 16;
+  t.cfg.max_queue_msgs = 4;
+  th_start(&t);
+  a = th_open(&t);
+  th_msg(&t, a, SUB("n"));
+  take_epoch(&t, a, epoch, sizeof(epoch));
+  th_written_all(&t, a);
+  th_closed(&t, a);
+  for (i = 1; i <= 8; i++) {
+    snprintf(msg, sizeof(msg), "{\"channel\":\"n\",\"data\":%d}", i);
+    assert_int_equal(th_publish(&t, msg, &err), 0);
+  }
+  th_clear(&t);
+  b = th_open(&t);
+  snprintf(msg, sizeof(msg),
+           "{\"type\":\"subscribe\",\"channel\":\"n\",\"since\":"
+           "{\"offset\":0,\"epoch\":\"%s\"}}",
+           epoch);
+  assert_int_equal(th_msg(&t, b, msg), 0);
+  /* The reply and three messages fit; the fifth frame does not. */
+  assert_int_equal(th_count(&t, HUB_EFF_SEND, b), 4);
+  th_expect_close(&t, b, 1008, HUB_CLOSE_SLOW_MSGS);
+  th_check(&t);
+  assert_int_equal(hub_channel_subscribers(t.h, "n", 1), 0);
+  th_fini(&t);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_history_offsets_and_epoch),
@@ -459,6 +498,7 @@ int main(void) {
     cmocka_unit_test(test_history_epochs_deterministic),
     cmocka_unit_test(test_history_config),
     cmocka_unit_test(test_history_nomem_changes_nothing),
+    cmocka_unit_test(test_history_replay_past_queue_limit_evicts),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
