@@ -38,7 +38,8 @@ enum cond_kind {
   C_REDIS_SUB,
   C_REDIS_KEY,
   C_REPLY,
-  C_REPLY_COUNT
+  C_REPLY_COUNT,
+  C_REDIS_HISTORY
 };
 
 typedef struct cond {
@@ -419,6 +420,50 @@ static int client_cmd(runner *rn, sim_client *c, const char *verb, char *args) {
   return fail(rn, "unknown statement %s", verb);
 }
 
+/* `redis fcall wshub_publish C DATA N TTL META_TTL`: an outside
+   publisher's FCALL (CONTRACT.md), with C's history and meta keys and
+   the function's three numeric arguments last. */
+static int redis_fcall(runner *rn, char *p) {
+  char *fn = tok(&p), *ch = tok(&p), *data = rest(&p), *nums[3], *e;
+  char hkey[256], mkey[256];
+  uint64_t v[3];
+  int i;
+
+  if (fn == NULL || strcmp(fn, "wshub_publish") != 0 || ch == NULL) {
+    return fail(rn, "redis fcall needs wshub_publish C DATA N TTL META_TTL");
+  }
+  e = data + strlen(data);
+  for (i = 2; i >= 0; i--) {
+    while (e > data && e[-1] != ' ' && e[-1] != '\t') {
+      e--;
+    }
+    nums[i] = e;
+    if (e == data) {
+      return fail(rn, "redis fcall needs wshub_publish C DATA N TTL META_TTL");
+    }
+    e[-1] = '\0';
+    e--;
+    while (e > data && (e[-1] == ' ' || e[-1] == '\t')) {
+      *--e = '\0';
+    }
+  }
+  for (i = 0; i < 3; i++) {
+    if (hub_parse_u64(nums[i], &v[i]) != 0 || v[i] > UINT32_MAX ||
+        (i > 0 && v[i] == 0)) {
+      return fail(rn, "bad number in redis fcall: %s", nums[i]);
+    }
+  }
+  if (*data == '\0') {
+    return fail(rn, "redis fcall needs wshub_publish C DATA N TTL META_TTL");
+  }
+  snprintf(hkey, sizeof(hkey), "%shistory:%s", rn->w.cfg.prefix, ch);
+  snprintf(mkey, sizeof(mkey), "%smeta:%s", rn->w.cfg.prefix, ch);
+  sim_redis_fcall_publish(
+    rn->w.redis, sim_chan_intern(&rn->w.loop, ch, strlen(ch)), hkey, mkey, data,
+    strlen(data), (uint32_t)v[0], (uint32_t)v[1], (uint32_t)v[2]);
+  return 0;
+}
+
 /* Parses a condition; |p| is the text after `expect` / `expect never`
    with any `within`/`for` removed. */
 static int parse_cond(runner *rn, char *p, cond *cd) {
@@ -442,6 +487,15 @@ static int parse_cond(runner *rn, char *p, cond *cd) {
     cd->inst = in->idx;
     cd->chan = sim_chan_intern(&rn->w.loop, ch, strlen(ch));
     cd->yes = yn[0] == 'y';
+    return 0;
+  }
+  if (strcmp(a, "redis-history") == 0) {
+    char *ch = tok(&p), *n = tok(&p);
+    if (ch == NULL || n == NULL || hub_parse_u64(n, &cd->n) != 0) {
+      return fail(rn, "redis-history needs a channel and a count");
+    }
+    cd->kind = C_REDIS_HISTORY;
+    snprintf(cd->key, sizeof(cd->key), "%shistory:%s", rn->w.cfg.prefix, ch);
     return 0;
   }
   if (strcmp(a, "redis-key") == 0) {
@@ -575,6 +629,11 @@ static int eval_cond(runner *rn, cond *cd, char *what, size_t wlen) {
     snprintf(what, wlen, "redis-subscribed %d %s is %s", cd->inst,
              sim_chan_name(&w->loop, cd->chan), sub ? "yes" : "no");
     return sub == cd->yes;
+  }
+  case C_REDIS_HISTORY: {
+    size_t n = sim_redis_history_len(w->redis, cd->key);
+    snprintf(what, wlen, "%s holds %zu entries", cd->key, n);
+    return n == cd->n;
   }
   case C_REDIS_KEY: {
     int present = sim_redis_key_present(w->redis, cd->key);
@@ -874,6 +933,10 @@ static int exec_stmt(runner *rn, const char *text) {
         goto out;
       }
       sim_redis_restart(&rn->w);
+      goto out;
+    }
+    if (verb != NULL && strcmp(verb, "fcall") == 0) {
+      rv = redis_fcall(rn, p);
       goto out;
     }
     ch = tok(&p);
