@@ -82,7 +82,7 @@ int hub_new(hub **out, const hub_config *cfg, const hub_mem *mem,
 
   if (hub_htab_init(mem, &h->conn_tab) != 0 ||
       hub_htab_init(mem, &h->topic_tab) != 0 || hub_effq_reserve(h, 64) != 0 ||
-      hub_registry_init(h) != 0) {
+      hub_registry_init(h) != 0 || hub_hist_init(h) != 0) {
     goto nomem;
   }
   if (hub_registry_on(h) && hub_registry_heartbeat(h) != 0) {
@@ -105,6 +105,7 @@ void hub_del(hub *h) {
   hub_topic_free_all(h);
   hub_registry_free(h);
   hub_auth_free(h);
+  hub_hist_free(h);
   hub_htab_free(h->mem, &h->conn_tab);
   hub_htab_free(h->mem, &h->topic_tab);
   hub_mem_free(h->mem, h);
@@ -236,6 +237,7 @@ int hub_publish(hub *h, const uint8_t *body, size_t len, const char **errmsg,
   if (errmsg != NULL) {
     *errmsg = NULL;
   }
+  h->hist_last_offset = 0;
   if (h->shut_down) {
     return HUB_ERR_SHUT_DOWN;
   }
@@ -266,6 +268,8 @@ hub_tstamp hub_get_expiry(const hub *h) {
   x = hub_registry_get_expiry(h);
   t = x < t ? x : t;
   x = hub_auth_get_expiry(h);
+  t = x < t ? x : t;
+  x = hub_hist_get_expiry(h);
   return x < t ? x : t;
 }
 
@@ -284,6 +288,7 @@ int hub_handle_expiry(hub *h, hub_tstamp now) {
   if (rv != 0) {
     return rv;
   }
+  hub_hist_expire(h); /* frees only: cannot fail */
   return hub_registry_handle_expiry(h);
 }
 

@@ -202,6 +202,18 @@ typedef struct hub_config {
      need a grant, and the token's expiry closes with 4001.  0: nothing
      is checked and everything is granted. */
   int auth;
+  /* History (CONTRACT.md "History and recovery"; core/README.md):
+     messages kept per history channel (`history-size`, 0 = off, at most
+     HUB_HISTORY_SIZE_MAX), how long kept messages outlive a channel's
+     last publish (`history-ttl`) and how long its offset and epoch do
+     (`history-meta-ttl`), on the core's clock; and the comma-separated
+     globs naming the history channels (`history-channels`, "*").  Only
+     with the embedded backplane so far: with backplane 1 a history_size
+     above 0 is HUB_ERR_INVALID_ARGUMENT in hub_new. */
+  uint32_t history_size;
+  hub_tstamp history_ttl_ns;
+  hub_tstamp history_meta_ttl_ns;
+  char history_channels[512];
 } hub_config;
 
 void hub_config_default(hub_config *cfg);
@@ -211,9 +223,11 @@ void hub_config_default(hub_config *cfg);
  * (CONTRACT.md, without "--"): max-queue-msgs, max-queue-bytes,
  * max-message-bytes, ping-interval, pong-timeout, write-timeout,
  * heartbeat-interval (durations as hub_parse_duration reads them, not 0),
- * max-publish-rate (0: no limit), registry (on|off) and auth (on|off).  Both
- * strings are borrowed.  Returns 0, HUB_ERR_INVALID_ARGUMENT for a bad value
- * (|cfg| unchanged), or 1 when |name| is not a hub setting (the caller's to
+ * max-publish-rate (0: no limit), registry (on|off), auth (on|off),
+ * history-size, history-ttl, history-meta-ttl and history-channels
+ * (copied; at most 511 bytes of comma-separated globs).  Both strings are
+ * borrowed.  Returns 0, HUB_ERR_INVALID_ARGUMENT for a bad value (|cfg|
+ * unchanged), or 1 when |name| is not a hub setting (the caller's to
  * handle).
  */
 int hub_config_set(hub_config *cfg, const char *name, const char *value);
@@ -473,6 +487,25 @@ int hub_conn_backlog(const hub *h, hub_conn_id id, size_t *msgs, size_t *bytes);
 /* Checks every internal invariant; returns 0, or -1 and leaves a reason
    in *why (static text).  For tests; O(size of the hub). */
 int hub_check(const hub *h, const char **why);
+
+/*
+ * GET /history (CONTRACT.md): encodes
+ * {"channel":..,"epoch":..,"offset":T,"messages":[{"offset":N,"data":..},...]}
+ * for |channel| (borrowed): the first |limit| kept messages (0 or past
+ * history_size: history_size) with offsets above |since|, as of |now|.
+ * A channel without a record yet answers offset 0 and the epoch its
+ * record will get.  A query: changes nothing (so the recorder need not
+ * see it).  *out receives a new buffer (payload_off 0) to hub_buf_unref.
+ * Returns 0, HUB_ERR_BAD_REQUEST (*errmsg: a bad channel name, or a
+ * channel without history) or HUB_ERR_NOMEM.
+ */
+int hub_history_get(const hub *h, const char *channel, size_t len,
+                    uint64_t since, uint64_t limit, hub_tstamp now,
+                    hub_buf **out, const char **errmsg);
+
+/* The offset the last publish accepted by hub_publish got, for the
+   POST /publish answer; 0 when its channel has no history. */
+uint64_t hub_last_publish_offset(const hub *h);
 
 /* Validates a channel name: 1..128 bytes of A-Z a-z 0-9 _ - . : @ / */
 int hub_channel_valid(const char *channel, size_t len);

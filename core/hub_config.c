@@ -78,6 +78,8 @@ int hub_config_set(hub_config *cfg, const char *name, const char *value) {
     {"pong-timeout", offsetof(hub_config, pong_timeout_ns)},
     {"write-timeout", offsetof(hub_config, write_timeout_ns)},
     {"heartbeat-interval", offsetof(hub_config, heartbeat_interval_ns)},
+    {"history-ttl", offsetof(hub_config, history_ttl_ns)},
+    {"history-meta-ttl", offsetof(hub_config, history_meta_ttl_ns)},
   };
   uint64_t v;
   size_t i;
@@ -113,6 +115,21 @@ int hub_config_set(hub_config *cfg, const char *name, const char *value) {
     } else {
       return HUB_ERR_INVALID_ARGUMENT;
     }
+    return 0;
+  }
+  if (strcmp(name, "history-size") == 0) {
+    if (hub_parse_u64(value, &v) != 0 || v > HUB_HISTORY_SIZE_MAX) {
+      return HUB_ERR_INVALID_ARGUMENT;
+    }
+    cfg->history_size = (uint32_t)v;
+    return 0;
+  }
+  if (strcmp(name, "history-channels") == 0) {
+    size_t n = strlen(value);
+    if (n >= sizeof(cfg->history_channels)) {
+      return HUB_ERR_INVALID_ARGUMENT;
+    }
+    memcpy(cfg->history_channels, value, n + 1);
     return 0;
   }
   if (strcmp(name, "max-queue-msgs") == 0) {
@@ -164,6 +181,11 @@ void hub_config_default(hub_config *cfg) {
   cfg->conn_ttl_s = 120;
   cfg->unix_time_s = 0;
   cfg->seed = 0;
+  cfg->history_size = 0;
+  cfg->history_ttl_ns = 300 * HUB_NS_PER_S;
+  cfg->history_meta_ttl_ns = 86400 * HUB_NS_PER_S;
+  cfg->history_channels[0] = '*';
+  cfg->history_channels[1] = '\0';
 }
 
 int hub_config_valid(const hub_config *cfg) {
@@ -174,5 +196,12 @@ int hub_config_valid(const hub_config *cfg) {
          cfg->ping_interval_ns > 0 && cfg->pong_timeout_ns > 0 &&
          cfg->write_timeout_ns > 0 && cfg->heartbeat_interval_ns > 0 &&
          cfg->instance_ttl_s > 0 && cfg->conn_ttl_s > 0 &&
-         (!cfg->registry || cfg->backplane);
+         (!cfg->registry || cfg->backplane) &&
+         cfg->history_size <= HUB_HISTORY_SIZE_MAX && cfg->history_ttl_ns > 0 &&
+         cfg->history_meta_ttl_ns > 0 &&
+         memchr(cfg->history_channels, '\0', sizeof(cfg->history_channels)) !=
+           NULL &&
+         /* History with an external backplane needs the read effect and
+            the Redis side, which do not exist yet. */
+         (cfg->history_size == 0 || !cfg->backplane);
 }

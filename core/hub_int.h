@@ -180,6 +180,13 @@ struct hub {
      order they are queued, across compactions. */
   uint64_t eff_base;
   hub_stats st;
+  /* History (hub_history.c); hist_tab is allocated only with it on. */
+  hub_htab hist_tab;
+  hub_link hist_rings; /* records keeping messages, by ring deadline */
+  hub_link hist_metas; /* every record, by record deadline */
+  size_t nhist;
+  uint64_t hist_rng;         /* draws the epochs */
+  uint64_t hist_last_offset; /* of the last hub_publish */
 };
 
 #include "hub_effq.h"
@@ -189,5 +196,6 @@ struct hub {
 #include "hub_conn.h"
 #include "hub_topic.h"
 #include "hub_auth.h"
+#include "hub_history.h"
 
 #endif /* HUB_INT_H */

@@ -11,10 +11,38 @@
 
 #include <string.h>
 
-enum { K_TYPE, K_CHANNEL, K_DATA, K_ID, K_TOKEN, K_MAX };
+enum { K_TYPE, K_CHANNEL, K_DATA, K_ID, K_TOKEN, K_SINCE, K_MAX };
 
-static const char *const req_keys[K_MAX] = {"type", "channel", "data", "id",
-                                            "token"};
+static const char *const req_keys[K_MAX] = {"type", "channel", "data",
+                                            "id",   "token",   "since"};
+
+/* "since":{"offset":N,"epoch":"E"}: N a non-negative integer without
+   sign, fraction or exponent, E a string.  Returns 0 or -1. */
+static int parse_since(const char *s, size_t len, hub_req *req) {
+  static const char *const keys[2] = {"offset", "epoch"};
+  hub_json_member m[2];
+  hub_json_kind kind;
+  uint64_t v = 0;
+  size_t i;
+
+  if (hub_json_parse(s, len, &kind, keys, 2, m) != 0 ||
+      kind != HUB_JSON_OBJECT || m[0].kind != HUB_JSON_NUMBER ||
+      m[1].kind != HUB_JSON_STRING || m[0].value.len > 19) {
+    return -1;
+  }
+  for (i = 0; i < m[0].value.len; i++) {
+    unsigned d = (unsigned)(s[m[0].value.off + i] - '0');
+    if (d > 9) {
+      return -1;
+    }
+    v = v * 10 + d;
+  }
+  req->has_since = 1;
+  req->since_offset = v;
+  req->since_epoch = s + m[1].value.off + 1;
+  req->since_epoch_len = m[1].value.len - 2;
+  return 0;
+}
 
 static int str_eq(const char *s, size_t len, const char *lit) {
   return strlen(lit) == len && memcmp(s, lit, len) == 0;
@@ -117,6 +145,11 @@ int hub_req_parse(const char *s, size_t len, int publish_body, hub_req *req,
     }
     req->data = s + m[K_DATA].value.off;
     req->data_len = m[K_DATA].value.len;
+  }
+  if (req->type == HUB_REQ_SUBSCRIBE && m[K_SINCE].kind != HUB_JSON_NONE &&
+      parse_since(s + m[K_SINCE].value.off, m[K_SINCE].value.len, req) != 0) {
+    *err = "invalid since";
+    return -1;
   }
   return 0;
 }

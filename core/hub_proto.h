@@ -26,6 +26,11 @@ typedef struct hub_req {
   const char *token; /* refresh: the raw text between the quotes, or NULL */
   size_t token_len;
   hub_json_kind token_kind; /* refresh: HUB_JSON_NONE when absent */
+  /* subscribe: "since":{"offset":N,"epoch":"E"} (hub_history.c) */
+  int has_since;
+  uint64_t since_offset;
+  const char *since_epoch; /* the raw text between the quotes */
+  size_t since_epoch_len;
 } hub_req;
 
 /*

@@ -154,6 +154,14 @@ static void fanout(hub *h, hub_topic *t, hub_buf *frame) {
   hub_conn_evict_deferred(h, deferred);
 }
 
+size_t hub_topic_deliver_cost(const hub *h, size_t n) {
+  return fanout_cost(h, n);
+}
+
+void hub_topic_deliver(hub *h, hub_topic *t, hub_buf *frame) {
+  fanout(h, t, frame);
+}
+
 /* ---------------------------------------------------- acknowledgement */
 
 /* What acknowledging may emit, from the fact reserve: each waiting reply
@@ -209,6 +217,7 @@ int hub_topic_subscribe(hub *h, hub_conn *c, const hub_req *req) {
   hub_sub *s = t ? conn_find_sub(c, t) : NULL;
   hub_buf *ok, *cancel = NULL, *name = NULL;
   hub_buf **frames;
+  hub_hist_sub hs;
   int effective;
 
   if (hub_effq_reserve(h, subscribe_cost(c)) != 0) {
@@ -223,14 +232,23 @@ int hub_topic_subscribe(hub *h, hub_conn *c, const hub_req *req) {
     hub_conn_reply(h, c, f);
     return 0;
   }
-  ok = hub_frame_reply(h, "subscribed", req->channel, req->channel_len, req->id,
-                       req->id_len);
-  if (ok == NULL) {
+  /* The reply (with offset and epoch on a history channel) and the
+     frames a recovery replays after it (hub_history.c). */
+  hub_hist_expire(h);
+  if (hub_hist_sub_prepare(h, req, s != NULL, &hs) != 0) {
     return HUB_ERR_NOMEM;
   }
+  if (hs.nreplay > 0 &&
+      hub_effq_reserve(h, subscribe_cost(c) + hs.nreplay) != 0) {
+    hub_hist_sub_abort(h, &hs);
+    return HUB_ERR_NOMEM;
+  }
+  ok = hs.reply;
+  hs.reply = NULL;
   effective = !h->bp_up || (t != NULL && t->confirmed);
   if (s != NULL && s->acked && effective) {
     hub_conn_reply(h, c, ok);
+    hub_hist_sub_commit(h, c, &hs);
     return 0;
   }
   if (s != NULL || !effective) {
@@ -256,6 +274,7 @@ int hub_topic_subscribe(hub *h, hub_conn *c, const hub_req *req) {
     s->frames[s->nframes++] = ok;
     s->frames[s->nframes++] = cancel;
     h->nreplies++;
+    hub_hist_sub_commit(h, c, &hs);
     return 0;
   }
 
@@ -322,11 +341,13 @@ int hub_topic_subscribe(hub *h, hub_conn *c, const hub_req *req) {
     s->nframes = 2;
     h->nreplies++;
   }
+  hub_hist_sub_commit(h, c, &hs);
   return 0;
 
 nomem:
   hub_buf_unref(ok);
   hub_buf_unref(cancel);
+  hub_hist_sub_abort(h, &hs);
   return HUB_ERR_NOMEM;
 }
 
@@ -372,6 +393,9 @@ int hub_topic_publish(hub *h, hub_conn *c, const hub_req *req) {
   hub_topic *t = hub_topic_find(h, req->channel, req->channel_len);
   hub_buf *reply = NULL;
 
+  if (hub_hist_on(h, req->channel, req->channel_len)) {
+    return hub_hist_publish(h, c, req);
+  }
   if (c != NULL) {
     reply = hub_frame_reply(h, "published", req->channel, req->channel_len,
                             req->id, req->id_len);

@@ -39,6 +39,12 @@ size_t hub_topic_bp_up_cost(const hub *h);
 void hub_topic_bp_up(hub *h);
 void hub_topic_bp_down(hub *h);
 
+/* The fan-out for other modules (hub_history.c): delivers |frame| to
+   every acknowledged subscriber of |t|; needs
+   hub_topic_deliver_cost(h, t->nacked) reserved effects. */
+size_t hub_topic_deliver_cost(const hub *h, size_t n);
+void hub_topic_deliver(hub *h, hub_topic *t, hub_buf *frame);
+
 /* Frees every topic, emitting nothing (hub_del, after the connections). */
 void hub_topic_free_all(hub *h);
 

@@ -435,6 +435,16 @@ static const char srv_usage[] =
   "  --max-connections-per-ip N\n"
   "                            sockets one client address may hold (0 = no "
   "limit)\n"
+  "  --history-size N          messages kept per history channel (0 = no "
+  "history)\n"
+  "  --history-ttl S           kept messages dropped after no publish this "
+  "long (300)\n"
+  "  --history-meta-ttl S      a channel's offset and epoch outlive its last "
+  "publish\n"
+  "                            this long (86400)\n"
+  "  --history-channels LIST   comma-separated globs of the channels that "
+  "keep history (*);\n"
+  "                            history needs the embedded backplane for now\n"
   "  --help                    this text\n"
   "Durations take seconds (\"1.5\") or a unit (\"250ms\", \"2s\", "
   "\"1m\", \"1h\").\n"
@@ -479,6 +489,10 @@ enum {
   O_MAXBPMSG,
   O_REDIS_QUEUE,
   O_PERIP,
+  O_HISTORY_SIZE,
+  O_HISTORY_TTL,
+  O_HISTORY_META_TTL,
+  O_HISTORY_CHANNELS,
   O_HELP
 };
 
@@ -515,6 +529,10 @@ static const struct option srv_longopts[] = {
   {"max-backplane-message-bytes", required_argument, NULL, O_MAXBPMSG},
   {"redis-max-queue-bytes", required_argument, NULL, O_REDIS_QUEUE},
   {"max-connections-per-ip", required_argument, NULL, O_PERIP},
+  {"history-size", required_argument, NULL, O_HISTORY_SIZE},
+  {"history-ttl", required_argument, NULL, O_HISTORY_TTL},
+  {"history-meta-ttl", required_argument, NULL, O_HISTORY_META_TTL},
+  {"history-channels", required_argument, NULL, O_HISTORY_CHANNELS},
   {"help", no_argument, NULL, O_HELP},
   {NULL, 0, NULL, 0}};
 
@@ -984,6 +1002,15 @@ int main(int argc, char **argv) {
   }
   if (s->cfg.hub.registry < 0) {
     s->cfg.hub.registry = s->cfg.redis_url != NULL;
+  }
+  /* History so far lives in the embedded backplane only (the Redis
+     streams, the wshub function and the recovery's read effect are not
+     built): refused, not faked. */
+  if (s->cfg.hub.history_size > 0 && s->cfg.redis_url != NULL) {
+    srv_log(SRV_LOG_ERROR,
+            "history with the Redis backplane is not supported yet",
+            (const char *)NULL);
+    return 2;
   }
   if (s->cfg.hub.registry && s->cfg.redis_url == NULL) {
     srv_log(SRV_LOG_ERROR, "--registry on needs --redis", (const char *)NULL);

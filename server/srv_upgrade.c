@@ -590,6 +590,80 @@ static void srv_upgrade(srv *s, srv_conn *c, const uint8_t *rest,
   srv_conn_ws_start(s, c, rest, rest_len);
 }
 
+/* The value of query parameter |name| in |url|, %XX-decoded into |out|;
+   0 found, 1 absent, -1 malformed or too long. */
+static int srv_query_param(const char *url, const char *name, char *out,
+                           size_t cap) {
+  const char *q = strchr(url, '?');
+  size_t nl = strlen(name);
+
+  while (q != NULL && *q != '\0' && *q != '#') {
+    q++;
+    if (strncmp(q, name, nl) == 0 && q[nl] == '=') {
+      const char *v = q + nl + 1;
+      size_t n = 0;
+      while (*v != '\0' && *v != '&' && *v != '#') {
+        int ch = (unsigned char)*v;
+        if (ch == '%') {
+          unsigned hi, lo;
+          if (sscanf(v + 1, "%1x%1x", &hi, &lo) != 2) {
+            return -1;
+          }
+          ch = (int)(hi * 16 + lo);
+          v += 2;
+        } else if (ch == '+') {
+          ch = ' ';
+        }
+        if (n + 1 >= cap) {
+          return -1;
+        }
+        out[n++] = (char)ch;
+        v++;
+      }
+      out[n] = '\0';
+      return 0;
+    }
+    q = strchr(q, '&');
+  }
+  return 1;
+}
+
+/* GET /history?channel=C[&since=N][&limit=L] (CONTRACT.md): a query of
+   the core's kept messages (hub_history_get), no event. */
+static void srv_history(srv *s, srv_conn *c, int close) {
+  const char *url = srv_str_c(&c->http->url);
+  char ch[160], num[32];
+  uint64_t since = 0, limit = 0;
+  const char *err = "missing parameter: channel";
+  hub_buf *b = NULL;
+  int rc;
+
+  if (srv_query_param(url, "channel", ch, sizeof(ch)) != 0) {
+    srv_respond_json_error(s, c, 400, err, close);
+    return;
+  }
+  rc = srv_query_param(url, "since", num, sizeof(num));
+  if (rc < 0 || (rc == 0 && hub_parse_u64(num, &since) != 0)) {
+    srv_respond_json_error(s, c, 400, "bad since", close);
+    return;
+  }
+  rc = srv_query_param(url, "limit", num, sizeof(num));
+  if (rc < 0 || (rc == 0 && (hub_parse_u64(num, &limit) != 0 || limit == 0))) {
+    srv_respond_json_error(s, c, 400, "bad limit", close);
+    return;
+  }
+  rc = hub_history_get(s->h, ch, strlen(ch), since, limit, srv_now(), &b, &err);
+  if (rc == HUB_ERR_BAD_REQUEST) {
+    srv_respond_json_error(s, c, 400, err, close);
+  } else if (rc != 0) {
+    srv_respond_json_error(s, c, 503, hub_strerror(rc), close);
+  } else {
+    srv_respond(s, c, 200, "application/json", (const char *)b->data, b->len,
+                close);
+    hub_buf_unref(b);
+  }
+}
+
 static void srv_handle_request(srv *s, srv_conn *c) {
   srv_http *h = c->http;
   char path[512];
@@ -619,7 +693,12 @@ static void srv_handle_request(srv *s, srv_conn *c) {
     v = sh_publish(&s->sh, h->body ? h->body : (const uint8_t *)"", h->body_len,
                    &err, srv_now());
     h->body_len = 0;
-    if (v == SH_OK) {
+    if (v == SH_OK && hub_last_publish_offset(s->h) > 0) {
+      char ok[64];
+      int n = snprintf(ok, sizeof(ok), "{\"ok\":true,\"offset\":%llu}",
+                       (unsigned long long)hub_last_publish_offset(s->h));
+      srv_respond(s, c, 200, "application/json", ok, (size_t)n, close);
+    } else if (v == SH_OK) {
       static const char ok[] = "{\"ok\":true}";
       srv_respond(s, c, 200, "application/json", ok, sizeof(ok) - 1, close);
     } else if (v == SH_BAD_REQUEST) {
@@ -650,7 +729,9 @@ static void srv_handle_request(srv *s, srv_conn *c) {
     srv_respond_json_error(s, c, 405, "method not allowed", close);
     return;
   }
-  if (strcmp(path, "/healthz") == 0) {
+  if (strcmp(path, "/history") == 0) {
+    srv_history(s, c, close);
+  } else if (strcmp(path, "/healthz") == 0) {
     if (s->shutting_down) {
       srv_respond(s, c, 503, "text/plain", "shutting down\n", 14, 1);
     } else if (s->bp != NULL && !hub_bp_is_up(s->h)) {

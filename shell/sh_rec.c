@@ -471,7 +471,7 @@ void sh_rec_alloc_failed(sh_rec *r) {
 }
 
 int sh_record(sh *s, sh_rec *r, const hub_config *cfg, hub_tstamp now) {
-  uint8_t h[SH_REC_HEADER_LEN], sm[224];
+  uint8_t h[SH_REC_HEADER_LEN], sm[224 + sizeof(cfg->history_channels) + 32];
   const char *iid = cfg->instance_id != NULL ? cfg->instance_id : "";
   size_t ilen = strlen(iid), n = 0;
   const struct {
@@ -521,6 +521,21 @@ int sh_record(sh *s, sh_rec *r, const hub_config *cfg, hub_tstamp now) {
     /* Likewise only when set (absent means 0: no limit). */
     sm[n++] = 17;
     n = sh_put_uv(sm, n, cfg->max_publish_rate);
+  }
+  if (cfg->history_size > 0) {
+    /* Only with history on, so that a recording without it keeps the
+       bytes it always had. */
+    size_t cl = strlen(cfg->history_channels);
+    sm[n++] = 18;
+    n = sh_put_uv(sm, n, cfg->history_size);
+    sm[n++] = 19;
+    n = sh_put_uv(sm, n, cfg->history_ttl_ns);
+    sm[n++] = 20;
+    n = sh_put_uv(sm, n, cfg->history_meta_ttl_ns);
+    sm[n++] = 21; /* the channel globs: length, then the bytes */
+    n = sh_put_uv(sm, n, cl);
+    memcpy(sm + n, cfg->history_channels, cl);
+    n += cl;
   }
   sm[n++] = 1; /* the instance id, last: its bytes follow */
   n = sh_put_uv(sm, n, ilen);
@@ -693,6 +708,16 @@ static int sh_rec_config(sh_rec_reader *rd, sh_cur *c, sh_rec_record *o) {
       cfg->unix_time_s = sh_get_zz(c);
       continue;
     }
+    if (tag == 21) {
+      size_t l = sh_get_len(c);
+      const uint8_t *s = sh_get_bytes(c, l);
+      if (s == NULL || l >= sizeof(cfg->history_channels) || memchr(s, 0, l)) {
+        return -1;
+      }
+      memcpy(cfg->history_channels, s, l);
+      cfg->history_channels[l] = '\0';
+      continue;
+    }
     v = sh_get_uv(c);
     switch (tag) {
     case 2:
@@ -754,6 +779,18 @@ static int sh_rec_config(sh_rec_reader *rd, sh_cur *c, sh_rec_record *o) {
         return -1;
       }
       cfg->max_publish_rate = (uint32_t)v;
+      break;
+    case 18:
+      if (v > UINT32_MAX) {
+        return -1;
+      }
+      cfg->history_size = (uint32_t)v;
+      break;
+    case 19:
+      cfg->history_ttl_ns = v;
+      break;
+    case 20:
+      cfg->history_meta_ttl_ns = v;
       break;
     default:
       return -1; /* a field this build does not know */

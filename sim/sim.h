@@ -177,6 +177,7 @@ typedef struct sim_client {
   size_t nch;
   uint64_t types[8]; /* replies by type, see sim_reply_type */
   uint32_t auth_tok; /* `claims ...`: its token (sim_auth.c), 0: none */
+  int reopen_to;     /* `reconnect on I` pending: I + 1, else 0 */
   sim_recv *log;
   size_t nlog, caplog;
   sim_seqmap seqs;
@@ -267,6 +268,9 @@ void sim_inst_crash(sim_world *w, sim_inst *in);
 void sim_inst_shutdown(sim_world *w, sim_inst *in);
 void sim_inst_partition(sim_world *w, sim_inst *in);
 void sim_inst_heal(sim_world *w, sim_inst *in);
+/* `redis restart`: every instance's Redis connections dropped, all of
+   Redis's data lost; reconnects succeed (sim_world.c). */
+void sim_redis_restart(sim_world *w);
 
 /* Returns the new client's index, or -1. */
 int sim_client_new(sim_world *w, const char *name, int inst, uint32_t read_rate,
@@ -276,6 +280,9 @@ int sim_client_find(const sim_world *w, const char *name);
 void sim_client_send(sim_world *w, sim_client *c, const void *data, size_t len,
                      int binary);
 void sim_client_disconnect(sim_world *w, sim_client *c);
+/* `X reconnect on I`: X's connection goes away (as with disconnect),
+   then a new one opens on instance |inst|; X keeps what it received. */
+void sim_client_reconnect(sim_world *w, sim_client *c, int inst);
 sim_cstate *sim_client_cstate(sim_client *c, uint32_t chan);
 /* Publishes straight into Redis. */
 void sim_redis_publish_text(sim_world *w, const char *chan, size_t chan_len,

@@ -72,13 +72,16 @@ typedef struct explorer {
 } explorer;
 
 static void generate(const explorer *ex, uint64_t seed, lines *l) {
-  sim_rng wk, ft;
+  sim_rng wk, ft, nf;
   uint32_t ninst, nclients, nchan, created = 0, nops, op, i;
   uint32_t seq[MAX_CLIENTS + 1];
   int running[MAX_INST], parted[MAX_INST];
 
   sim_rng_seed(&wk, seed, 101);
   sim_rng_seed(&ft, seed, 102);
+  /* Faults added later draw from a stream of their own, so the workload
+     and the older faults of every seed stay as they were. */
+  sim_rng_seed(&nf, seed, 103);
   memset(seq, 0, sizeof(seq));
   ninst = 1 + (uint32_t)sim_rng_below(&wk, MAX_INST);
   nclients = 1 + (uint32_t)sim_rng_below(&wk, MAX_CLIENTS);
@@ -143,6 +146,15 @@ static void generate(const explorer *ex, uint64_t seed, lines *l) {
       add(l, "run %ums", 10 + (uint32_t)sim_rng_below(&wk, 300));
     }
 
+    {
+      uint64_t r3 = sim_rng_below(&nf, 1000);
+      uint32_t in = (uint32_t)sim_rng_below(&nf, ninst);
+      if (r3 < 3) {
+        add(l, "redis restart");
+      } else if (r3 < 15 && created > 0) {
+        add(l, "c%u reconnect on %u", k, in);
+      }
+    }
     if (sim_rng_below(&ft, 100) < 4) {
       uint32_t kind = (uint32_t)sim_rng_below(&ft, 5);
       uint32_t in = (uint32_t)sim_rng_below(&ft, ninst);

@@ -14,16 +14,16 @@
 #include <time.h>
 
 static void usage(FILE *f) {
-  fprintf(f,
-          "usage: wshub-sim [--seed N] [--trace] [--stats] FILE...\n"
-          "       wshub-sim [--seed N] --record OUT FILE   (OUT.<instance> "
-          "per instance)\n"
-          "       wshub-sim --explore --seeds A..B [--repro-dir DIR] "
-          "[--keep-going] [--quiet] [--alloc-fail R]\n"
-          "       wshub-sim --replay FILE [--until K] [--trace]\n"
-          "Runs scenario files (see CONTRACT.md), printing PASS or FAIL per "
-          "file;\nexits non-zero if any failed.  --trace prints one line per "
-          "event.\n");
+  fprintf(
+    f, "usage: wshub-sim [--seed N] [--trace] [--stats] FILE...\n"
+       "       wshub-sim [--seed N] --record OUT FILE   (OUT.<instance> "
+       "per instance)\n"
+       "       wshub-sim --explore --seeds A..B [--repro-dir DIR] "
+       "[--keep-going] [--quiet] [--alloc-fail R]\n"
+       "       wshub-sim --replay FILE [--until K] [--trace]\n"
+       "Runs scenario files (see docs/scenarios.md), printing PASS or FAIL per "
+       "file;\nexits non-zero if any failed.  --trace prints one line per "
+       "event.\n");
 }
 
 static const char *base_name(const char *path, char *buf, size_t len) {

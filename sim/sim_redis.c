@@ -3,7 +3,9 @@
  * sim_redis.h for what is modelled.
  */
 #include "sim_redis.h"
+#include "sim_stream.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -29,6 +31,7 @@ struct sim_redis {
   sim_redis_conn *conns; /* every client connection pair, newest first */
   sim_redis_hooks hooks[SIM_REDIS_HOOKS_MAX];
   size_t nhooks;
+  sim_stream_db *streams; /* history streams and meta hashes */
 };
 
 struct sim_redis_conn {
@@ -66,6 +69,10 @@ int sim_redis_new(sim_redis **out, sim_loop *loop) {
     return -1;
   }
   r->loop = loop;
+  if (sim_stream_db_new(&r->streams, loop) != 0) {
+    free(r);
+    return -1;
+  }
   *out = r;
   return 0;
 }
@@ -86,6 +93,7 @@ void sim_redis_del(sim_redis *r) {
     free(r->chans[i].conn);
   }
   free(r->chans);
+  sim_stream_db_del(r->streams);
   free(r);
 }
 
@@ -223,6 +231,44 @@ static void redis_expire_all(sim_redis *r) {
       i++;
     }
   }
+}
+
+void sim_redis_flush(sim_redis *r) {
+  while (r->nkeys > 0) {
+    free(r->keys[--r->nkeys].key);
+  }
+  sim_stream_flush(r->streams);
+  sim_trace(r->loop, "redis loses all its data");
+}
+
+uint64_t sim_redis_fcall_publish(sim_redis *r, uint32_t chan, const char *hkey,
+                                 const char *mkey, const char *data, size_t len,
+                                 uint32_t size, uint32_t ttl_s,
+                                 uint32_t meta_ttl_s) {
+  const char *epoch;
+  uint64_t off = sim_stream_publish(r->streams, hkey, mkey, data, len, size,
+                                    ttl_s, meta_ttl_s, &epoch);
+  size_t n = len + 64;
+  char *payload = malloc(n);
+  int pl;
+  sim_blob *b;
+
+  if (payload == NULL) {
+    abort();
+  }
+  pl = snprintf(payload, n, "wshub:%llu:%s:%.*s", (unsigned long long)off,
+                epoch, (int)len, data);
+  sim_trace(r->loop, "redis FCALL wshub_publish %s -> [%llu, %s]", hkey,
+            (unsigned long long)off, epoch);
+  b = sim_blob_new(payload, (size_t)pl);
+  free(payload);
+  sim_redis_publish(r, chan, b);
+  sim_blob_unref(b);
+  return off;
+}
+
+size_t sim_redis_history_len(sim_redis *r, const char *hkey) {
+  return sim_stream_len(r->streams, hkey);
 }
 
 int sim_redis_key_present(sim_redis *r, const char *key) {

@@ -94,6 +94,23 @@ int sim_redis_hook(sim_redis *r, const sim_redis_hooks *h);
    referenced, not copied. */
 void sim_redis_publish(sim_redis *r, uint32_t chan, sim_blob *data);
 
+/* Redis lost all its data (the `redis restart` statement, after the
+   world dropped every instance's connections): every key is gone at
+   once.  No hook runs: a checker reads keys when it checks. */
+void sim_redis_flush(sim_redis *r);
+
+/* FCALL wshub_publish from outside (the `redis fcall wshub_publish`
+   statement): the function's one atomic step over the history stream
+   |hkey| and meta hash |mkey| (sim_stream.h), then the PUBLISH of
+   `wshub:<offset>:<epoch>:<data>` on |chan|.  Returns the offset. */
+uint64_t sim_redis_fcall_publish(sim_redis *r, uint32_t chan, const char *hkey,
+                                 const char *mkey, const char *data, size_t len,
+                                 uint32_t size, uint32_t ttl_s,
+                                 uint32_t meta_ttl_s);
+
+/* XLEN of the history stream |hkey| (0: missing or expired). */
+size_t sim_redis_history_len(sim_redis *r, const char *hkey);
+
 /* 1 if |key| (a full key name) exists and has not expired. */
 int sim_redis_key_present(sim_redis *r, const char *key);
 

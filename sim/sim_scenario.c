@@ -1,5 +1,5 @@
 /*
- * sim_scenario.c - the scenario language of ../shared/CONTRACT.md.
+ * sim_scenario.c - the scenario language (docs/scenarios.md).
  *
  * Statements run in order at the current simulated time; only `run`,
  * `within` and `for` move the clock.  The first failing statement ends
@@ -38,7 +38,8 @@ enum cond_kind {
   C_REDIS_SUB,
   C_REDIS_KEY,
   C_REPLY,
-  C_REPLY_COUNT
+  C_REPLY_COUNT,
+  C_REDIS_HISTORY
 };
 
 typedef struct cond {
@@ -239,6 +240,11 @@ static int set_config(runner *rn, const char *name, const char *val) {
   }
   switch (hub_config_set(&c->hub, name, val)) {
   case 0:
+    /* Every simulated instance runs on the simulated Redis, and history
+       with a Redis backplane is not built yet (hub_config_valid). */
+    if (c->hub.history_size > 0) {
+      return fail(rn, "history with the Redis backplane is not supported yet");
+    }
     return 0;
   case 1:
     break; /* not the hub's: one of the simulator's own */
@@ -320,8 +326,13 @@ static int client_cmd(runner *rn, sim_client *c, const char *verb, char *args) {
   if (strcmp(verb, "subscribe") == 0 || strcmp(verb, "unsubscribe") == 0) {
     char *ch = tok(&p);
     int n;
+    char *more = ch != NULL ? tok(&p) : NULL;
     if (ch == NULL) {
       return fail(rn, "%s needs a channel", verb);
+    }
+    if (more != NULL && strcmp(more, "recover") == 0) {
+      /* History needs the simulated Redis streams, not built yet. */
+      return fail(rn, "subscribe ... recover is not supported yet");
     }
     n = snprintf(buf, sizeof(buf), "{\"type\":\"%s\",\"channel\":\"%s\"}", verb,
                  ch);
@@ -409,7 +420,63 @@ static int client_cmd(runner *rn, sim_client *c, const char *verb, char *args) {
     sim_client_disconnect(&rn->w, c);
     return 0;
   }
+  if (strcmp(verb, "reconnect") == 0) {
+    char *on = tok(&p);
+    sim_inst *in;
+    if (on == NULL || strcmp(on, "on") != 0) {
+      return fail(rn, "reconnect needs `on I`");
+    }
+    if (get_inst(rn, tok(&p), &in) != 0) {
+      return -1;
+    }
+    sim_client_reconnect(&rn->w, c, in->idx);
+    return 0;
+  }
   return fail(rn, "unknown statement %s", verb);
+}
+
+/* `redis fcall wshub_publish C DATA N TTL META_TTL`: an outside
+   publisher's FCALL (CONTRACT.md), with C's history and meta keys and
+   the function's three numeric arguments last. */
+static int redis_fcall(runner *rn, char *p) {
+  char *fn = tok(&p), *ch = tok(&p), *data = rest(&p), *nums[3], *e;
+  char hkey[256], mkey[256];
+  uint64_t v[3];
+  int i;
+
+  if (fn == NULL || strcmp(fn, "wshub_publish") != 0 || ch == NULL) {
+    return fail(rn, "redis fcall needs wshub_publish C DATA N TTL META_TTL");
+  }
+  e = data + strlen(data);
+  for (i = 2; i >= 0; i--) {
+    while (e > data && e[-1] != ' ' && e[-1] != '\t') {
+      e--;
+    }
+    nums[i] = e;
+    if (e == data) {
+      return fail(rn, "redis fcall needs wshub_publish C DATA N TTL META_TTL");
+    }
+    e[-1] = '\0';
+    e--;
+    while (e > data && (e[-1] == ' ' || e[-1] == '\t')) {
+      *--e = '\0';
+    }
+  }
+  for (i = 0; i < 3; i++) {
+    if (hub_parse_u64(nums[i], &v[i]) != 0 || v[i] > UINT32_MAX ||
+        (i > 0 && v[i] == 0)) {
+      return fail(rn, "bad number in redis fcall: %s", nums[i]);
+    }
+  }
+  if (*data == '\0') {
+    return fail(rn, "redis fcall needs wshub_publish C DATA N TTL META_TTL");
+  }
+  snprintf(hkey, sizeof(hkey), "%shistory:%s", rn->w.cfg.prefix, ch);
+  snprintf(mkey, sizeof(mkey), "%smeta:%s", rn->w.cfg.prefix, ch);
+  sim_redis_fcall_publish(
+    rn->w.redis, sim_chan_intern(&rn->w.loop, ch, strlen(ch)), hkey, mkey, data,
+    strlen(data), (uint32_t)v[0], (uint32_t)v[1], (uint32_t)v[2]);
+  return 0;
 }
 
 /* Parses a condition; |p| is the text after `expect` / `expect never`
@@ -435,6 +502,15 @@ static int parse_cond(runner *rn, char *p, cond *cd) {
     cd->inst = in->idx;
     cd->chan = sim_chan_intern(&rn->w.loop, ch, strlen(ch));
     cd->yes = yn[0] == 'y';
+    return 0;
+  }
+  if (strcmp(a, "redis-history") == 0) {
+    char *ch = tok(&p), *n = tok(&p);
+    if (ch == NULL || n == NULL || hub_parse_u64(n, &cd->n) != 0) {
+      return fail(rn, "redis-history needs a channel and a count");
+    }
+    cd->kind = C_REDIS_HISTORY;
+    snprintf(cd->key, sizeof(cd->key), "%shistory:%s", rn->w.cfg.prefix, ch);
     return 0;
   }
   if (strcmp(a, "redis-key") == 0) {
@@ -568,6 +644,11 @@ static int eval_cond(runner *rn, cond *cd, char *what, size_t wlen) {
     snprintf(what, wlen, "redis-subscribed %d %s is %s", cd->inst,
              sim_chan_name(&w->loop, cd->chan), sub ? "yes" : "no");
     return sub == cd->yes;
+  }
+  case C_REDIS_HISTORY: {
+    size_t n = sim_redis_history_len(w->redis, cd->key);
+    snprintf(what, wlen, "%s holds %zu entries", cd->key, n);
+    return n == cd->n;
   }
   case C_REDIS_KEY: {
     int present = sim_redis_key_present(w->redis, cd->key);
@@ -862,7 +943,21 @@ static int exec_stmt(runner *rn, const char *text) {
     goto out;
   }
   if (strcmp(a, "redis") == 0) {
-    char *verb = tok(&p), *ch = tok(&p), *data = rest(&p);
+    char *verb = tok(&p), *ch, *data;
+    if (verb != NULL && strcmp(verb, "restart") == 0) {
+      if (tok(&p) != NULL) {
+        rv = fail(rn, "redis restart takes no argument");
+        goto out;
+      }
+      sim_redis_restart(&rn->w);
+      goto out;
+    }
+    if (verb != NULL && strcmp(verb, "fcall") == 0) {
+      rv = redis_fcall(rn, p);
+      goto out;
+    }
+    ch = tok(&p);
+    data = rest(&p);
     if (verb == NULL || strcmp(verb, "publish") != 0 || ch == NULL ||
         *data == '\0') {
       rv = fail(rn, "redis publish needs a channel and data");

@@ -1024,6 +1024,25 @@ void sim_inst_heal(sim_world *w, sim_inst *in) {
   sim_trace(&w->loop, "instance %d healed", in->idx);
 }
 
+/* `redis restart`: Redis drops every connection (each instance sees its
+   link go down, as in a partition, but its reconnects succeed) and
+   loses all its data: keys, and with them any subscription state. */
+void sim_redis_restart(sim_world *w) {
+  size_t i;
+  sim_trace(&w->loop, "redis restarts");
+  for (i = 0; i < w->ninsts; i++) {
+    sim_inst *in = &w->insts[i];
+    if (in->bp == NULL) {
+      continue;
+    }
+    if (in->state == SIM_INST_SHUTTING) {
+      in->shutdown_clean = 0;
+    }
+    sim_bp_drop(in->bp, 1);
+  }
+  sim_redis_flush(w->redis);
+}
+
 int sim_instances(sim_world *w, size_t n) {
   size_t i;
   if (n > w->ninsts) {
@@ -1151,6 +1170,48 @@ void sim_client_disconnect(sim_world *w, sim_client *c) {
   c->self_closed = 1;
   sim_schedule(&w->loop, client_up_at(w, c), SIM_EV_CONN_GONE,
                (uint32_t)(c - w->clients), 0, c->gen, NULL);
+}
+
+/* The new connection of `X reconnect on I`: what the client received is
+   kept (its log, counts and order books); its subscriptions went with
+   the old connection. */
+static void client_reopen(sim_world *w, sim_client *c, int inst) {
+  size_t i;
+  for (i = 0; i < c->nch; i++) {
+    c->ch[i].acked = 0;
+    c->ch[i].pending_unsubs = 0;
+    c->ch[i].must_from = UINT64_MAX;
+  }
+  c->inst = inst;
+  c->inst_gen = w->insts[inst].gen;
+  c->state = SIM_CL_CONNECTING;
+  c->conn = 0;
+  c->close_code = 0;
+  c->was_open = 0;
+  c->shutdown_seen = 0;
+  c->self_closed = 0;
+  c->read_pending = 0; /* a read still scheduled is for the old gen */
+  c->reopen_to = 0;
+  c->up_last = w->insts[inst].accept_last;
+  sim_trace(&w->loop, "client %s reconnects to instance %d", c->name, inst);
+  sim_schedule(&w->loop, client_up_at(w, c), SIM_EV_CONN_OPEN,
+               (uint32_t)(c - w->clients), 0, c->gen, NULL);
+  w->insts[inst].accept_last = c->up_last;
+}
+
+void sim_client_reconnect(sim_world *w, sim_client *c, int inst) {
+  if (c->state == SIM_CL_CLOSED) {
+    client_reopen(w, c, inst);
+    return;
+  }
+  c->shutdown_seen = 0;
+  c->self_closed = 1;
+  /* The old connection goes as with `disconnect`; a GONE with b = 1
+     then opens the new one on the latest instance asked for (a second
+     reconnect before the first took effect only changes where). */
+  c->reopen_to = inst + 1;
+  sim_schedule(&w->loop, client_up_at(w, c), SIM_EV_CONN_GONE,
+               (uint32_t)(c - w->clients), 1, c->gen, NULL);
 }
 
 void sim_redis_publish_text(sim_world *w, const char *chan, size_t chan_len,
@@ -1508,6 +1569,11 @@ int sim_step(sim_world *w, uint64_t until) {
       if (c->gen != ev.gen) {
         if (ev.type == SIM_EV_CONN_MSG) {
           sim_blob_unref(ev.p);
+        } else if (ev.type == SIM_EV_CONN_GONE && ev.b != 0 &&
+                   c->state == SIM_CL_CLOSED && c->reopen_to != 0) {
+          /* Closed meanwhile (by the hub, or its instance died): the
+             reconnect still happens. */
+          client_reopen(w, c, c->reopen_to - 1);
         }
         break;
       }
@@ -1540,6 +1606,9 @@ int sim_step(sim_world *w, uint64_t until) {
           client_closed(w, c, 0);
         } else {
           client_closed(w, c, 0);
+        }
+        if (ev.b != 0 && c->reopen_to != 0) {
+          client_reopen(w, c, c->reopen_to - 1);
         }
         break;
       case SIM_EV_CLIENT_READ:

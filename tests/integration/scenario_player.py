@@ -15,6 +15,10 @@ Mapping onto real processes:
                        each instance reaches Redis through its own TCP
                        proxy; a partition cuts its connections and refuses
                        new ones until healed
+  redis restart        the redis-server is killed and started again on its
+                       port (no persistence: all data lost)
+  X reconnect on I     X's socket is closed, a new WebSocket opens on
+                       instance I; X keeps what it received (plain clients)
   redis-subscribed I C Redis's view: instance I's subscriber connection
                        (found by CLIENT SETNAME in CLIENT LIST) issued a
                        SUBSCRIBE to ws:chan:C more recently than an
@@ -652,6 +656,14 @@ class Player:
                 self.lineno = lineno
                 await self.statement(rest)
             self.scheduled.append(asyncio.ensure_future(later()))
+        elif head == "redis" and tok[1:] == ["restart"]:
+            # Redis drops every connection and loses all its data: a new
+            # redis-server (no persistence) on the same port.  The view's
+            # MONITOR connection goes with it.
+            self.view.close()
+            self.redis.kill()
+            self.redis.start()
+            self.view = RedisView(self.redis)
         elif head == "redis":
             if tok[1] != "publish":
                 self.fail("unknown redis statement")
@@ -674,6 +686,8 @@ class Player:
             self.proxies[int(tok[1])].heal()
         elif head == "expect":
             await self._expect(line)
+        elif head in self.clients and tok[1:3] == ["reconnect", "on"]:
+            await self._reconnect(head, int(tok[3]))
         elif head in self.clients:
             self._client_action(line)
         else:
@@ -711,6 +725,23 @@ class Player:
             c = await loop.run_in_executor(None, WsClient, name, w.port,
                                            "no-pong" in opts)
             c.instance = k
+        self.clients[name] = c
+
+    async def _reconnect(self, name, k):
+        """`X reconnect on I`: X's socket is closed and a new WebSocket
+        opens on instance I; what X received stays in its lists."""
+        old = self.clients[name]
+        if type(old) is not WsClient or old.rate is not None or \
+                getattr(self, "auth", False):
+            self.fail("the player reconnects plain clients only")
+        old.close()
+        await asyncio.sleep(0.01)  # the old reader has what arrived
+        loop = asyncio.get_running_loop()
+        c = await loop.run_in_executor(None, WsClient, name,
+                                       self.instances[k].port, old.no_pong)
+        c.messages[:0] = old.messages
+        c.replies[:0] = old.replies
+        c.instance = k
         self.clients[name] = c
 
     def _client_action(self, line):
