@@ -31,7 +31,8 @@ BINS += $(WSHUB)
 # `make run`: installs what building and running need (only what is
 # missing), builds both binaries, and runs the server with the embedded
 # backplane on 127.0.0.1:8080 in the foreground.
+RUN_ARGS ?= --listen 127.0.0.1:8080
 run:
 	$(Q)$(MAKE) --no-print-directory deps-build
 	$(Q)$(MAKE) --no-print-directory all
-	$(WSHUB) --listen 127.0.0.1:8080
+	$(WSHUB) $(RUN_ARGS)
