@@ -13,12 +13,13 @@
   package is installed by this test.)
 """
 import os
+import pathlib
 import pwd
 import re
 import shutil
 import signal
 import subprocess
-import time
+import tempfile
 
 import pytest
 
@@ -141,10 +142,19 @@ def _as_user(args, env, cwd):
 @pytest.mark.skipif(os.geteuid() != 0 or _nobody() is None,
                     reason="needs root to run as another user")
 def test_deps_build_as_a_user_with_and_without_sudo(tmp_path):
-    work = tmp_path / "w"
+    # pytest's tmp_path lies under a directory only root may enter.
+    top = tempfile.mkdtemp(prefix="wshub-quickstart-", dir="/tmp")
+    try:
+        _deps_build_as_user(tmp_path, pathlib.Path(top))
+    finally:
+        shutil.rmtree(top)
+
+
+def _deps_build_as_user(tmp_path, top):
+    os.chmod(top, 0o755)
+    work = top / "w"
     work.mkdir()
     shutil.copy(os.path.join(ROOT, "Makefile"), work / "Makefile")
-    os.chmod(tmp_path, 0o755)
     os.chmod(work, 0o777)
     base = dict(os.environ, PATH=path_without_sudo(tmp_path), HOME=str(work))
     base.pop("MAKEFLAGS", None)
@@ -159,7 +169,7 @@ def test_deps_build_as_a_user_with_and_without_sudo(tmp_path):
     assert b"need root or sudo to install wshub-no-such-package" in \
         out.stdout + out.stderr, out
     # With sudo on PATH: apt-get goes through it.
-    fake = tmp_path / "fakesudo"
+    fake = top / "fakesudo"
     fake.mkdir()
     os.chmod(fake, 0o755)
     rec = work / "sudo.log"
