@@ -56,6 +56,15 @@ class ScenarioError(Exception):
     pass
 
 
+class TimingInvalid(ScenarioError):
+    """Real time did not keep the order the scenario relies on: an
+    `expect X received C DATA` failed, but DATA was published into Redis
+    before X held `subscribed` for C, so the contract did not owe it (in
+    the simulator the order is exact; on two busy cores one stall of the
+    player can swap it).  The caller replays the file; this is never
+    treated as a pass."""
+
+
 def parse_duration(s):
     m = DUR_RE.match(s)
     if not m:
@@ -119,6 +128,7 @@ class WsClient:
         self.rate = rate  # frames per second, None: at once
         self.messages = []  # (channel, compact data)
         self.replies = []
+        self.subscribed_at = {}  # channel: monotonic time of `subscribed`
         self.closed = False
         self.close_code = None
         self.send_lock = threading.Lock()
@@ -197,6 +207,10 @@ class WsClient:
                             m["data"], separators=(",", ":"),
                             ensure_ascii=False)))
                 else:
+                    if m.get("type") == "subscribed" and \
+                            m.get("channel") not in self.subscribed_at:
+                        self.subscribed_at[m.get("channel")] = \
+                            time.monotonic()
                     self.replies.append(m)
             elif op == 9 and not self.no_pong:
                 self.send_frame(10, payload)
@@ -531,6 +545,7 @@ class Player:
         self.started = False
         self.t0 = None
         self.scheduled = []
+        self.redis_published = {}  # (channel, data): when it was sent
         self.view = None
         self.lineno = 0
         self.run_elapsed = 0.0
@@ -668,6 +683,11 @@ class Player:
             if tok[1] != "publish":
                 self.fail("unknown redis statement")
             _, _, ch, data = line.split(None, 3)
+            try:
+                key = (ch, compact(data))
+            except ValueError:
+                key = (ch, data)  # not JSON: the hub relays it as a string
+            self.redis_published.setdefault(key, time.monotonic())
             self.view.r.publish("ws:chan:" + ch, data)
         elif head == "crash":
             self.instances[int(tok[1])].signal(signal.SIGKILL)
@@ -851,12 +871,32 @@ class Player:
             if await loop.run_in_executor(None, pred):
                 break
             if time.monotonic() >= deadline:
+                self._check_owed(body)
                 self.fail("expected %s%s; %s" % (
                     what, " within %s" % m.group(2) if dur is not None
                     else "",
                     self._describe(body)))
             await asyncio.sleep(0.01)
         await self._check_drop_reason(body)
+
+    def _check_owed(self, body):
+        """Raises TimingInvalid when a failed `X received C DATA` was not
+        owed in this run (see TimingInvalid)."""
+        tok = body.split()
+        if len(tok) < 4 or tok[1] != "received" or tok[0] not in self.clients:
+            return
+        ch = tok[2]
+        try:
+            sent = self.redis_published.get(
+                (ch, compact(body.split(None, 3)[3])))
+        except ValueError:
+            return
+        got = getattr(self.clients[tok[0]], "subscribed_at", {}).get(ch)
+        if sent is not None and (got is None or got >= sent):
+            raise TimingInvalid(
+                "line %d: %s was published into Redis before %s held "
+                "`subscribed` for %s: not owed in this run" % (
+                    self.lineno, body.split(None, 3)[3], tok[0], ch))
 
     async def _check_drop_reason(self, body):
         """A `closed CODE` that the client saw as a bare drop is checked

@@ -5,9 +5,10 @@ import asyncio
 import os
 
 import pytest
+import redis as redis_mod
 
 from conftest import ROOT
-from scenario_player import Player, ScenarioError
+from scenario_player import Player, ScenarioError, TimingInvalid
 
 # The four the server issue names, then the other scenarios/ files that
 # real processes can play in a few seconds of real time.
@@ -32,7 +33,7 @@ SCENARIOS = ["lazy_subscribe", "cross_instance_fanout",
 LONG_SCENARIOS = ["instance_crash", "auth_token_expiry", "auth_refresh"]
 
 
-def _play(name, redis_server, tmp_path):
+def _play(name, redis_server, tmp_path, tries=3):
     path = os.path.join(ROOT, "scenarios", name + ".scn")
     assert os.path.exists(path), path
 
@@ -42,7 +43,19 @@ def _play(name, redis_server, tmp_path):
             await p.run_file()
         finally:
             p.close()
-    asyncio.run(asyncio.wait_for(play(), 240))
+    # A run in which real timing broke an order the scenario relies on
+    # proves nothing either way: play it again (a real failure fails).
+    for k in range(tries):
+        try:
+            asyncio.run(asyncio.wait_for(play(), 240))
+            return
+        except TimingInvalid as e:
+            # The next run starts from an empty Redis, as the first did
+            # (fixed instance ids: their keys must not be claimed).
+            redis_mod.Redis(port=redis_server.port).flushall()
+            if k == tries - 1:
+                raise AssertionError("%s: every one of %d runs had its "
+                                     "timing broken: %s" % (name, tries, e))
 
 
 @pytest.mark.parametrize("name", SCENARIOS)
@@ -124,4 +137,28 @@ def test_player_reports_false_expectations(name, redis_server, tmp_path):
         finally:
             p.close()
     with pytest.raises(ScenarioError):
+        asyncio.run(asyncio.wait_for(play(), 30))
+
+
+def test_unowed_message_is_a_timing_invalid_run(redis_server, tmp_path):
+    """A message published into Redis before the client held `subscribed`
+    is not owed: the player says so (TimingInvalid, which _play replays)
+    instead of calling the hub wrong."""
+    path = tmp_path / "unowed.scn"
+    path.write_text("""
+instances 1
+client a on 0
+redis publish news {"early":1}
+a subscribe news
+expect a received-reply subscribed within 1s
+expect a received news {"early":1}
+""")
+
+    async def play():
+        p = Player(str(path), redis_server, str(tmp_path))
+        try:
+            await p.run_file()
+        finally:
+            p.close()
+    with pytest.raises(TimingInvalid):
         asyncio.run(asyncio.wait_for(play(), 30))
