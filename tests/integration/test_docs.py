@@ -132,7 +132,8 @@ BAD_VALUES = {"--redis-prefix": None, "--redis": None,
               "--registry": "maybe", "--listen": "nowhere",
               "--tls-cert": None, "--tls-key": None, "--token-secret": None,
               "--token-key": None, "--api-key": None,
-              "--allowed-origins": None, "--record": None}
+              "--allowed-origins": None, "--record": None,
+              "--history-channels": None}
 # Given on the command line with every variable but WSHUB_LISTEN: a host
 # that cannot be resolved, so that a server that ignored the variable
 # stops (exit 1, "cannot resolve") instead of listening.
