@@ -10,19 +10,6 @@
  * user (AUTH password); otherwise AUTH user password (Redis 6 ACLs).
  */
 
-static int bp_redis_hexv(char ch) {
-  if (ch >= '0' && ch <= '9') {
-    return ch - '0';
-  }
-  if (ch >= 'a' && ch <= 'f') {
-    return ch - 'a' + 10;
-  }
-  if (ch >= 'A' && ch <= 'F') {
-    return ch - 'A' + 10;
-  }
-  return -1;
-}
-
 /* Percent-decodes [s, e) into out (cap bytes with its NUL). */
 static int bp_redis_unescape(const char *s, const char *e, char *out,
                              size_t cap) {
@@ -30,10 +17,10 @@ static int bp_redis_unescape(const char *s, const char *e, char *out,
   for (; s < e; s++) {
     char ch = *s;
     if (ch == '%') {
-      if (e - s < 3 || bp_redis_hexv(s[1]) < 0 || bp_redis_hexv(s[2]) < 0) {
+      if (e - s < 3 || sh_hex_digit(s[1]) < 0 || sh_hex_digit(s[2]) < 0) {
         return -1;
       }
-      ch = (char)(bp_redis_hexv(s[1]) * 16 + bp_redis_hexv(s[2]));
+      ch = (char)(sh_hex_digit(s[1]) * 16 + sh_hex_digit(s[2]));
       s += 2;
     }
     if (n + 1 >= cap || ch == '\0') {

@@ -160,19 +160,6 @@ void srv_auth_fini(srv_auth *a) {
   a->origins = NULL;
 }
 
-static int hexv(char ch) {
-  if (ch >= '0' && ch <= '9') {
-    return ch - '0';
-  }
-  if (ch >= 'a' && ch <= 'f') {
-    return ch - 'a' + 10;
-  }
-  if (ch >= 'A' && ch <= 'F') {
-    return ch - 'A' + 10;
-  }
-  return -1;
-}
-
 int srv_auth_token(const char *url, const char *authz, char *out, size_t cap) {
   const char *q = strchr(url, '?');
   while (q != NULL) {
@@ -181,8 +168,8 @@ int srv_auth_token(const char *url, const char *authz, char *out, size_t cap) {
       size_t n = 0;
       for (q += 6; *q && *q != '&' && *q != '#'; q++) {
         char ch = *q;
-        if (ch == '%' && hexv(q[1]) >= 0 && hexv(q[2]) >= 0) {
-          ch = (char)(hexv(q[1]) * 16 + hexv(q[2]));
+        if (ch == '%' && sh_hex_digit(q[1]) >= 0 && sh_hex_digit(q[2]) >= 0) {
+          ch = (char)(sh_hex_digit(q[1]) * 16 + sh_hex_digit(q[2]));
           q += 2;
         }
         if (n + 1 >= cap) {

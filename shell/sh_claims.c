@@ -22,19 +22,6 @@ static void ws(rd *r) {
   }
 }
 
-static int hexval(char ch) {
-  if (ch >= '0' && ch <= '9') {
-    return ch - '0';
-  }
-  if (ch >= 'a' && ch <= 'f') {
-    return ch - 'a' + 10;
-  }
-  if (ch >= 'A' && ch <= 'F') {
-    return ch - 'A' + 10;
-  }
-  return -1;
-}
-
 static int hex4(rd *r, uint32_t *u) {
   int i;
   *u = 0;
@@ -42,7 +29,7 @@ static int hex4(rd *r, uint32_t *u) {
     return -1;
   }
   for (i = 0; i < 4; i++) {
-    int v = hexval(r->p[i]);
+    int v = sh_hex_digit(r->p[i]);
     if (v < 0) {
       return -1;
     }

@@ -156,6 +156,21 @@ void sh_init(sh *s, hub *h, bp *b, const hub_config *cfg,
 
 /* The driver's transport |user| moved (the simulator's instance table
    grows by realloc): later callbacks get |user|.  Not from a callback. */
+/* The value of hexadecimal digit |ch|, or -1: for the percent-decoding
+   of URLs and tokens in the drivers and the JSON escapes of sh_claims. */
+static inline int sh_hex_digit(char ch) {
+  if (ch >= '0' && ch <= '9') {
+    return ch - '0';
+  }
+  if (ch >= 'a' && ch <= 'f') {
+    return ch - 'a' + 10;
+  }
+  if (ch >= 'A' && ch <= 'F') {
+    return ch - 'A' + 10;
+  }
+  return -1;
+}
+
 static inline void sh_set_user(sh *s, void *user) {
   s->t.user = user;
 }
