@@ -103,9 +103,13 @@ int hub_conn_open(hub *h, hub_conn_id *id, const char *remote_addr,
       return HUB_ERR_NOMEM;
     }
     g = hub_grants_new(h, auth);
-    ca = hub_mem_malloc(h->mem, sizeof(*ca));
   }
   c = hub_mem_malloc(h->mem, sizeof(*c));
+  /* The auth block last, so that the allocations before it keep their
+     numbers within the call (a recording's alloc_fail names one). */
+  if (auth != NULL) {
+    ca = hub_mem_malloc(h->mem, sizeof(*ca));
+  }
   if (c == NULL || (auth != NULL && (g == NULL || ca == NULL))) {
     hub_mem_free(h->mem, c);
     hub_mem_free(h->mem, ca);
