@@ -135,12 +135,12 @@ void hub_grants_free(hub *h, hub_grants *g) {
 }
 
 const char *hub_auth_sub(const hub_conn *c, size_t *len) {
-  if (c->auth.grants == NULL) {
+  if (c->auth == NULL) {
     *len = 0;
     return NULL;
   }
-  *len = c->auth.grants->sub_len;
-  return c->auth.grants->bytes;
+  *len = c->auth->grants->sub_len;
+  return c->auth->grants->bytes;
 }
 
 static int grants_allow(const hub_grants *g, int publish, const char *ch,
@@ -159,8 +159,7 @@ static int grants_allow(const hub_grants *g, int publish, const char *ch,
 
 int hub_auth_granted(const hub_conn *c, int publish, const char *ch,
                      size_t len) {
-  return c->auth.grants == NULL ||
-         grants_allow(c->auth.grants, publish, ch, len);
+  return c->auth == NULL || grants_allow(c->auth->grants, publish, ch, len);
 }
 
 /* ------------------------------------------------------------ expiry */
@@ -168,13 +167,13 @@ int hub_auth_granted(const hub_conn *c, int publish, const char *ch,
 /* Heap order: earlier expiry first, then lower id (a fixed order for
    equal expiries, so closes are deterministic). */
 static int heap_less(const hub_conn *a, const hub_conn *b) {
-  return a->auth.expires < b->auth.expires ||
-         (a->auth.expires == b->auth.expires && a->id < b->id);
+  return a->auth->expires < b->auth->expires ||
+         (a->auth->expires == b->auth->expires && a->id < b->id);
 }
 
 static void heap_set(hub *h, size_t i, hub_conn *c) {
   h->auth_heap[i] = c;
-  c->auth.heap_idx = i;
+  c->auth->heap_idx = i;
 }
 
 static void heap_up(hub *h, size_t i) {
@@ -212,18 +211,18 @@ static void heap_down(hub *h, size_t i) {
 }
 
 static void heap_remove(hub *h, hub_conn *c) {
-  size_t i = c->auth.heap_idx;
+  size_t i = c->auth != NULL ? c->auth->heap_idx : HUB_AUTH_NO_HEAP;
   hub_conn *last;
   if (i == HUB_AUTH_NO_HEAP) {
     return;
   }
   HUB_ASSERT(i < h->auth_n && h->auth_heap[i] == c);
-  c->auth.heap_idx = HUB_AUTH_NO_HEAP;
+  c->auth->heap_idx = HUB_AUTH_NO_HEAP;
   last = h->auth_heap[--h->auth_n];
   if (last != c) {
     heap_set(h, i, last);
     heap_up(h, i);
-    heap_down(h, last->auth.heap_idx);
+    heap_down(h, last->auth->heap_idx);
   }
 }
 
@@ -244,13 +243,14 @@ int hub_auth_reserve(hub *h) {
 }
 
 void hub_auth_attach(hub *h, hub_conn *c, hub_grants *g, hub_tstamp expires) {
-  c->auth.grants = g;
-  c->auth.expires = expires;
-  c->auth.heap_idx = HUB_AUTH_NO_HEAP;
-  if (g != NULL && expires != HUB_TSTAMP_NONE) {
+  HUB_ASSERT(c->auth != NULL && g != NULL);
+  c->auth->grants = g;
+  c->auth->expires = expires;
+  c->auth->heap_idx = HUB_AUTH_NO_HEAP;
+  if (expires != HUB_TSTAMP_NONE) {
     HUB_ASSERT(h->auth_n < h->auth_cap);
     heap_set(h, h->auth_n++, c);
-    heap_up(h, c->auth.heap_idx);
+    heap_up(h, c->auth->heap_idx);
   }
 }
 
@@ -259,11 +259,13 @@ void hub_auth_conn_gone(hub *h, hub_conn *c) {
 }
 
 void hub_auth_conn_free(hub *h, hub_conn *c) {
-  hub_grants_free(h, c->auth.grants);
-  hub_buf_unref(c->auth.refresh_id);
-  c->auth.grants = NULL;
-  c->auth.refresh_id = NULL;
-  c->auth.refreshing = 0;
+  if (c->auth == NULL) {
+    return;
+  }
+  hub_grants_free(h, c->auth->grants);
+  hub_buf_unref(c->auth->refresh_id);
+  hub_mem_free(h->mem, c->auth);
+  c->auth = NULL;
 }
 
 void hub_auth_free(hub *h) {
@@ -276,8 +278,8 @@ int hub_auth_check(const hub *h) {
   size_t i;
   for (i = 0; i < h->auth_n; i++) {
     const hub_conn *c = h->auth_heap[i];
-    if (c->auth.heap_idx != i || c->closing || c->auth.grants == NULL ||
-        c->auth.expires == HUB_TSTAMP_NONE ||
+    if (c->auth == NULL || c->auth->heap_idx != i || c->closing ||
+        c->auth->expires == HUB_TSTAMP_NONE ||
         (i > 0 && heap_less(c, h->auth_heap[(i - 1) / 2]))) {
       return -1;
     }
@@ -286,13 +288,13 @@ int hub_auth_check(const hub *h) {
 }
 
 hub_tstamp hub_auth_get_expiry(const hub *h) {
-  return h->auth_n > 0 ? h->auth_heap[0]->auth.expires : HUB_TSTAMP_NONE;
+  return h->auth_n > 0 ? h->auth_heap[0]->auth->expires : HUB_TSTAMP_NONE;
 }
 
 int hub_auth_handle_expiry(hub *h) {
   while (h->auth_n > 0) {
     hub_conn *c = h->auth_heap[0];
-    if (c->auth.expires > h->now) {
+    if (c->auth->expires > h->now) {
       break;
     }
     if (hub_effq_reserve(h, hub_conn_close_cost(c)) != 0) {
@@ -325,7 +327,7 @@ int hub_auth_refresh(hub *h, hub_conn *c, const hub_req *req) {
   hub_buf *tok, *id = NULL;
   hub_effect *e;
 
-  if (c->auth.refreshing) {
+  if (c->auth->refreshing) {
     if (hub_effq_reserve(h, 1 + hub_conn_close_cost(c)) != 0) {
       return HUB_ERR_NOMEM;
     }
@@ -351,8 +353,8 @@ int hub_auth_refresh(hub *h, hub_conn *c, const hub_req *req) {
   }
   e = hub_effq_push_conn(h, HUB_EFF_VERIFY, c);
   e->buf = tok;
-  c->auth.refresh_id = id;
-  c->auth.refreshing = 1;
+  c->auth->refresh_id = id;
+  c->auth->refreshing = 1;
   return 0;
 }
 
@@ -405,7 +407,7 @@ static int sub_equal(const hub_grants *g, const hub_auth *a) {
 /* The answer failed (or its sub differs): an error reply, the refresh is
    over, nothing else changes. */
 static int refresh_fail(hub *h, hub_conn *c, const char *err) {
-  hub_buf *id = c->auth.refresh_id, *f;
+  hub_buf *id = c->auth->refresh_id, *f;
 
   if (hub_effq_reserve(h, 1 + hub_conn_close_cost(c)) != 0) {
     return HUB_ERR_NOMEM;
@@ -415,8 +417,8 @@ static int refresh_fail(hub *h, hub_conn *c, const char *err) {
   if (f == NULL) {
     return HUB_ERR_NOMEM;
   }
-  c->auth.refresh_id = NULL;
-  c->auth.refreshing = 0;
+  c->auth->refresh_id = NULL;
+  c->auth->refreshing = 0;
   hub_buf_unref(id);
   hub_conn_reply(h, c, f);
   return 0;
@@ -428,7 +430,7 @@ int hub_auth_verified(hub *h, hub_conn *c, const hub_auth *a, const char *err) {
   hub_link *l, *next;
   size_t nrev = 0, i, cost;
 
-  if (!c->auth.refreshing) {
+  if (c->auth == NULL || !c->auth->refreshing) {
     return HUB_ERR_INVALID_ARGUMENT;
   }
   if (a == NULL) {
@@ -437,7 +439,7 @@ int hub_auth_verified(hub *h, hub_conn *c, const hub_auth *a, const char *err) {
   if (hub_auth_valid(a) != 0) {
     return refresh_fail(h, c, "invalid claims");
   }
-  if (!sub_equal(c->auth.grants, a)) {
+  if (!sub_equal(c->auth->grants, a)) {
     return refresh_fail(h, c, "token sub does not match");
   }
   /* Everything is allocated before anything changes: the new grants,
@@ -458,7 +460,7 @@ int hub_auth_verified(hub *h, hub_conn *c, const hub_auth *a, const char *err) {
       cost += s->nframes / 2 + 2;
     }
   }
-  ok = frame_refreshed(h, c->auth.refresh_id);
+  ok = frame_refreshed(h, c->auth->refresh_id);
   if (nrev > 0) {
     revoked = hub_mem_malloc(h->mem, nrev * sizeof(*revoked));
     if (revoked != NULL) {
@@ -484,12 +486,12 @@ int hub_auth_verified(hub *h, hub_conn *c, const hub_auth *a, const char *err) {
 
   /* The change: new grants and expiry, the reply, then the revocations
      in subscription order. */
-  hub_grants_free(h, c->auth.grants);
+  hub_grants_free(h, c->auth->grants);
   heap_remove(h, c);
   hub_auth_attach(h, c, g, a->expires);
-  hub_buf_unref(c->auth.refresh_id);
-  c->auth.refresh_id = NULL;
-  c->auth.refreshing = 0;
+  hub_buf_unref(c->auth->refresh_id);
+  c->auth->refresh_id = NULL;
+  c->auth->refreshing = 0;
   hub_conn_reply(h, c, ok);
   i = 0;
   for (l = c->subs.next; !c->closing && l != &c->subs; l = next) {

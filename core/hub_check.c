@@ -117,17 +117,20 @@ int hub_check(const hub *h, const char **why) {
               "queue past its limit");
         CHECK(h->shut_down || c->reg_live == (h->cfg.registry != 0),
               "registry key state");
-        CHECK((c->auth.grants != NULL) == (h->cfg.auth != 0),
+        CHECK((c->auth != NULL) == (h->cfg.auth != 0),
               "grants without authentication, or none with it");
-        CHECK((c->auth.heap_idx != HUB_AUTH_NO_HEAP) ==
-                (c->auth.grants != NULL && c->auth.expires != HUB_TSTAMP_NONE),
-              "token expiry heap membership");
-        CHECK(c->auth.refreshing || c->auth.refresh_id == NULL,
-              "refresh id without a refresh");
-        nexp += c->auth.heap_idx != HUB_AUTH_NO_HEAP;
+        if (c->auth != NULL) {
+          CHECK(c->auth->grants != NULL, "authenticated without grants");
+          CHECK((c->auth->heap_idx != HUB_AUTH_NO_HEAP) ==
+                  (c->auth->expires != HUB_TSTAMP_NONE),
+                "token expiry heap membership");
+          CHECK(c->auth->refreshing || c->auth->refresh_id == NULL,
+                "refresh id without a refresh");
+          nexp += c->auth->heap_idx != HUB_AUTH_NO_HEAP;
+        }
       }
       if (c->closing) {
-        CHECK(c->auth.heap_idx == HUB_AUTH_NO_HEAP,
+        CHECK(c->auth == NULL || c->auth->heap_idx == HUB_AUTH_NO_HEAP,
               "closing connection on the expiry heap");
       }
     }

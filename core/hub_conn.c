@@ -88,6 +88,7 @@ int hub_conn_open(hub *h, hub_conn_id *id, const char *remote_addr,
   hub_conn *c;
   hub_buf *key = NULL, *value = NULL;
   hub_grants *g = NULL;
+  hub_conn_auth *ca = NULL;
   hub_conn_id cid = h->next_conn_id;
 
   /* The REG_SET, and the new connection's term of the fact reserve. */
@@ -104,8 +105,14 @@ int hub_conn_open(hub *h, hub_conn_id *id, const char *remote_addr,
     g = hub_grants_new(h, auth);
   }
   c = hub_mem_malloc(h->mem, sizeof(*c));
-  if (c == NULL || (auth != NULL && g == NULL)) {
+  /* The auth block last, so that the allocations before it keep their
+     numbers within the call (a recording's alloc_fail names one). */
+  if (auth != NULL) {
+    ca = hub_mem_malloc(h->mem, sizeof(*ca));
+  }
+  if (c == NULL || (auth != NULL && (g == NULL || ca == NULL))) {
     hub_mem_free(h->mem, c);
+    hub_mem_free(h->mem, ca);
     hub_grants_free(h, g);
     hub_buf_unref(key);
     hub_buf_unref(value);
@@ -129,7 +136,11 @@ int hub_conn_open(hub *h, hub_conn_id *id, const char *remote_addr,
   hub_link_push_tail(&h->pings, &c->ping_link);
   c->last_pong = h->now;
   hub_link_push_tail(&h->pongs, &c->pong_link);
-  hub_auth_attach(h, c, g, auth != NULL ? auth->expires : HUB_TSTAMP_NONE);
+  if (ca != NULL) {
+    memset(ca, 0, sizeof(*ca));
+    c->auth = ca;
+    hub_auth_attach(h, c, g, auth->expires);
+  }
   h->nconns_open++;
   hub_registry_conn_open(h, c);
   *id = cid;

@@ -52,9 +52,11 @@ typedef struct hub_conn hub_conn;
 typedef struct hub_grants hub_grants; /* hub_auth.c */
 #define HUB_AUTH_NO_HEAP SIZE_MAX
 
-/* A connection's authentication (hub_auth.c); all zero with it off. */
+/* A connection's authentication (hub_auth.c), allocated apart from the
+   connection (most hubs run with authentication off): conn->auth is NULL
+   with it off. */
 typedef struct hub_conn_auth {
-  hub_grants *grants;  /* NULL: authentication off, everything granted */
+  hub_grants *grants;  /* never NULL */
   size_t heap_idx;     /* in hub->auth_heap while it expires, else
                           HUB_AUTH_NO_HEAP */
   hub_tstamp expires;  /* HUB_TSTAMP_NONE: never */
@@ -116,14 +118,14 @@ struct hub_conn {
      this connection (0: none), so that a close only searches the queue
      when something for it may still be there. */
   uint64_t eff_last;
-  int closing;
-  int reg_live;
-  /* Deferred eviction during a fan-out: the reason + 1, and the next
-     connection to evict. */
-  int evict;
+  /* Deferred eviction during a fan-out: the next connection to evict,
+     and (evict, below) the reason + 1. */
   hub_conn *evict_next;
-  hub_conn_auth auth;
+  hub_conn_auth *auth;   /* NULL: authentication off, everything granted */
   hub_rate publish_rate; /* max_publish_rate's bucket (hub_rate.h) */
+  int evict;
+  uint8_t closing;
+  uint8_t reg_live;
 };
 
 /* A connection key whose REG_DEL was emitted while the backplane was down

@@ -244,7 +244,7 @@ int hub_proto_on_msg(hub *h, hub_conn *c, int binary, const uint8_t *data,
   err = NULL;
   if (hub_req_parse((const char *)data, len, 0, &req, &err) == 0 &&
       req.type == HUB_REQ_REFRESH) {
-    if (c->auth.grants == NULL) {
+    if (c->auth == NULL) {
       err = "unknown type";
     } else if (req.token_kind == HUB_JSON_NONE) {
       err = "missing field: token";

@@ -114,6 +114,8 @@ typedef struct srv_conn {
   uint8_t in_list;      /* on a timed list */
   uint32_t oq_head;     /* first unsent entry */
   uint32_t oq_head_off; /* bytes of oq[oq_head] already written */
+  /* Not per delivery: in what would be padding before io. */
+  uint8_t tls_read_ww; /* the last TLS read wants EV_WRITE */
   ev_io io;
   /* With --tls-cert: the TLS state.  Next to io, whose fd every read and
      write touches: testing it costs plain connections no cache miss. */
@@ -123,7 +125,6 @@ typedef struct srv_conn {
   hub_conn_id id;               /* 0 unless known to the hub */
   srv_http *http;               /* only while in SRV_HTTP */
   srv_rx *rx;                   /* only while a frame is partly read */
-  uint8_t tls_read_ww;          /* the last TLS read wants EV_WRITE */
   srv_ip *ip;                   /* its address's count (srv_rel.h) */
 } srv_conn;
 
