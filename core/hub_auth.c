@@ -362,14 +362,12 @@ int hub_auth_refresh(hub *h, hub_conn *c, const hub_req *req) {
 static hub_buf *frame_refreshed(hub *h, const hub_buf *id) {
   size_t n = sizeof("{\"type\":\"refreshed\"}") - 1 +
              (id ? sizeof(",\"id\":") - 1 + id->len : 0);
-  hub_buf *b = hub_frame_new(h->mem, n);
   hub_wr w;
+  hub_buf *b = hub_frame_new_wr(h->mem, n, &w);
 
   if (b == NULL) {
     return NULL;
   }
-  w.p = b->data + b->payload_off;
-  w.end = b->data + b->len;
   hub_wr_str(&w, "{\"type\":\"refreshed\"");
   if (id != NULL) {
     hub_wr_str(&w, ",\"id\":");
@@ -385,14 +383,12 @@ static hub_buf *frame_revoked(hub *h, const hub_buf *name) {
   size_t n = sizeof("{\"type\":\"unsubscribed\",\"channel\":\"\","
                     "\"reason\":\"permission denied\"}") -
              1 + name->len;
-  hub_buf *b = hub_frame_new(h->mem, n);
   hub_wr w;
+  hub_buf *b = hub_frame_new_wr(h->mem, n, &w);
 
   if (b == NULL) {
     return NULL;
   }
-  w.p = b->data + b->payload_off;
-  w.end = b->data + b->len;
   hub_wr_str(&w, "{\"type\":\"unsubscribed\",\"channel\":\"");
   hub_wr_mem(&w, name->data, name->len);
   hub_wr_str(&w, "\",\"reason\":\"permission denied\"}");

@@ -45,6 +45,16 @@ hub_buf *hub_frame_new(const hub_mem *mem, size_t payload_len) {
   return b;
 }
 
+hub_buf *hub_frame_new_wr(const hub_mem *mem, size_t payload_len, hub_wr *w) {
+  hub_buf *b = hub_frame_new(mem, payload_len);
+
+  if (b != NULL) {
+    w->p = b->data + b->payload_off;
+    w->end = b->data + b->len;
+  }
+  return b;
+}
+
 void hub_wr_mem(hub_wr *w, const void *s, size_t len) {
   HUB_ASSERT((size_t)(w->end - w->p) >= len);
   if (len > 0) {
@@ -193,12 +203,10 @@ hub_buf *hub_frame_reply(hub *h, const char *type, const char *channel,
   if (id != NULL) {
     n += sizeof(",\"id\":") - 1 + id_len;
   }
-  b = hub_frame_new(h->mem, n);
+  b = hub_frame_new_wr(h->mem, n, &w);
   if (b == NULL) {
     return NULL;
   }
-  w.p = b->data + b->payload_off;
-  w.end = b->data + b->len;
   hub_wr_str(&w, "{\"type\":\"");
   hub_wr_str(&w, type);
   hub_wr_str(&w, "\",\"channel\":\"");
@@ -224,12 +232,10 @@ hub_buf *hub_frame_error(hub *h, const char *id, size_t id_len,
   if (id != NULL) {
     n += sizeof(",\"id\":") - 1 + id_len;
   }
-  b = hub_frame_new(h->mem, n);
+  b = hub_frame_new_wr(h->mem, n, &w);
   if (b == NULL) {
     return NULL;
   }
-  w.p = b->data + b->payload_off;
-  w.end = b->data + b->len;
   hub_wr_str(&w, "{\"type\":\"error\"");
   if (id != NULL) {
     hub_wr_str(&w, ",\"id\":");
@@ -247,14 +253,12 @@ hub_buf *hub_frame_message(hub *h, const char *channel, size_t channel_len,
   size_t dl = as_string ? hub_json_str_len(data, data_len) : data_len;
   size_t n = sizeof("{\"type\":\"message\",\"channel\":\"\",\"data\":}") - 1 +
              channel_len + dl;
-  hub_buf *b = hub_frame_new(h->mem, n);
   hub_wr w;
+  hub_buf *b = hub_frame_new_wr(h->mem, n, &w);
 
   if (b == NULL) {
     return NULL;
   }
-  w.p = b->data + b->payload_off;
-  w.end = b->data + b->len;
   hub_wr_str(&w, "{\"type\":\"message\",\"channel\":\"");
   hub_wr_mem(&w, channel, channel_len);
   hub_wr_str(&w, "\",\"data\":");

@@ -30,6 +30,10 @@ typedef struct hub_wr {
   uint8_t *end;
 } hub_wr;
 
+/* hub_frame_new, with |w| set to write the frame's payload.  NULL when
+   out of memory (|w| untouched). */
+hub_buf *hub_frame_new_wr(const hub_mem *mem, size_t payload_len, hub_wr *w);
+
 void hub_wr_mem(hub_wr *w, const void *s, size_t len);
 void hub_wr_str(hub_wr *w, const char *s);
 void hub_wr_u64(hub_wr *w, uint64_t v);

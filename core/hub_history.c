@@ -197,12 +197,10 @@ static hub_buf *reply_tail(hub *h, const char *type, const hub_req *req,
   if (req->id != NULL) {
     n += sizeof(",\"id\":") - 1 + req->id_len;
   }
-  b = hub_frame_new(h->mem, n);
+  b = hub_frame_new_wr(h->mem, n, &w);
   if (b == NULL) {
     return NULL;
   }
-  w.p = b->data + b->payload_off;
-  w.end = b->data + b->len;
   hub_wr_str(&w, "{\"type\":\"");
   hub_wr_str(&w, type);
   hub_wr_str(&w, "\",\"channel\":\"");
@@ -224,14 +222,12 @@ static hub_buf *message_frame(hub *h, const char *ch, size_t ch_len,
   size_t n =
     sizeof("{\"type\":\"message\",\"channel\":\"\",\"offset\":,\"data\":}") -
     1 + ch_len + hub_u64_len(off) + data->len;
-  hub_buf *b = hub_frame_new(h->mem, n);
   hub_wr w;
+  hub_buf *b = hub_frame_new_wr(h->mem, n, &w);
 
   if (b == NULL) {
     return NULL;
   }
-  w.p = b->data + b->payload_off;
-  w.end = b->data + b->len;
   hub_wr_str(&w, "{\"type\":\"message\",\"channel\":\"");
   hub_wr_mem(&w, ch, ch_len);
   hub_wr_str(&w, "\",\"offset\":");
