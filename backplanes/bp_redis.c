@@ -557,9 +557,15 @@ static void bp_redis_free(bp *b) {
   free(r);
 }
 
-static const bp_ops bp_redis_ops = {bp_redis_subscribe, bp_redis_unsubscribe,
-                                    bp_redis_publish,   bp_redis_set,
-                                    bp_redis_del,       bp_redis_free};
+static const bp_ops bp_redis_ops = {
+  .subscribe = bp_redis_subscribe,
+  .unsubscribe = bp_redis_unsubscribe,
+  .publish = bp_redis_publish,
+  .set = bp_redis_set,
+  .del = bp_redis_del,
+  .hpublish = NULL, /* history: not yet */
+  .hread = NULL,
+  .free = bp_redis_free};
 
 uint64_t bp_redis_reconnects(const bp *b) {
   const bp_redis *r = (const bp_redis *)b;

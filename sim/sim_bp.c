@@ -100,9 +100,15 @@ static void sim_bp_free(bp *base) {
   free(b);
 }
 
-static const bp_ops sim_bp_ops = {sim_bp_subscribe, sim_bp_unsubscribe,
-                                  sim_bp_publish,   sim_bp_set,
-                                  sim_bp_del,       sim_bp_free};
+static const bp_ops sim_bp_ops = {
+  .subscribe = sim_bp_subscribe,
+  .unsubscribe = sim_bp_unsubscribe,
+  .publish = sim_bp_publish,
+  .set = sim_bp_set,
+  .del = sim_bp_del,
+  .hpublish = NULL, /* history: not yet */
+  .hread = NULL,
+  .free = sim_bp_free};
 
 /* ------------------------------------------- what the model reports */
 

@@ -629,8 +629,15 @@ static void tap_free(bp *base) {
   free(base);
 }
 
-static const bp_ops sim_tap_ops = {tap_subscribe, tap_unsubscribe, tap_publish,
-                                   tap_set,       tap_del,         tap_free};
+static const bp_ops sim_tap_ops = {
+  .subscribe = tap_subscribe,
+  .unsubscribe = tap_unsubscribe,
+  .publish = tap_publish,
+  .set = tap_set,
+  .del = tap_del,
+  .hpublish = NULL,
+  .hread = NULL,
+  .free = tap_free};
 
 /* ------------------------------------------------------- instances */
 
