@@ -1109,6 +1109,7 @@ int main(int argc, char **argv) {
     bc.seed = srv_link_seed(s->cfg.instance_id);
     bc.log = srv_bp_log;
     bc.log_user = s;
+    bc.history = s->cfg.hub.history_size > 0;
     srv_rel_bp_config(s, &bc);
     rc = bp_redis_new(&s->bp, &bc, &ev);
     if (rc != 0) {
