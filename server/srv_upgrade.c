@@ -98,6 +98,19 @@ struct srv_http {
   size_t body_len;
   size_t body_cap;
   int error_status; /* a limit was passed: answer with this */
+  /* An API request waiting for the hub's answer (srv_api_*): its number
+     (0: none), whether to close after the answer, whether the answer
+     came back inside the sh_api_* call itself, and whether the reading
+     waits for api_resume; then the bytes read after the request. */
+  srv_conn *conn;
+  uint64_t api_req;
+  int api_close;
+  int api_in_call;
+  int api_resume;
+  int api_linked;
+  srv_http *api_prev, *api_next; /* srv.api_list */
+  uint8_t *stash;
+  size_t stash_len;
 };
 
 static const char srv_demo_page[] =
@@ -342,14 +355,34 @@ int srv_http_new(srv *s, srv_conn *c) {
     return -1;
   }
   h->s = s;
+  h->conn = c;
   http_parser_init(&h->p, HTTP_REQUEST);
   h->p.data = c;
   c->http = h;
   return 0;
 }
 
+static void srv_api_unlink(srv *s, srv_http *h) {
+  if (!h->api_linked) {
+    return;
+  }
+  h->api_linked = 0;
+  if (h->api_prev != NULL) {
+    h->api_prev->api_next = h->api_next;
+  } else {
+    s->api_list = h->api_next;
+  }
+  if (h->api_next != NULL) {
+    h->api_next->api_prev = h->api_prev;
+  }
+  h->api_prev = h->api_next = NULL;
+}
+
 void srv_http_free(srv_conn *c) {
   if (c->http != NULL) {
+    /* A request still waiting: its answer will find no one (dropped). */
+    srv_api_unlink(c->http->s, c->http);
+    free(c->http->stash);
     free(c->http->url.p);
     free(c->http->authz.p);
     free(c->http->body);
@@ -628,14 +661,161 @@ static int srv_query_param(const char *url, const char *name, char *out,
   return 1;
 }
 
-/* GET /history?channel=C[&since=N][&limit=L] (CONTRACT.md): a query of
-   the core's kept messages (hub_history_get), no event. */
+/* ------------------------------------------------------------ the API */
+
+/*
+ * POST /publish and GET /history go to the hub (sh_api_publish,
+ * sh_api_history) under a number of ours; the answer comes through the
+ * shell's api_reply (srv_api_reply), among the call's own effects or
+ * later, once Redis answered.  Meanwhile the connection reads nothing
+ * (a pipelined request behind it waits in the kernel, or in the stash
+ * for bytes already read) and has no idle deadline: the hub answers
+ * every accepted request exactly once, at the latest when the backplane
+ * goes down or at the shutdown.  A connection that went away meanwhile
+ * leaves the list with its srv_http, and its answer finds no one.
+ * The list is searched linearly: it holds the requests in flight.
+ */
+
+static void srv_api_link(srv *s, srv_http *h) {
+  if (h->api_linked) {
+    return;
+  }
+  h->api_linked = 1;
+  h->api_prev = NULL;
+  h->api_next = s->api_list;
+  if (s->api_list != NULL) {
+    s->api_list->api_prev = h;
+  }
+  s->api_list = h;
+}
+
+/* A new request of |c|'s; returns its number. */
+static uint64_t srv_api_begin(srv *s, srv_conn *c, int close) {
+  srv_http *h = c->http;
+  h->api_req = ++s->api_req_next;
+  h->api_close = close;
+  h->api_in_call = 1;
+  h->api_resume = 0;
+  srv_api_link(s, h);
+  srv_list_remove(c); /* no idle deadline while the hub has it */
+  return h->api_req;
+}
+
+/* The sh_api_* call for request |req| returned verdict |v|. */
+static void srv_api_called(srv *s, srv_conn *c, uint64_t req, int v) {
+  srv_http *h = c->state == SRV_HTTP ? c->http : NULL;
+  if (h == NULL) {
+    return; /* answered within the call, and closed */
+  }
+  h->api_in_call = 0;
+  if (h->api_req != req) {
+    return; /* answered within the call */
+  }
+  if (v != SH_OK) {
+    /* No answer will come: ours. */
+    h->api_req = 0;
+    srv_api_unlink(s, h);
+    srv_respond_json_error(s, c, 503,
+                           v == SH_SHUT_DOWN ? "shutting down"
+                                             : hub_strerror(HUB_ERR_NOMEM),
+                           v == SH_SHUT_DOWN ? 1 : h->api_close);
+    return;
+  }
+  srv_conn_pause_read(s, c, 1);
+}
+
+void srv_api_reply(void *user, uint64_t req, uint16_t status, hub_buf *buf) {
+  srv *s = user;
+  srv_http *h;
+  srv_conn *c;
+  for (h = s->api_list; h != NULL && h->api_req != req; h = h->api_next) {
+  }
+  if (h == NULL || req == 0) {
+    return; /* its connection went away: nobody to answer */
+  }
+  c = h->conn;
+  h->api_req = 0;
+  if (h->api_in_call) {
+    /* Within the sh_api_* call: srv_http_feed goes on by itself. */
+    srv_api_unlink(s, h);
+  } else if (h->api_close || s->shutting_down) {
+    srv_api_unlink(s, h);
+    srv_conn_pause_read(s, c, 0); /* the close waits for the peer's EOF */
+  } else {
+    /* Reading resumes from the loop, outside the shell's drain (a
+       pipelined request is a new sh_ call). */
+    h->api_resume = 1;
+    if (!ev_is_active(&s->api_resume)) {
+      ev_timer_set(&s->api_resume, 0.0, 0.0);
+      ev_timer_start(s->loop, &s->api_resume);
+    }
+  }
+  srv_respond(s, c, status, "application/json", (const char *)buf->data,
+              buf->len, h->api_close);
+}
+
+static void srv_api_resume_cb(struct ev_loop *loop, ev_timer *w, int revents) {
+  srv *s = ev_userdata(loop);
+  (void)w;
+  (void)revents;
+  for (;;) {
+    srv_http *h;
+    srv_conn *c;
+    uint8_t *stash;
+    size_t n;
+    for (h = s->api_list; h != NULL && !h->api_resume; h = h->api_next) {
+    }
+    if (h == NULL) {
+      break;
+    }
+    c = h->conn;
+    stash = h->stash;
+    n = h->stash_len;
+    h->stash = NULL;
+    h->stash_len = 0;
+    h->api_resume = 0;
+    srv_api_unlink(s, h);
+    if (stash != NULL) {
+      srv_http_feed(s, c, stash, n); /* may begin the next request */
+      free(stash);
+    }
+    if (!(c->state == SRV_HTTP && c->http != NULL && c->http->api_req != 0)) {
+      srv_conn_pause_read(s, c, 0);
+    }
+  }
+}
+
+void srv_api_init(srv *s) {
+  ev_timer_init(&s->api_resume, srv_api_resume_cb, 0.0, 0.0);
+}
+
+void srv_api_shutdown(srv *s) {
+  srv_http *h;
+  ev_timer_stop(s->loop, &s->api_resume);
+  /* The hub answered what it had (503) at its shutdown; anything still
+     waiting is answered here, and every such connection closes. */
+  while ((h = s->api_list) != NULL) {
+    srv_conn *c = h->conn;
+    int waiting = h->api_req != 0;
+    h->api_req = 0;
+    h->api_resume = 0;
+    srv_api_unlink(s, h);
+    srv_conn_pause_read(s, c, 0);
+    if (waiting) {
+      srv_respond_json_error(s, c, 503, "shutting down", 1);
+    } else if (c->state == SRV_HTTP) {
+      srv_conn_finish(s, c); /* its answer is queued */
+    }
+  }
+}
+
+/* GET /history?channel=C[&since=N][&limit=L] (CONTRACT.md), answered by
+   the hub: from its memory (embedded) or after a read from Redis. */
 static void srv_history(srv *s, srv_conn *c, int close) {
   const char *url = srv_str_c(&c->http->url);
   char ch[160], num[32];
-  uint64_t since = 0, limit = 0;
+  uint64_t since = 0, limit = 0, req;
   const char *err = "missing parameter: channel";
-  hub_buf *b = NULL;
   int rc;
 
   if (srv_query_param(url, "channel", ch, sizeof(ch)) != 0) {
@@ -652,16 +832,9 @@ static void srv_history(srv *s, srv_conn *c, int close) {
     srv_respond_json_error(s, c, 400, "bad limit", close);
     return;
   }
-  rc = hub_history_get(s->h, ch, strlen(ch), since, limit, srv_now(), &b, &err);
-  if (rc == HUB_ERR_BAD_REQUEST) {
-    srv_respond_json_error(s, c, 400, err, close);
-  } else if (rc != 0) {
-    srv_respond_json_error(s, c, 503, hub_strerror(rc), close);
-  } else {
-    srv_respond(s, c, 200, "application/json", (const char *)b->data, b->len,
-                close);
-    hub_buf_unref(b);
-  }
+  req = srv_api_begin(s, c, close);
+  rc = sh_api_history(&s->sh, req, ch, strlen(ch), since, limit, srv_now());
+  srv_api_called(s, c, req, rc);
 }
 
 static void srv_handle_request(srv *s, srv_conn *c) {
@@ -684,44 +857,18 @@ static void srv_handle_request(srv *s, srv_conn *c) {
     }
   }
   if (strcmp(path, "/publish") == 0) {
-    const char *err = NULL;
     int v;
     if (method != HTTP_POST) {
       srv_respond_json_error(s, c, 405, "method not allowed", close);
       return;
     }
-    v = sh_publish(&s->sh, h->body ? h->body : (const uint8_t *)"", h->body_len,
-                   &err, srv_now());
-    h->body_len = 0;
-    if (v == SH_OK && hub_last_publish_offset(s->h) > 0) {
-      char ok[64];
-      int n = snprintf(ok, sizeof(ok), "{\"ok\":true,\"offset\":%llu}",
-                       (unsigned long long)hub_last_publish_offset(s->h));
-      srv_respond(s, c, 200, "application/json", ok, (size_t)n, close);
-    } else if (v == SH_OK) {
-      static const char ok[] = "{\"ok\":true}";
-      srv_respond(s, c, 200, "application/json", ok, sizeof(ok) - 1, close);
-    } else if (v == SH_BAD_REQUEST) {
-      char body[256];
-      char esc[160];
-      size_t i, j = 0;
-      const char *m = err ? err : "bad request";
-      for (i = 0; m[i] && j + 2 < sizeof(esc); i++) {
-        if (m[i] == '"' || m[i] == '\\') {
-          esc[j++] = '\\';
-        }
-        esc[j++] = m[i];
-      }
-      esc[j] = '\0';
-      snprintf(body, sizeof(body), "%s", esc);
-      srv_respond_json_error(s, c, 400, body, close);
-    } else if (v == SH_SHUT_DOWN) {
-      srv_respond_json_error(s, c, 503, "shutting down", 1);
-    } else if (v == SH_BP_CONGESTED) {
-      srv_respond_json_error(s, c, 503, "backplane unavailable", close);
-    } else {
-      /* Out of memory for it (the shell's policy): try again later. */
-      srv_respond_json_error(s, c, 503, hub_strerror(HUB_ERR_NOMEM), close);
+    {
+      uint64_t req = srv_api_begin(s, c, close);
+      v = sh_api_publish(&s->sh, req,
+                         h->body ? h->body : (const uint8_t *)"", h->body_len,
+                         srv_now());
+      /* |h| may be gone: answered within the call, and closed. */
+      srv_api_called(s, c, req, v);
     }
     return;
   }
@@ -777,6 +924,19 @@ void srv_http_feed(srv *s, srv_conn *c, const uint8_t *data, size_t len) {
       data += n;
       len -= n;
       srv_handle_request(s, c);
+      if (len > 0 && c->state == SRV_HTTP && c->http->api_req != 0) {
+        /* Waiting for the hub: what follows is read after the answer. */
+        srv_http *w = c->http;
+        uint8_t *p = realloc(w->stash, w->stash_len + len);
+        if (p == NULL) {
+          srv_conn_abort(s, c);
+          return;
+        }
+        memcpy(p + w->stash_len, data, len);
+        w->stash = p;
+        w->stash_len += len;
+        return;
+      }
       continue;
     }
     if (err != HPE_OK) {
