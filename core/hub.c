@@ -105,6 +105,7 @@ void hub_del(hub *h) {
   hub_topic_free_all(h);
   hub_registry_free(h);
   hub_auth_free(h);
+  hub_hred_free(h);
   hub_hist_free(h);
   hub_htab_free(h->mem, &h->conn_tab);
   hub_htab_free(h->mem, &h->topic_tab);
@@ -226,6 +227,19 @@ void hub_on_bp_down(hub *h, hub_tstamp now) {
 void hub_on_bp_congested(hub *h, int congested, hub_tstamp now) {
   advance(h, now);
   h->bp_congested = congested != 0;
+}
+
+int hub_on_bp_hpublished(hub *h, uint64_t req, int ok, uint64_t offset,
+                         const char *epoch, size_t epoch_len, hub_tstamp now) {
+  advance(h, now);
+  return hub_hred_on_hpublished(h, req, ok, offset, epoch, epoch_len);
+}
+
+int hub_on_bp_hread(hub *h, uint64_t req, int ok, uint64_t offset,
+                    const char *epoch, size_t epoch_len,
+                    const hub_hentry *entries, size_t n, hub_tstamp now) {
+  advance(h, now);
+  return hub_hred_on_hread(h, req, ok, offset, epoch, epoch_len, entries, n);
 }
 
 int hub_publish(hub *h, const uint8_t *body, size_t len, const char **errmsg,

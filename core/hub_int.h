@@ -199,5 +199,6 @@ struct hub {
 #include "hub_topic.h"
 #include "hub_auth.h"
 #include "hub_history.h"
+#include "hub_hred.h"
 
 #endif /* HUB_INT_H */

@@ -625,6 +625,25 @@ static int tap_del(bp *base, const char *key, size_t len) {
   return rc != 0 ? rc : b->ops->del(b, key, len);
 }
 
+static int tap_hpublish(bp *base, uint64_t req, const char *channel,
+                        size_t len, const uint8_t *data, size_t dlen,
+                        uint32_t size, uint32_t ttl_s, uint32_t meta_ttl_s) {
+  bp *b;
+  int rc = tap_begin(base, HUB_EFF_BP_HPUBLISH, channel, len, &b);
+  return rc != 0 ? rc
+                 : b->ops->hpublish(b, req, channel, len, data, dlen, size,
+                                    ttl_s, meta_ttl_s);
+}
+
+static int tap_hread(bp *base, uint64_t req, const char *channel, size_t len,
+                     uint64_t since, uint32_t count, uint32_t meta_ttl_s) {
+  bp *b;
+  int rc = tap_begin(base, HUB_EFF_BP_HREAD, channel, len, &b);
+  return rc != 0 ? rc
+                 : b->ops->hread(b, req, channel, len, since, count,
+                                 meta_ttl_s);
+}
+
 static void tap_free(bp *base) {
   free(base);
 }
@@ -635,8 +654,8 @@ static const bp_ops sim_tap_ops = {
   .publish = tap_publish,
   .set = tap_set,
   .del = tap_del,
-  .hpublish = NULL,
-  .hread = NULL,
+  .hpublish = tap_hpublish,
+  .hread = tap_hread,
   .free = tap_free};
 
 /* ------------------------------------------------------- instances */
@@ -655,6 +674,29 @@ static void on_subscribed(void *user, const char *channel, size_t len) {
   sim_inst *in = user;
   sh_bp_subscribed(&inst_enter(in, "hub_on_bp_subscribed")->sh, channel, len,
                    in->w->loop.now);
+}
+
+static void on_hpublished(void *user, uint64_t req, int ok, uint64_t offset,
+                          const char *epoch, size_t epoch_len) {
+  sim_inst *in = user;
+  sh_bp_hpublished(&inst_enter(in, "hub_on_bp_hpublished")->sh, req, ok,
+                   offset, epoch, epoch_len, in->w->loop.now);
+}
+
+/* bp_hentry and hub_hentry share one layout (the shell's API takes the
+   core's). */
+_Static_assert(sizeof(bp_hentry) == sizeof(hub_hentry) &&
+                 offsetof(bp_hentry, data) == offsetof(hub_hentry, data) &&
+                 offsetof(bp_hentry, len) == offsetof(hub_hentry, len),
+               "bp_hentry and hub_hentry differ");
+
+static void on_hread(void *user, uint64_t req, int ok, uint64_t offset,
+                     const char *epoch, size_t epoch_len,
+                     const bp_hentry *entries, size_t n) {
+  sim_inst *in = user;
+  sh_bp_hread(&inst_enter(in, "hub_on_bp_hread")->sh, req, ok, offset, epoch,
+              epoch_len, (const hub_hentry *)(const void *)entries, n,
+              in->w->loop.now);
 }
 
 static void on_msg(void *user, const char *channel, size_t len,
@@ -860,6 +902,8 @@ int sim_inst_start(sim_world *w, sim_inst *in) {
   ev.on_down = on_down;
   ev.on_msg = on_msg;
   ev.on_subscribed = on_subscribed;
+  ev.on_hpublished = on_hpublished;
+  ev.on_hread = on_hread;
   in->bp = sim_bp_new(&w->loop, w->redis, (uint32_t)in->idx,
                       UINT64_C(0x100000) + ((uint64_t)in->idx << 20) + in->gen,
                       w->cfg.prefix, &ev);
