@@ -17,9 +17,6 @@ SCENARIOS = ["lazy_subscribe", "cross_instance_fanout",
              "protocol_errors", "redis_direct_publish", "redis_partition",
              "subscribe_ack_race", "unsubscribe_last",
              "auth_permission_denied", "redis_restart", "client_reconnect"]
-# Not played: redis_history_function (its `redis fcall wshub_publish`
-# needs the wshub library in the real Redis, which the Redis backplane
-# does not load yet).
 # Not in the default run:
 # - instance_crash waits for real TTLs (30 s and 120 s): about 2.5 minutes.
 #   WSHUB_LONG_SCENARIOS=1 runs it.
@@ -30,7 +27,9 @@ SCENARIOS = ["lazy_subscribe", "cross_instance_fanout",
 #   hub's queue limit.  A known gap between the model and real TCP.
 # - auth_token_expiry and auth_refresh wait for real token expiry (about
 #   25 s each); test_auth.py covers expiry and refresh in a few seconds.
-LONG_SCENARIOS = ["instance_crash", "auth_token_expiry", "auth_refresh"]
+# - redis_history_function waits for a real stream TTL (300 s).
+LONG_SCENARIOS = ["instance_crash", "auth_token_expiry", "auth_refresh",
+                  "redis_history_function"]
 
 
 def _play(name, redis_server, tmp_path, tries=3):
