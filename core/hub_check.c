@@ -163,7 +163,7 @@ int hub_check(const hub *h, const char **why) {
   /* The reservation rule (hub_effq.h): every fact event to come fits. */
   CHECK(h->eff_cap - h->eff_tail >= hub_effq_fact_reserve(h),
         "fact reserve not held");
-  if (hub_hist_check(h, why) != 0) {
+  if (hub_hist_check(h, why) != 0 || hub_hred_check(h, why) != 0) {
     return -1;
   }
   *why = NULL;
