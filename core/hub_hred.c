@@ -1017,6 +1017,7 @@ int hub_hred_publish(hub *h, hub_conn *c, uint64_t api_req, const hub_req *r) {
     return HUB_ERR_NOMEM;
   }
   memset(o, 0, sizeof(*o));
+  hub_link_init(&o->link);
   if (t != NULL) {
     o->name = t->name;
     hub_buf_ref(o->name);
@@ -1145,6 +1146,7 @@ int hub_hred_api_history(hub *h, uint64_t api_req, const char *ch, size_t len,
     return HUB_ERR_NOMEM;
   }
   memset(o, 0, sizeof(*o));
+  hub_link_init(&o->link);
   t = hub_topic_find(h, ch, len);
   if (t != NULL) {
     o->name = t->name;
