@@ -593,7 +593,7 @@ static int parse_cond(runner *rn, char *p, cond *cd) {
       return fail(rn, "%s needs a channel", b);
     }
     cd->chan = sim_chan_intern(&rn->w.loop, ch, strlen(ch));
-    if (b[0] == 'r' && b[1] == 'e' && b[2] == 'c') {
+    if (strcmp(b, "recovered") == 0) {
       arg = tok(&p);
       if (arg == NULL || (strcmp(arg, "yes") != 0 && strcmp(arg, "no") != 0)) {
         return fail(rn, "recovered needs yes|no");
