@@ -814,10 +814,12 @@ static int topic_answer(hub *h, hub_topic *t, uint64_t T, const char *E,
   if (nw > 0) {
     rec = hub_mem_malloc(h->mem, nw * sizeof(*rec));
     replies = hub_mem_malloc(h->mem, (nreq > 0 ? nreq : 1) * sizeof(*replies));
+    if (replies != NULL) {
+      memset(replies, 0, (nreq > 0 ? nreq : 1) * sizeof(*replies));
+    }
     if (rec == NULL || replies == NULL) {
       goto out;
     }
-    memset(replies, 0, nreq * sizeof(*replies));
   }
   P = T;
   if (live) {
