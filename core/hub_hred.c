@@ -84,13 +84,13 @@ typedef struct hub_hop {
   hub_link link; /* h->hops, issue order (answers come in that order) */
   uint64_t req;
   int kind;
-  int noreply;    /* hub_publish: no API reply owed */
+  int noreply;      /* hub_publish: no API reply owed */
   hub_conn_id conn; /* OP_PUBLISH */
   uint64_t api_req;
   hub_buf *name;
-  hub_buf *ok;   /* OP_PUBLISH: the "published" frame, OP_API_PUBLISH: the
-                    body, both with room for any offset */
-  hub_buf *fail; /* the error frame / 503 body */
+  hub_buf *ok;    /* OP_PUBLISH: the "published" frame, OP_API_PUBLISH: the
+                     body, both with room for any offset */
+  hub_buf *fail;  /* the error frame / 503 body */
   uint64_t limit; /* OP_API_HISTORY */
   uint64_t since;
   size_t plen; /* OP_PUBLISH: the reply's payload before its "}" */
@@ -598,8 +598,8 @@ int hub_hred_on_msg(hub *h, hub_topic *t, const uint8_t *data, size_t len,
   /* A hole (o > top + 1) or another epoch: buffer it, read what is
      missing.  Another epoch first tells the live subscribers (gap, offset
      0): their offsets start over. */
-  if (hub_effq_reserve(h, 1 + (same ? 0 : hub_topic_deliver_cost(h, t->nacked))) !=
-      0) {
+  if (hub_effq_reserve(
+        h, 1 + (same ? 0 : hub_topic_deliver_cost(h, t->nacked))) != 0) {
     return HUB_ERR_NOMEM;
   }
   if (!same) {
@@ -659,8 +659,7 @@ static int wait_recovered(const hub *h, const hub_hwait *w, uint64_t T,
   uint64_t s = w->since;
   size_t i;
   if (!w->has_since || s == UINT64_MAX || w->elen != elen ||
-      memcmp(w->epoch, E, elen) != 0 || s > T ||
-      T - s > h->cfg.history_size) {
+      memcmp(w->epoch, E, elen) != 0 || s > T || T - s > h->cfg.history_size) {
     return 0;
   }
   if (s == T) {
@@ -992,7 +991,8 @@ int hub_hred_publish(hub *h, hub_conn *c, uint64_t api_req, const hub_req *r) {
       return HUB_ERR_NOMEM;
     }
     if (c != NULL) {
-      hub_buf *f = hub_frame_error(h, r->id, r->id_len, "backplane unavailable");
+      hub_buf *f =
+        hub_frame_error(h, r->id, r->id_len, "backplane unavailable");
       if (f == NULL) {
         h->st.bp_refused--;
         return HUB_ERR_NOMEM;
@@ -1036,8 +1036,9 @@ int hub_hred_publish(hub *h, hub_conn *c, uint64_t api_req, const hub_req *r) {
     hub_buf *reply = hub_frame_reply(h, "published", r->channel, r->channel_len,
                                      r->id, r->id_len);
     /* Room for the offset: the frame is rewritten when it is known. */
-    o->ok = reply != NULL ? hub_frame_new(h->mem, hub_buf_payload_len(reply) + tl)
-                          : NULL;
+    o->ok = reply != NULL
+              ? hub_frame_new(h->mem, hub_buf_payload_len(reply) + tl)
+              : NULL;
     if (o->ok != NULL) {
       /* Keep the reply's payload, without its closing brace, in front. */
       size_t pl = hub_buf_payload_len(reply) - 1;

@@ -254,8 +254,8 @@ static size_t subscribe_cost(const hub_conn *c) {
    until a read answers (hub_hred.c), whose answer builds the reply.
    Needs subscribe_cost(c) reserved; reserves the read and the new
    channel's term itself. */
-static int subscribe_hred(hub *h, hub_conn *c, const hub_req *req,
-                          hub_topic *t, hub_sub *s) {
+static int subscribe_hred(hub *h, hub_conn *c, const hub_req *req, hub_topic *t,
+                          hub_sub *s) {
   hub_buf *cancel, **frames;
   hub_hwait *w;
   int fresh = t == NULL;

@@ -72,8 +72,7 @@ static void hq_fail(sim_bp *b, uint64_t *v, size_t *n) {
   for (i = 0; i < k; i++) {
     if (c[i] & 1) {
       if (b->base.ev.on_hread) {
-        b->base.ev.on_hread(b->base.ev.user, c[i] >> 1, 0, 0, NULL, 0, NULL,
-                            0);
+        b->base.ev.on_hread(b->base.ev.user, c[i] >> 1, 0, 0, NULL, 0, NULL, 0);
       }
     } else if (b->base.ev.on_hpublished) {
       b->base.ev.on_hpublished(b->base.ev.user, c[i] >> 1, 0, 0, NULL, 0);
@@ -163,8 +162,8 @@ static int sim_bp_del(bp *base, const char *key, size_t len) {
 /* The FCALL's blob: sim_redis_hcmd, history key, NUL, meta key, NUL,
    data. */
 static sim_blob *hcmd_blob(sim_bp *b, const sim_redis_hcmd *hc,
-                           const char *channel, size_t len,
-                           const uint8_t *data, size_t dlen) {
+                           const char *channel, size_t len, const uint8_t *data,
+                           size_t dlen) {
   size_t pl = strlen(b->prefix);
   size_t n = sizeof(*hc) + 2 * (pl + 8 + len + 1) + dlen;
   char *buf = malloc(n), *w;
@@ -187,8 +186,7 @@ static sim_blob *hcmd_blob(sim_bp *b, const sim_redis_hcmd *hc,
 
 static int sim_bp_hpublish(bp *base, uint64_t req, const char *channel,
                            size_t len, const uint8_t *data, size_t dlen,
-                           uint32_t size, uint32_t ttl_s,
-                           uint32_t meta_ttl_s) {
+                           uint32_t size, uint32_t ttl_s, uint32_t meta_ttl_s) {
   sim_bp *b = (sim_bp *)base;
   sim_redis_hcmd hc;
   if (!sim_redis_connected(b->conn)) {
@@ -206,9 +204,8 @@ static int sim_bp_hpublish(bp *base, uint64_t req, const char *channel,
   return 0;
 }
 
-static int sim_bp_hread(bp *base, uint64_t req, const char *channel,
-                        size_t len, uint64_t since, uint32_t count,
-                        uint32_t meta_ttl_s) {
+static int sim_bp_hread(bp *base, uint64_t req, const char *channel, size_t len,
+                        uint64_t since, uint32_t count, uint32_t meta_ttl_s) {
   sim_bp *b = (sim_bp *)base;
   sim_redis_hcmd hc;
   if (!sim_redis_connected(b->conn)) {
@@ -237,15 +234,14 @@ static void sim_bp_free(bp *base) {
   free(b);
 }
 
-static const bp_ops sim_bp_ops = {
-  .subscribe = sim_bp_subscribe,
-  .unsubscribe = sim_bp_unsubscribe,
-  .publish = sim_bp_publish,
-  .set = sim_bp_set,
-  .del = sim_bp_del,
-  .hpublish = sim_bp_hpublish,
-  .hread = sim_bp_hread,
-  .free = sim_bp_free};
+static const bp_ops sim_bp_ops = {.subscribe = sim_bp_subscribe,
+                                  .unsubscribe = sim_bp_unsubscribe,
+                                  .publish = sim_bp_publish,
+                                  .set = sim_bp_set,
+                                  .del = sim_bp_del,
+                                  .hpublish = sim_bp_hpublish,
+                                  .hread = sim_bp_hread,
+                                  .free = sim_bp_free};
 
 /* ------------------------------------------- what the model reports */
 

@@ -235,8 +235,7 @@ void sim_check_hist(sim_world *w, sim_client *c, int type, uint32_t chan,
     char hkey[256], mkey[256];
     snprintf(hkey, sizeof(hkey), "%shistory:%s", w->cfg.prefix, name);
     snprintf(mkey, sizeof(mkey), "%smeta:%s", w->cfg.prefix, name);
-    if (sim_redis_history_holds(w->redis, hkey, mkey, cs->epoch,
-                                cs->pos + 1)) {
+    if (sim_redis_history_holds(w->redis, hkey, mkey, cs->epoch, cs->pos + 1)) {
       sim_violate(w, 12,
                   "client %s got a gap on %s from %llu to %llu, but history "
                   "still holds offset %llu",

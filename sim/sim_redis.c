@@ -32,7 +32,7 @@ struct sim_redis {
   sim_redis_hooks hooks[SIM_REDIS_HOOKS_MAX];
   size_t nhooks;
   sim_stream_db *streams; /* history streams and meta hashes */
-  uint64_t hreads;         /* wshub_read calls */
+  uint64_t hreads;        /* wshub_read calls */
 };
 
 struct sim_redis_conn {
@@ -345,10 +345,11 @@ static void redis_fcall(sim_redis *r, sim_redis_conn *c, uint32_t cmd,
   }
   b = sim_blob_new(out, olen);
   free(out);
-  sim_schedule(l, fifo_at(c, &c->cmd_down_last), SIM_EV_BP_DELIVER, c->tag,
-               ((uint64_t)(cmd == SIM_REDIS_HPUBLISH ? OUT_HPUBLISHED : OUT_HREAD)
-                << 32) | chan,
-               c->gen, b);
+  sim_schedule(
+    l, fifo_at(c, &c->cmd_down_last), SIM_EV_BP_DELIVER, c->tag,
+    ((uint64_t)(cmd == SIM_REDIS_HPUBLISH ? OUT_HPUBLISHED : OUT_HREAD) << 32) |
+      chan,
+    c->gen, b);
 }
 
 /* Hands an FCALL's answer to the client. */

@@ -55,9 +55,9 @@ typedef struct sim_redis_conn_cbs {
      connection, in command order).  Entries are borrowed for the call. */
   void (*on_hpublished)(void *user, uint64_t req, uint64_t offset,
                         const char *epoch);
-  void (*on_hread)(void *user, uint64_t req, uint64_t offset,
-                   const char *epoch, const uint64_t *offsets,
-                   const char *const *data, const size_t *lens, size_t n);
+  void (*on_hread)(void *user, uint64_t req, uint64_t offset, const char *epoch,
+                   const uint64_t *offsets, const char *const *data,
+                   const size_t *lens, size_t n);
 } sim_redis_conn_cbs;
 
 /*
@@ -165,9 +165,9 @@ enum sim_redis_cmd {
 
 typedef struct sim_redis_hcmd {
   uint64_t req;
-  uint64_t since;      /* HREAD */
-  uint32_t size;       /* HPUBLISH: history size; HREAD: count */
-  uint32_t ttl_s;      /* HPUBLISH */
+  uint64_t since; /* HREAD */
+  uint32_t size;  /* HPUBLISH: history size; HREAD: count */
+  uint32_t ttl_s; /* HPUBLISH */
   uint32_t meta_ttl_s;
   uint32_t pad;
 } sim_redis_hcmd;

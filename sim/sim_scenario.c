@@ -736,9 +736,9 @@ static int eval_cond(runner *rn, cond *cd, char *what, size_t wlen) {
     sim_cstate *cs = sim_client_cstate(c, cd->chan);
     snprintf(what, wlen, "%s's latest subscribed on %s says %s", c->name,
              sim_chan_name(&w->loop, cd->chan),
-             cs->recovered < 0 ? "nothing"
-                               : (cs->recovered ? "recovered:true"
-                                                : "recovered:false"));
+             cs->recovered < 0
+               ? "nothing"
+               : (cs->recovered ? "recovered:true" : "recovered:false"));
     return cs->recovered == cd->yes;
   }
   case C_GAP: {

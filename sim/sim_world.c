@@ -625,9 +625,9 @@ static int tap_del(bp *base, const char *key, size_t len) {
   return rc != 0 ? rc : b->ops->del(b, key, len);
 }
 
-static int tap_hpublish(bp *base, uint64_t req, const char *channel,
-                        size_t len, const uint8_t *data, size_t dlen,
-                        uint32_t size, uint32_t ttl_s, uint32_t meta_ttl_s) {
+static int tap_hpublish(bp *base, uint64_t req, const char *channel, size_t len,
+                        const uint8_t *data, size_t dlen, uint32_t size,
+                        uint32_t ttl_s, uint32_t meta_ttl_s) {
   bp *b;
   int rc = tap_begin(base, HUB_EFF_BP_HPUBLISH, channel, len, &b);
   return rc != 0 ? rc
@@ -639,24 +639,23 @@ static int tap_hread(bp *base, uint64_t req, const char *channel, size_t len,
                      uint64_t since, uint32_t count, uint32_t meta_ttl_s) {
   bp *b;
   int rc = tap_begin(base, HUB_EFF_BP_HREAD, channel, len, &b);
-  return rc != 0 ? rc
-                 : b->ops->hread(b, req, channel, len, since, count,
-                                 meta_ttl_s);
+  return rc != 0
+           ? rc
+           : b->ops->hread(b, req, channel, len, since, count, meta_ttl_s);
 }
 
 static void tap_free(bp *base) {
   free(base);
 }
 
-static const bp_ops sim_tap_ops = {
-  .subscribe = tap_subscribe,
-  .unsubscribe = tap_unsubscribe,
-  .publish = tap_publish,
-  .set = tap_set,
-  .del = tap_del,
-  .hpublish = tap_hpublish,
-  .hread = tap_hread,
-  .free = tap_free};
+static const bp_ops sim_tap_ops = {.subscribe = tap_subscribe,
+                                   .unsubscribe = tap_unsubscribe,
+                                   .publish = tap_publish,
+                                   .set = tap_set,
+                                   .del = tap_del,
+                                   .hpublish = tap_hpublish,
+                                   .hread = tap_hread,
+                                   .free = tap_free};
 
 /* ------------------------------------------------------- instances */
 
@@ -679,8 +678,8 @@ static void on_subscribed(void *user, const char *channel, size_t len) {
 static void on_hpublished(void *user, uint64_t req, int ok, uint64_t offset,
                           const char *epoch, size_t epoch_len) {
   sim_inst *in = user;
-  sh_bp_hpublished(&inst_enter(in, "hub_on_bp_hpublished")->sh, req, ok,
-                   offset, epoch, epoch_len, in->w->loop.now);
+  sh_bp_hpublished(&inst_enter(in, "hub_on_bp_hpublished")->sh, req, ok, offset,
+                   epoch, epoch_len, in->w->loop.now);
 }
 
 /* bp_hentry and hub_hentry share one layout (the shell's API takes the
@@ -1276,10 +1275,9 @@ void sim_redis_publish_text(sim_world *w, const char *chan, size_t chan_len,
 }
 
 static int reply_type(const char *t, size_t n) {
-  static const char *names[] = {"\"message\"",      "\"subscribed\"",
-                                "\"unsubscribed\"", "\"published\"",
-                                "\"error\"",        "\"refreshed\"",
-                                "\"gap\""};
+  static const char *names[] = {
+    "\"message\"", "\"subscribed\"", "\"unsubscribed\"", "\"published\"",
+    "\"error\"",   "\"refreshed\"",  "\"gap\""};
   int i;
   for (i = 0; i < 7; i++) {
     if (strlen(names[i]) == n && memcmp(names[i], t, n) == 0) {
@@ -1334,9 +1332,8 @@ static void client_frame(sim_world *w, sim_client *c, const hub_buf *b,
     ep = v[4] + 1;
     elen = vl[4] - 2;
   }
-  if (v[3] != NULL &&
-      (type == SIM_R_SUBSCRIBED || type == SIM_R_GAP ||
-       (type == SIM_R_MESSAGE && off > 0))) {
+  if (v[3] != NULL && (type == SIM_R_SUBSCRIBED || type == SIM_R_GAP ||
+                       (type == SIM_R_MESSAGE && off > 0))) {
     sim_cstate *cs = sim_client_cstate(c, chan);
     int rec = v[5] == NULL ? -1 : v[5][0] == 't';
     if (w->check) {

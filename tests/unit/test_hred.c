@@ -100,8 +100,8 @@ static int answer(th *t, uint64_t req, uint64_t T, const char *epoch,
 static hub_conn_id live_sub(th *t, uint64_t top) {
   hub_conn_id a = th_open(t);
   char want[160];
-  assert_int_equal(th_msg(t, a, "{\"type\":\"subscribe\",\"channel\":\"news\"}"),
-                   0);
+  assert_int_equal(
+    th_msg(t, a, "{\"type\":\"subscribe\",\"channel\":\"news\"}"), 0);
   if (th_take_named(t, HUB_EFF_BP_SUBSCRIBE, "news") != NULL) {
     th_bp_subscribed(t, "news");
   }
@@ -121,8 +121,8 @@ static void test_hred_subscribe_waits_for_the_read(void **state) {
   (void)state;
   start(&t, 10);
   a = th_open(&t);
-  assert_int_equal(th_msg(&t, a, "{\"type\":\"subscribe\",\"channel\":\"news\"}"),
-                   0);
+  assert_int_equal(
+    th_msg(&t, a, "{\"type\":\"subscribe\",\"channel\":\"news\"}"), 0);
   assert_non_null(th_take_named(&t, HUB_EFF_BP_SUBSCRIBE, "news"));
   /* No reply and no read before the SUBSCRIBE is in force. */
   assert_int_equal(left(&t, HUB_EFF_SEND, a), 0);
@@ -143,8 +143,8 @@ static void test_hred_subscribe_waits_for_the_read(void **state) {
   expect_msg(&t, a, 6);
   /* A payload without an offset: delivered as a plain message. */
   assert_int_equal(th_bp_msg(&t, "news", "{\"raw\":1}"), 0);
-  expect_frame(&t, a,
-               "{\"type\":\"message\",\"channel\":\"news\",\"data\":{\"raw\":1}}");
+  expect_frame(
+    &t, a, "{\"type\":\"message\",\"channel\":\"news\",\"data\":{\"raw\":1}}");
   th_fini(&t);
 }
 
@@ -274,8 +274,8 @@ static void test_hred_refill_after_outage(void **state) {
   assert_int_equal(left(&t, HUB_EFF_SEND, a), 0);
   /* Subscribing while down is answered once the backplane is back. */
   b = th_open(&t);
-  assert_int_equal(th_msg(&t, b, "{\"type\":\"subscribe\",\"channel\":\"news\"}"),
-                   0);
+  assert_int_equal(
+    th_msg(&t, b, "{\"type\":\"subscribe\",\"channel\":\"news\"}"), 0);
   assert_int_equal(left(&t, HUB_EFF_SEND, b), 0);
   /* A publish to a history channel is refused while down. */
   assert_int_equal(
@@ -379,9 +379,8 @@ static void test_hred_publish(void **state) {
   expect_frame(&t, a,
                "{\"type\":\"error\",\"error\":\"backplane unavailable\"}");
   /* The HTTP API: the answer carries the offset; a down fails it. */
-  assert_int_equal(hub_api_publish(t.h, 41,
-                                   (const uint8_t *)PBODY, strlen(PBODY), t.now),
-                   0);
+  assert_int_equal(
+    hub_api_publish(t.h, 41, (const uint8_t *)PBODY, strlen(PBODY), t.now), 0);
   th_drain(&t);
   req = th_take(&t, HUB_EFF_BP_HPUBLISH, 0)->req;
   assert_int_equal(hub_on_bp_hpublished(t.h, req, 1, 9, E1, 8, t.now), 0);
@@ -391,9 +390,8 @@ static void test_hred_publish(void **state) {
   assert_int_equal(e->req, 41);
   assert_int_equal(e->status, 200);
   assert_string_equal(e->data, "{\"ok\":true,\"offset\":9}");
-  assert_int_equal(hub_api_publish(t.h, 42,
-                                   (const uint8_t *)PBODY, strlen(PBODY), t.now),
-                   0);
+  assert_int_equal(
+    hub_api_publish(t.h, 42, (const uint8_t *)PBODY, strlen(PBODY), t.now), 0);
   th_drain(&t);
   th_check(&t);
   th_bp_down(&t);
@@ -437,9 +435,8 @@ static void test_hred_api(void **state) {
   th_fini(&t);
   th_init(&t);
   th_start(&t);
-  assert_int_equal(hub_api_publish(t.h, 5,
-                                   (const uint8_t *)XBODY, strlen(XBODY), t.now),
-                   0);
+  assert_int_equal(
+    hub_api_publish(t.h, 5, (const uint8_t *)XBODY, strlen(XBODY), t.now), 0);
   th_drain(&t);
   e = th_take(&t, HUB_EFF_API_REPLY, 0);
   assert_non_null(e);
@@ -493,9 +490,8 @@ static void test_hred_answer_nomem(void **state) {
     assert_int_equal(rc, HUB_ERR_NOMEM);
     assert_int_equal(th_untaken(&t), 0);
     /* Nothing changed: the same answer now serves both. */
-    assert_int_equal(hub_on_bp_hread(t.h, req, 1, 6, E1, strlen(E1), e, 3,
-                                     t.now),
-                     0);
+    assert_int_equal(
+      hub_on_bp_hread(t.h, req, 1, 6, E1, strlen(E1), e, 3, t.now), 0);
     th_drain(&t);
     expect_msg(&t, a, 6);
     expect_msg(&t, a, 7);
@@ -531,8 +527,8 @@ static void test_hred_requests_nomem(void **state) {
       th_check(&t);
     }
     if (rc == 0) {
-      rc = th_msg(&t, a,
-                  "{\"type\":\"publish\",\"channel\":\"news\",\"data\":1}");
+      rc =
+        th_msg(&t, a, "{\"type\":\"publish\",\"channel\":\"news\",\"data\":1}");
       th_check(&t);
     }
     th_mem_fail_at(&t.mem, 0, 0);
