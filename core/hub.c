@@ -75,6 +75,7 @@ int hub_new(hub **out, const hub_config *cfg, const hub_mem *mem,
   hub_link_init(&h->writes);
   hub_link_init(&h->topics);
   hub_link_init(&h->orphans);
+  hub_hred_init(h);
   h->next_conn_id = 1;
   h->now = now;
   h->t_start = now;
@@ -222,6 +223,8 @@ void hub_on_bp_down(hub *h, hub_tstamp now) {
   if (h->bp_up) {
     hub_topic_bp_down(h);
   }
+  /* Publishes and API requests waiting for it are answered now. */
+  hub_hred_fail_all(h);
 }
 
 void hub_on_bp_congested(hub *h, int congested, hub_tstamp now) {
@@ -316,6 +319,7 @@ void hub_shutdown(hub *h, hub_tstamp now) {
   hub_registry_shutdown_orphans(h);
   hub_effq_spend(h, 2 * h->nconns_open + h->nsubs);
   hub_conn_close_all(h);
+  hub_hred_fail_all(h);
   hub_registry_shutdown_instance(h);
   h->shut_down = 1;
 }

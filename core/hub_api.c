@@ -159,7 +159,8 @@ int hub_api_history(hub *h, uint64_t req, const char *channel, size_t len,
     return HUB_ERR_SHUT_DOWN;
   }
   if (!hub_channel_valid(channel, len)) {
-    return reply_now(h, req, 400, hub_api_error_body(h, "invalid channel name"));
+    return reply_now(h, req, 400,
+                     hub_api_error_body(h, "invalid channel name"));
   }
   if (!hub_hist_on(h, channel, len)) {
     return reply_now(h, req, 400,

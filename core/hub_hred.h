@@ -22,6 +22,44 @@ int hub_hred_publish(hub *h, hub_conn *c, uint64_t api_req, const hub_req *r);
 int hub_hred_api_history(hub *h, uint64_t api_req, const char *ch, size_t len,
                          uint64_t since, uint64_t limit);
 
+typedef struct hub_htopic hub_htopic;
+typedef struct hub_hwait hub_hwait;
+
+/* 1 if |ch| keeps history in the external backplane. */
+int hub_hred_on(const hub *h, const char *ch, size_t len);
+void hub_hred_init(hub *h);
+int hub_hred_check(const hub *h, const char **why);
+
+/* A history channel's state, made with its topic. */
+int hub_hred_topic_init(hub *h, hub_topic *t);
+void hub_hred_topic_free(hub *h, hub_topic *t);
+
+/* A subscribe's waiter: made (with its `since` and id) before anything
+   changes, linked to its pending subscription, freed when it is
+   answered or released. */
+hub_hwait *hub_hred_wait_new(hub *h, const hub_req *req);
+void hub_hred_wait_abort(hub *h, hub_hwait *w);
+void hub_hred_wait_link(hub *h, hub_sub *s, hub_hwait *w);
+void hub_hred_wait_free(hub *h, hub_sub *s);
+/* A repeat subscribe on pending |s|: its id joins the waiter. */
+int hub_hred_wait_repeat(hub *h, hub_sub *s, const hub_req *req);
+/* The "subscribed" reply for a repeat subscribe on a live subscription
+   (the channel's current offset and epoch). */
+hub_buf *hub_hred_live_reply(hub *h, hub_topic *t, const hub_req *req);
+/* Starts the read if one is due (needs one reserved effect); 1 if so. */
+int hub_hred_maybe_read(hub *h, hub_topic *t);
+
+/* A backplane message on history channel |t|: *plain set when it is not
+   a `wshub:` payload (the caller delivers it without an offset).
+   0 or HUB_ERR_NOMEM. */
+int hub_hred_on_msg(hub *h, hub_topic *t, const uint8_t *data, size_t len,
+                    int *plain);
+/* The channel's SUBSCRIBE is confirmed (a fact: one effect from the
+   topic's term). */
+void hub_hred_confirmed(hub *h, hub_topic *t);
+/* The backplane went down: the read and the buffer are dropped. */
+void hub_hred_bp_down(hub *h, hub_topic *t);
+
 /* The answers (hub.h). */
 int hub_hred_on_hpublished(hub *h, uint64_t req, int ok, uint64_t offset,
                            const char *epoch, size_t epoch_len);

@@ -495,18 +495,18 @@ static inline int sh_call_bp_hpublished(sh *s, uint64_t req, int ok,
                                         size_t epoch_len, hub_tstamp now) {
   int rc;
   if (s->rec != NULL) {
-    sh_rec_event(s->rec, SH_REC_BP_HPUBLISHED, now, req, ok != 0, offset,
-                 epoch, epoch != NULL ? epoch_len : 0, NULL, 0);
+    sh_rec_event(s->rec, SH_REC_BP_HPUBLISHED, now, req, ok != 0, offset, epoch,
+                 epoch != NULL ? epoch_len : 0, NULL, 0);
   }
   rc = hub_on_bp_hpublished(s->h, req, ok, offset, epoch, epoch_len, now);
   sh_rec_rc(s->rec, rc);
   return rc;
 }
 
-static inline int sh_call_bp_hread(sh *s, uint64_t req, int ok,
-                                   uint64_t offset, const char *epoch,
-                                   size_t epoch_len, const hub_hentry *e,
-                                   size_t n, hub_tstamp now) {
+static inline int sh_call_bp_hread(sh *s, uint64_t req, int ok, uint64_t offset,
+                                   const char *epoch, size_t epoch_len,
+                                   const hub_hentry *e, size_t n,
+                                   hub_tstamp now) {
   int rc;
   if (s->rec != NULL) {
     sh_rec_event_hread(s->rec, now, req, ok, offset, epoch, epoch_len, e, n);

@@ -17,6 +17,8 @@ SCENARIOS = ["lazy_subscribe", "cross_instance_fanout",
              "protocol_errors", "redis_direct_publish", "redis_partition",
              "subscribe_ack_race", "unsubscribe_last",
              "auth_permission_denied", "redis_restart", "client_reconnect"]
+# The history scenarios (history with the Redis backplane) are played
+# too: HISTORY_SCENARIOS below.
 # Not in the default run:
 # - instance_crash waits for real TTLs (30 s and 120 s): about 2.5 minutes.
 #   WSHUB_LONG_SCENARIOS=1 runs it.
