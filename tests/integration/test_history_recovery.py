@@ -89,11 +89,13 @@ def up(w):
         return False
 
 
-def hubs(wshub, redis_url, n=2, extra=()):
+def hubs(wshub, redis_url, n=2, extra=(), size=SIZE):
+    """Instances share their history settings (each trims the stream to
+    its own --history-size when it publishes)."""
     out = []
     for i in range(n):
         w = wshub("--redis", redis_url, "--instance-id", "h%d" % i,
-                  "--history-size", str(SIZE), "--history-channels", "news*",
+                  "--history-size", str(size), "--history-channels", "news*",
                   *extra)
         out.append(w)
     for w in out:
@@ -271,7 +273,7 @@ def test_outage_of_one_instance_is_filled_from_history(wshub, redis_server):
     no gap frame."""
     p = TcpProxy(redis_server.port)
     try:
-        b, = hubs(wshub, redis_server.url, n=1)
+        b, = hubs(wshub, redis_server.url, n=1, size=100)
         a = wshub("--redis", "redis://127.0.0.1:%d" % p.port,
                   "--instance-id", "ha", "--history-size", "100",
                   "--history-channels", "news*")
@@ -508,17 +510,23 @@ def publish_req(data, channel="news", close=False):
                          else b"")) + body
 
 
-def wait_requests(w, k):
-    """Waits until |w| has read k more HTTP requests than its own
-    /metrics polls (counted before they are answered)."""
-    polls = [0]
-    base = w.metrics()["wshub_http_requests_total"]
+class Requests:
+    """Counts the HTTP requests |w| has read, not counting the /metrics
+    polls made here (each is counted before it is answered)."""
 
-    def seen():
-        polls[0] += 1
-        return w.metrics()["wshub_http_requests_total"] - polls[0] >= \
-            base + k
-    wait_for(seen, 15, what="%d requests read" % k)
+    def __init__(self, w):
+        self.w = w
+        self.polls = 0
+        self.base = self._read()
+
+    def _read(self):
+        self.polls += 1
+        return self.w.metrics()["wshub_http_requests_total"] - self.polls
+
+    def wait(self, k):
+        """Waits until k more requests than at the start were read."""
+        wait_for(lambda: self._read() - self.base >= k, 15,
+                 what="%d requests read" % k)
 
 
 def test_api_requests_wait_for_redis(wshub, redis_server):
@@ -529,16 +537,17 @@ def test_api_requests_wait_for_redis(wshub, redis_server):
     try:
         a = wshub("--redis", "redis://127.0.0.1:%d" % p.port,
                   "--instance-id", "api", "--history-size", "5",
-                  "--redis-timeout", "60")
+                  "--history-channels", "news*", "--redis-timeout", "60")
         wait_for(lambda: up(a), 15, what="up")
         p.stall()
+        seen = Requests(a)
         # Pipelined: a history publish, a history read, a plain publish.
         s1 = raw_http(a.port, publish_req("1") +
                       b"GET /history?channel=news HTTP/1.1\r\nHost: x\r\n\r\n"
                       + publish_req("2", channel="x", close=True))
-        wait_requests(a, 1)  # the rest waits behind the first
+        seen.wait(1)  # the rest waits behind the first
         gone = raw_http(a.port, publish_req("9"))
-        wait_requests(a, 1)
+        seen.wait(2)
         gone.close()     # abandoned while waiting
         p.resume()
         got = read_responses(s1, 3)
@@ -552,8 +561,9 @@ def test_api_requests_wait_for_redis(wshub, redis_server):
         assert up(a)
         # Waiting at shutdown: answered 503, or closed.
         p.stall()
+        seen = Requests(a)
         s2 = raw_http(a.port, publish_req("3"))
-        wait_requests(a, 1)
+        seen.wait(1)
         a.signal(signal.SIGTERM)
         got = read_responses(s2, 1)
         s2.close()
