@@ -30,6 +30,12 @@ SCENARIOS = ["lazy_subscribe", "cross_instance_fanout",
 # - auth_token_expiry and auth_refresh wait for real token expiry (about
 #   25 s each); test_auth.py covers expiry and refresh in a few seconds.
 # - redis_history_function waits for a real stream TTL (300 s).
+# History with the Redis backplane (history_*.scn), played like the rest;
+# their `expect redis-reads` lines are not checked (scenario_player.py).
+HISTORY_SCENARIOS = sorted(
+    f[:-4] for f in os.listdir(os.path.join(ROOT, "scenarios"))
+    if f.startswith("history_") and f.endswith(".scn"))
+SCENARIOS += HISTORY_SCENARIOS
 LONG_SCENARIOS = ["instance_crash", "auth_token_expiry", "auth_refresh",
                   "redis_history_function"]
 
