@@ -399,6 +399,9 @@ def test_publish_refused_while_redis_is_down(wshub, redis_server):
             st, body = a.publish("news", "1")
             assert st == 503
             assert json.loads(body) == {"error": "backplane unavailable"}
+            st, body = a.http("GET", "/history?channel=news")
+            assert st == 503
+            assert json.loads(body) == {"error": "backplane unavailable"}
             assert post(a, "2", channel="other") == (200, {"ok": True})
             m = await recv_type(c, "message")
             assert m["data"] == 2 and "offset" not in m
