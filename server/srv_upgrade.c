@@ -71,6 +71,20 @@ enum {
   H_HOST
 };
 
+/* One answer owed on a connection: |req| the hub's request number (0:
+   a response of ours), |resp| the whole HTTP response once known. */
+typedef struct srv_api_ent {
+  uint64_t req;
+  uint8_t *resp;
+  size_t len;
+  int close;
+  int done;
+} srv_api_ent;
+
+/* Requests one connection may have waiting for the hub before it stops
+   reading (pipelining, as the load generator's publishers do). */
+#define SRV_API_PIPELINE 64
+
 struct srv_http {
   http_parser p;
   srv *s; /* the server, for the parser's callbacks */
@@ -98,15 +112,15 @@ struct srv_http {
   size_t body_len;
   size_t body_cap;
   int error_status; /* a limit was passed: answer with this */
-  /* An API request waiting for the hub's answer (srv_api_*): its number
-     (0: none), whether to close after the answer, whether the answer
-     came back inside the sh_api_* call itself, and whether the reading
-     waits for api_resume; then the bytes read after the request. */
+  /* The answers owed, in request order (srv_api_*): API requests the
+     hub has not answered yet, and the responses queued behind them;
+     reading stops past SRV_API_PIPELINE of them, or at an upgrade behind
+     them, and the bytes already read wait in the stash. */
   srv_conn *conn;
-  uint64_t api_req;
-  int api_close;
-  int api_in_call;
-  int api_resume;
+  srv_api_ent *q; /* a ring of qcap */
+  uint32_t qhead, qlen, qcap;
+  int upgrade_deferred; /* the parsed upgrade waits for the answers */
+  int api_resume;       /* reading resumes from api_resume */
   int api_linked;
   srv_http *api_prev, *api_next; /* srv.api_list */
   uint8_t *stash;
@@ -382,6 +396,12 @@ void srv_http_free(srv_conn *c) {
   if (c->http != NULL) {
     /* A request still waiting: its answer will find no one (dropped). */
     srv_api_unlink(c->http->s, c->http);
+    while (c->http->qlen > 0) {
+      free(c->http->q[c->http->qhead].resp);
+      c->http->qhead = (c->http->qhead + 1) % c->http->qcap;
+      c->http->qlen--;
+    }
+    free(c->http->q);
     free(c->http->stash);
     free(c->http->url.p);
     free(c->http->authz.p);
@@ -429,37 +449,65 @@ static const char *srv_status_text(int status) {
 }
 
 /* Queues one response; |close| ends the connection after it. */
-static void srv_respond(srv *s, srv_conn *c, int status, const char *ctype,
-                        const char *body, size_t body_len, int close) {
+/* The whole response (malloc'd, *len bytes), or NULL. */
+static uint8_t *srv_format(int status, const char *ctype, const char *body,
+                           size_t body_len, int close, size_t *len) {
   char head[256];
-  char *buf;
-  int hl;
-  if (s->shutting_down) {
-    close = 1;
-  }
-  hl = snprintf(head, sizeof(head),
-                "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n"
-                "Content-Length: %zu\r\nCache-Control: no-store\r\n%s\r\n",
-                status, srv_status_text(status), ctype, body_len,
-                close ? "Connection: close\r\n" : "");
+  uint8_t *buf;
+  int hl = snprintf(head, sizeof(head),
+                    "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n"
+                    "Content-Length: %zu\r\nCache-Control: no-store\r\n%s\r\n",
+                    status, srv_status_text(status), ctype, body_len,
+                    close ? "Connection: close\r\n" : "");
   buf = malloc((size_t)hl + body_len);
-  if (buf == NULL) {
+  if (buf != NULL) {
+    memcpy(buf, head, (size_t)hl);
+    memcpy(buf + hl, body, body_len);
+    *len = (size_t)hl + body_len;
+  }
+  return buf;
+}
+
+/* Sends response |buf| (|len| bytes, borrowed), then closes or waits for
+   the next request. */
+static void srv_send_response(srv *s, srv_conn *c, const uint8_t *buf,
+                              size_t len, int close) {
+  if (srv_conn_queue_own(s, c, buf, len) != 0) {
     srv_conn_drop(s, c);
     return;
   }
-  memcpy(buf, head, (size_t)hl);
-  memcpy(buf + hl, body, body_len);
-  if (srv_conn_queue_own(s, c, buf, (size_t)hl + body_len) != 0) {
-    free(buf);
-    srv_conn_drop(s, c);
-    return;
-  }
-  free(buf);
   if (close) {
     srv_conn_finish(s, c);
   } else {
     srv_list_push(&s->http_list, c, srv_now() + s->cfg.handshake_timeout_ns);
   }
+}
+
+static int srv_api_push(srv *s, srv_http *h, uint64_t req, uint8_t *resp,
+                        size_t len, int close);
+
+static void srv_respond(srv *s, srv_conn *c, int status, const char *ctype,
+                        const char *body, size_t body_len, int close) {
+  uint8_t *buf;
+  size_t len = 0;
+  if (s->shutting_down) {
+    close = 1;
+  }
+  buf = srv_format(status, ctype, body, body_len, close, &len);
+  if (buf == NULL) {
+    srv_conn_drop(s, c);
+    return;
+  }
+  if (c->state == SRV_HTTP && c->http != NULL && c->http->qlen > 0) {
+    /* Behind answers the hub still owes: in request order. */
+    if (srv_api_push(s, c->http, 0, buf, len, close) != 0) {
+      free(buf);
+      srv_conn_drop(s, c);
+    }
+    return;
+  }
+  srv_send_response(s, c, buf, len, close);
+  free(buf);
 }
 
 static void srv_respond_json_error(srv *s, srv_conn *c, int status,
@@ -667,13 +715,17 @@ static int srv_query_param(const char *url, const char *name, char *out,
  * POST /publish and GET /history go to the hub (sh_api_publish,
  * sh_api_history) under a number of ours; the answer comes through the
  * shell's api_reply (srv_api_reply), among the call's own effects or
- * later, once Redis answered.  Meanwhile the connection reads nothing
- * (a pipelined request behind it waits in the kernel, or in the stash
- * for bytes already read) and has no idle deadline: the hub answers
- * every accepted request exactly once, at the latest when the backplane
- * goes down or at the shutdown.  A connection that went away meanwhile
- * leaves the list with its srv_http, and its answer finds no one.
- * The list is searched linearly: it holds the requests in flight.
+ * later, once Redis answered.  A connection may pipeline: every request
+ * gets its place in the connection's queue of answers owed (srv_http.q),
+ * responses leave strictly in request order, and the connection has no
+ * idle deadline while any is owed (the hub answers every accepted
+ * request exactly once, at the latest when the backplane goes down or
+ * at the shutdown).  Past SRV_API_PIPELINE of them, or at an upgrade
+ * behind them, the connection stops reading until the answers caught
+ * up; it resumes from a timer (api_resume), never inside the shell's
+ * drain.  A connection that went away leaves the list with its srv_http,
+ * and its answers find no one.  Lookups are linear over the connections
+ * with answers owed and their queues.
  */
 
 static void srv_api_link(srv *s, srv_http *h) {
@@ -689,69 +741,155 @@ static void srv_api_link(srv *s, srv_http *h) {
   s->api_list = h;
 }
 
-/* A new request of |c|'s; returns its number. */
-static uint64_t srv_api_begin(srv *s, srv_conn *c, int close) {
-  srv_http *h = c->http;
-  h->api_req = ++s->api_req_next;
-  h->api_close = close;
-  h->api_in_call = 1;
-  h->api_resume = 0;
+/* Appends an answer owed: |req| waiting for the hub (|resp| NULL), or a
+   response of ours (|resp| taken).  Returns 0 or -1 (no memory). */
+static int srv_api_push(srv *s, srv_http *h, uint64_t req, uint8_t *resp,
+                        size_t len, int close) {
+  srv_api_ent *e;
+  if (h->qlen == h->qcap) {
+    uint32_t cap = h->qcap ? h->qcap * 2 : 4, i;
+    srv_api_ent *q = malloc(cap * sizeof(*q));
+    if (q == NULL) {
+      return -1;
+    }
+    for (i = 0; i < h->qlen; i++) {
+      q[i] = h->q[(h->qhead + i) % h->qcap];
+    }
+    free(h->q);
+    h->q = q;
+    h->qcap = cap;
+    h->qhead = 0;
+  }
+  e = &h->q[(h->qhead + h->qlen) % h->qcap];
+  h->qlen++;
+  e->req = req;
+  e->resp = resp;
+  e->len = len;
+  e->close = close;
+  e->done = resp != NULL;
   srv_api_link(s, h);
-  srv_list_remove(c); /* no idle deadline while the hub has it */
-  return h->api_req;
+  srv_list_remove(h->conn); /* no idle deadline while answers are owed */
+  return 0;
 }
 
-/* The sh_api_* call for request |req| returned verdict |v|. */
-static void srv_api_called(srv *s, srv_conn *c, uint64_t req, int v) {
-  srv_http *h = c->state == SRV_HTTP ? c->http : NULL;
-  if (h == NULL) {
-    return; /* answered within the call, and closed */
-  }
-  h->api_in_call = 0;
-  if (h->api_req != req) {
-    return; /* answered within the call */
-  }
-  if (v != SH_OK) {
-    /* No answer will come: ours. */
-    h->api_req = 0;
-    srv_api_unlink(s, h);
-    srv_respond_json_error(s, c, 503,
-                           v == SH_SHUT_DOWN ? "shutting down"
-                                             : hub_strerror(HUB_ERR_NOMEM),
-                           v == SH_SHUT_DOWN ? 1 : h->api_close);
-    return;
-  }
-  srv_conn_pause_read(s, c, 1);
+static void srv_api_unlink(srv *s, srv_http *h);
+
+/* Whether |h|'s connection may read again (see the section comment). */
+static int srv_api_may_read(const srv_http *h) {
+  return h->upgrade_deferred ? h->qlen == 0 : h->qlen < SRV_API_PIPELINE;
 }
 
-void srv_api_reply(void *user, uint64_t req, uint16_t status, hub_buf *buf) {
-  srv *s = user;
-  srv_http *h;
-  srv_conn *c;
-  for (h = s->api_list; h != NULL && h->api_req != req; h = h->api_next) {
+/* Sends the answers at the head of |h|'s queue that are known. */
+static void srv_api_flush(srv *s, srv_http *h) {
+  srv_conn *c = h->conn;
+  while (h->qlen > 0 && h->q[h->qhead].done) {
+    srv_api_ent e = h->q[h->qhead];
+    h->qhead = (h->qhead + 1) % h->qcap;
+    h->qlen--;
+    if (e.close) {
+      /* Nothing after a closing answer is sent. */
+      while (h->qlen > 0) {
+        free(h->q[h->qhead].resp);
+        h->qhead = (h->qhead + 1) % h->qcap;
+        h->qlen--;
+      }
+      srv_api_unlink(s, h);
+      srv_conn_pause_read(s, c, 0); /* the close waits for the peer's EOF */
+      srv_send_response(s, c, e.resp, e.len, 1); /* may free |h| */
+      free(e.resp);
+      return;
+    }
+    if (h->qlen > 0) {
+      if (srv_conn_queue_own(s, c, e.resp, e.len) != 0) {
+        free(e.resp);
+        srv_conn_drop(s, c); /* frees |h| */
+        return;
+      }
+    } else {
+      srv_send_response(s, c, e.resp, e.len, 0); /* the idle deadline */
+    }
+    free(e.resp);
+    if (c->state != SRV_HTTP) {
+      return;
+    }
   }
-  if (h == NULL || req == 0) {
-    return; /* its connection went away: nobody to answer */
-  }
-  c = h->conn;
-  h->api_req = 0;
-  if (h->api_in_call) {
-    /* Within the sh_api_* call: srv_http_feed goes on by itself. */
-    srv_api_unlink(s, h);
-  } else if (h->api_close || s->shutting_down) {
-    srv_api_unlink(s, h);
-    srv_conn_pause_read(s, c, 0); /* the close waits for the peer's EOF */
-  } else {
-    /* Reading resumes from the loop, outside the shell's drain (a
-       pipelined request is a new sh_ call). */
+  if (c->rd_paused && srv_api_may_read(h)) {
     h->api_resume = 1;
     if (!ev_is_active(&s->api_resume)) {
       ev_timer_set(&s->api_resume, 0.0, 0.0);
       ev_timer_start(s->loop, &s->api_resume);
     }
   }
-  srv_respond(s, c, status, "application/json", (const char *)buf->data,
-              buf->len, h->api_close);
+  if (h->qlen == 0 && !h->api_resume) {
+    srv_api_unlink(s, h);
+  }
+}
+
+/* A new request of |c|'s; returns its number, or 0 (no memory: answered
+   503 already). */
+static uint64_t srv_api_begin(srv *s, srv_conn *c, int close) {
+  uint64_t req = ++s->api_req_next;
+  if (srv_api_push(s, c->http, req, NULL, 0, close) != 0) {
+    srv_respond_json_error(s, c, 503, hub_strerror(HUB_ERR_NOMEM), close);
+    return 0;
+  }
+  return req;
+}
+
+/* Fills in request |req|'s answer, if still owed; returns its queue or
+   NULL. */
+static srv_http *srv_api_answer(srv *s, uint64_t req, int status,
+                                const char *body, size_t len) {
+  srv_http *h;
+  uint32_t i;
+  for (h = s->api_list; h != NULL; h = h->api_next) {
+    for (i = 0; i < h->qlen; i++) {
+      srv_api_ent *e = &h->q[(h->qhead + i) % h->qcap];
+      if (e->req == req && !e->done) {
+        if (s->shutting_down) {
+          e->close = 1;
+        }
+        e->resp = srv_format(status, "application/json", body, len, e->close,
+                             &e->len);
+        if (e->resp == NULL) {
+          /* No memory for the answer: the connection cannot go on in
+             order. */
+          srv_conn_drop(s, h->conn);
+          return NULL;
+        }
+        e->done = 1;
+        return h;
+      }
+    }
+  }
+  return NULL; /* its connection went away: nobody to answer */
+}
+
+/* The sh_api_* call for request |req| returned verdict |v|. */
+static void srv_api_called(srv *s, uint64_t req, int v) {
+  srv_http *h;
+  char body[96];
+  int n;
+  if (v == SH_OK || req == 0) {
+    return; /* answered within the call, or later */
+  }
+  /* No answer will come from the hub: ours. */
+  n = snprintf(body, sizeof(body), "{\"error\":\"%s\"}",
+               v == SH_SHUT_DOWN ? "shutting down"
+                                 : hub_strerror(HUB_ERR_NOMEM));
+  h = srv_api_answer(s, req, 503, body, (size_t)n);
+  if (h != NULL) {
+    srv_api_flush(s, h);
+  }
+}
+
+void srv_api_reply(void *user, uint64_t req, uint16_t status, hub_buf *buf) {
+  srv *s = user;
+  srv_http *h = srv_api_answer(s, req, status, (const char *)buf->data,
+                               buf->len);
+  if (h != NULL) {
+    srv_api_flush(s, h);
+  }
 }
 
 static void srv_api_resume_cb(struct ev_loop *loop, ev_timer *w, int revents) {
@@ -763,6 +901,7 @@ static void srv_api_resume_cb(struct ev_loop *loop, ev_timer *w, int revents) {
     srv_conn *c;
     uint8_t *stash;
     size_t n;
+    int upgrade;
     for (h = s->api_list; h != NULL && !h->api_resume; h = h->api_next) {
     }
     if (h == NULL) {
@@ -771,15 +910,23 @@ static void srv_api_resume_cb(struct ev_loop *loop, ev_timer *w, int revents) {
     c = h->conn;
     stash = h->stash;
     n = h->stash_len;
+    upgrade = h->upgrade_deferred;
     h->stash = NULL;
     h->stash_len = 0;
     h->api_resume = 0;
-    srv_api_unlink(s, h);
-    if (stash != NULL) {
-      srv_http_feed(s, c, stash, n); /* may begin the next request */
-      free(stash);
+    h->upgrade_deferred = 0;
+    if (h->qlen == 0) {
+      srv_api_unlink(s, h);
     }
-    if (!(c->state == SRV_HTTP && c->http != NULL && c->http->api_req != 0)) {
+    if (upgrade) {
+      srv_upgrade(s, c, stash, n); /* |stash|: frames after the request */
+    } else if (stash != NULL) {
+      srv_http_feed(s, c, stash, n); /* may begin the next requests */
+    }
+    free(stash);
+    if (!(c->state == SRV_HTTP && c->http != NULL &&
+          (c->http->stash != NULL || c->http->upgrade_deferred ||
+           !srv_api_may_read(c->http)))) {
       srv_conn_pause_read(s, c, 0);
     }
   }
@@ -793,18 +940,31 @@ void srv_api_shutdown(srv *s) {
   srv_http *h;
   ev_timer_stop(s->loop, &s->api_resume);
   /* The hub answered what it had (503) at its shutdown; anything still
-     waiting is answered here, and every such connection closes. */
+     owed is answered here, and every such connection closes. */
   while ((h = s->api_list) != NULL) {
     srv_conn *c = h->conn;
-    int waiting = h->api_req != 0;
-    h->api_req = 0;
+    uint32_t i;
+    static const char gone[] = "{\"error\":\"shutting down\"}";
     h->api_resume = 0;
-    srv_api_unlink(s, h);
-    srv_conn_pause_read(s, c, 0);
-    if (waiting) {
-      srv_respond_json_error(s, c, 503, "shutting down", 1);
-    } else if (c->state == SRV_HTTP) {
-      srv_conn_finish(s, c); /* its answer is queued */
+    h->upgrade_deferred = 0;
+    for (i = 0; i < h->qlen; i++) {
+      srv_api_ent *e = &h->q[(h->qhead + i) % h->qcap];
+      e->close = 1;
+      if (!e->done) {
+        e->resp = srv_format(503, "application/json", gone, sizeof(gone) - 1,
+                             1, &e->len);
+        e->done = e->resp != NULL;
+      }
+    }
+    if (h->qlen == 0 || !h->q[h->qhead].done) {
+      srv_api_unlink(s, h);
+      srv_conn_drop(s, c);
+      continue;
+    }
+    srv_api_flush(s, h); /* the first answer closes */
+    if (c->state == SRV_HTTP && c->http == h && h->api_linked) {
+      srv_api_unlink(s, h);
+      srv_conn_drop(s, c);
     }
   }
 }
@@ -833,8 +993,11 @@ static void srv_history(srv *s, srv_conn *c, int close) {
     return;
   }
   req = srv_api_begin(s, c, close);
+  if (req == 0) {
+    return;
+  }
   rc = sh_api_history(&s->sh, req, ch, strlen(ch), since, limit, srv_now());
-  srv_api_called(s, c, req, rc);
+  srv_api_called(s, req, rc);
 }
 
 static void srv_handle_request(srv *s, srv_conn *c) {
@@ -864,11 +1027,14 @@ static void srv_handle_request(srv *s, srv_conn *c) {
     }
     {
       uint64_t req = srv_api_begin(s, c, close);
+      if (req == 0) {
+        return;
+      }
       v = sh_api_publish(&s->sh, req,
                          h->body ? h->body : (const uint8_t *)"", h->body_len,
                          srv_now());
       /* |h| may be gone: answered within the call, and closed. */
-      srv_api_called(s, c, req, v);
+      srv_api_called(s, req, v);
     }
     return;
   }
@@ -901,6 +1067,26 @@ static void srv_handle_request(srv *s, srv_conn *c) {
   }
 }
 
+/* Keeps |len| bytes read after what the connection can take now (its
+   reading is paused): fed again from api_resume.  Returns 0 or -1 (the
+   connection was dropped). */
+static int srv_http_stash(srv *s, srv_conn *c, const uint8_t *data,
+                          size_t len) {
+  srv_http *h = c->http;
+  if (len > 0) {
+    uint8_t *p = realloc(h->stash, h->stash_len + len);
+    if (p == NULL) {
+      srv_conn_abort(s, c);
+      return -1;
+    }
+    memcpy(p + h->stash_len, data, len);
+    h->stash = p;
+    h->stash_len += len;
+  }
+  srv_conn_pause_read(s, c, 1);
+  return 0;
+}
+
 void srv_http_feed(srv *s, srv_conn *c, const uint8_t *data, size_t len) {
   while (len > 0 && c->state == SRV_HTTP) {
     srv_http *h = c->http;
@@ -916,6 +1102,13 @@ void srv_http_feed(srv *s, srv_conn *c, const uint8_t *data, size_t len) {
       n = len;
     }
     if (h->p.upgrade && (err == HPE_OK || err == HPE_PAUSED)) {
+      if (h->qlen > 0) {
+        /* Its 101 must follow the answers still owed. */
+        h->upgrade_deferred = 1;
+        srv_api_link(s, h);
+        (void)srv_http_stash(s, c, data + n, len - n);
+        return;
+      }
       srv_upgrade(s, c, data + n, len - n);
       return;
     }
@@ -924,17 +1117,9 @@ void srv_http_feed(srv *s, srv_conn *c, const uint8_t *data, size_t len) {
       data += n;
       len -= n;
       srv_handle_request(s, c);
-      if (len > 0 && c->state == SRV_HTTP && c->http->api_req != 0) {
-        /* Waiting for the hub: what follows is read after the answer. */
-        srv_http *w = c->http;
-        uint8_t *p = realloc(w->stash, w->stash_len + len);
-        if (p == NULL) {
-          srv_conn_abort(s, c);
-          return;
-        }
-        memcpy(p + w->stash_len, data, len);
-        w->stash = p;
-        w->stash_len += len;
+      if (c->state == SRV_HTTP && !srv_api_may_read(c->http)) {
+        /* Enough waiting for the hub: what follows is read later. */
+        (void)srv_http_stash(s, c, data, len);
         return;
       }
       continue;

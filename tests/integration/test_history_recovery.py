@@ -544,24 +544,50 @@ def test_api_requests_wait_for_redis(wshub, redis_server):
         wait_for(lambda: up(a), 15, what="up")
         p.stall()
         seen = Requests(a)
-        # Pipelined: a history publish, a history read, a plain publish.
+        # Pipelined, answered in request order: a history publish, a
+        # request answered at once, a history read, a plain publish, a
+        # second history publish.
         s1 = raw_http(a.port, publish_req("1") +
+                      b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" +
                       b"GET /history?channel=news HTTP/1.1\r\nHost: x\r\n\r\n"
-                      + publish_req("2", channel="x", close=True))
-        seen.wait(1)  # the rest waits behind the first
+                      + publish_req("2", channel="x") +
+                      publish_req("3", close=True))
+        seen.wait(5)
         gone = raw_http(a.port, publish_req("9"))
-        seen.wait(2)
+        seen.wait(6)
         gone.close()     # abandoned while waiting
         p.resume()
-        got = read_responses(s1, 3)
+        got = read_responses(s1, 5)
         s1.close()
-        assert [st for st, _ in got] == [200, 200, 200], got
+        assert [st for st, _ in got] == [200] * 5, got
         first = json.loads(got[0][1])
         assert first["ok"] is True and first["offset"] >= 1
-        hist = json.loads(got[1][1])
+        assert got[1][1] == b"ok"
+        hist = json.loads(got[2][1])
         assert first["offset"] in [m["offset"] for m in hist["messages"]]
-        assert json.loads(got[2][1]) == {"ok": True}
+        assert json.loads(got[3][1]) == {"ok": True}
+        last = json.loads(got[4][1])
+        assert last["offset"] > first["offset"]
         assert up(a)
+        # An upgrade pipelined behind a waiting publish: its 101 follows
+        # the publish's answer.
+        p.stall()
+        seen = Requests(a)
+        s3 = raw_http(a.port, publish_req("4") +
+                      b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                      b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                      b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        seen.wait(1)
+        p.resume()
+        s3.settimeout(20)
+        buf = b""
+        while b"101 Switching Protocols" not in buf:
+            chunk = s3.recv(65536)
+            assert chunk, buf
+            buf += chunk
+        s3.close()
+        assert buf.startswith(b"HTTP/1.1 200 OK"), buf
+        assert buf.index(b'"offset"') < buf.index(b"101 Switching"), buf
         # Waiting at shutdown: answered 503, or closed.
         p.stall()
         seen = Requests(a)
