@@ -70,11 +70,11 @@ typedef struct bp_redis {
   int sub_ok, pub_ok;
   int up;
   int quitting;
-  int freeing;      /* inside bp_redis_free: answers are not reported */
-  int history;      /* FUNCTION LOAD must succeed (bp_redis_config) */
-  int lib_told;     /* a refusal without history was logged once */
-  int lib_reload;   /* a FUNCTION LOAD after "Function not found" is out */
-  sh_link link; /* reconnect state and backoff (shell/sh_link.c) */
+  int freeing;    /* inside bp_redis_free: answers are not reported */
+  int history;    /* FUNCTION LOAD must succeed (bp_redis_config) */
+  int lib_told;   /* a refusal without history was logged once */
+  int lib_reload; /* a FUNCTION LOAD after "Function not found" is out */
+  sh_link link;   /* reconnect state and backoff (shell/sh_link.c) */
   ev_timer retry;
   ev_timer connect_timeout;
   ev_timer quit_poll;
@@ -292,8 +292,7 @@ static void bp_redis_hello_cb(redisAsyncContext *ac, void *reply, void *priv) {
 
 /* FUNCTION LOAD REPLACE's answer on the command connection: the library's
    name, or an error (Redis < 7: unknown command; an ACL: NOPERM). */
-static void bp_redis_fload_cb(redisAsyncContext *ac, void *reply,
-                              void *priv) {
+static void bp_redis_fload_cb(redisAsyncContext *ac, void *reply, void *priv) {
   bp_redis *r = priv;
   const redisReply *rep = reply;
   if (rep == NULL || r->quitting || ac != r->pub ||
@@ -320,8 +319,8 @@ static void bp_redis_fload_cb(redisAsyncContext *ac, void *reply,
                    "reason", rep->str, (const char *)NULL);
     }
   } else if (rep->type != REDIS_REPLY_STRING) {
-    bp_redis_log(r, BP_LOG_WARN, "malformed reply from redis",
-                 "command", "FUNCTION LOAD", (const char *)NULL);
+    bp_redis_log(r, BP_LOG_WARN, "malformed reply from redis", "command",
+                 "FUNCTION LOAD", (const char *)NULL);
   }
   bp_redis_ready(r, ac);
 }
@@ -734,9 +733,8 @@ static int bp_redis_hread_reply(bp_redis_hreq *q, const redisReply *rep) {
     }
     last = v[i].offset;
   }
-  r->base.ev.on_hread(r->base.ev.user, q->req, 1, offset,
-                      rep->element[1]->str, (size_t)rep->element[1]->len,
-                      n > 0 ? v : NULL, n);
+  r->base.ev.on_hread(r->base.ev.user, q->req, 1, offset, rep->element[1]->str,
+                      (size_t)rep->element[1]->len, n > 0 ? v : NULL, n);
   if (v != stack) {
     free(v);
   }
@@ -755,8 +753,7 @@ static void bp_redis_hfail(bp_redis_hreq *q) {
 /* After "ERR Function not found" (someone ran FUNCTION FLUSH, or Redis
    was replaced without a reconnect noticed): load the library again,
    once at a time. */
-static void bp_redis_reload_cb(redisAsyncContext *ac, void *reply,
-                               void *priv) {
+static void bp_redis_reload_cb(redisAsyncContext *ac, void *reply, void *priv) {
   bp_redis *r = priv;
   const redisReply *rep = reply;
   (void)ac;
@@ -767,13 +764,12 @@ static void bp_redis_reload_cb(redisAsyncContext *ac, void *reply,
   }
 }
 
-static void bp_redis_hcall_cb(redisAsyncContext *ac, void *reply,
-                              void *priv) {
+static void bp_redis_hcall_cb(redisAsyncContext *ac, void *reply, void *priv) {
   bp_redis_hreq *q = priv;
   bp_redis *r = q->r;
   const redisReply *rep = reply;
-  const char *fn = q->kind == BP_REDIS_HPUBLISH ? "wshub_publish"
-                                                : "wshub_read";
+  const char *fn =
+    q->kind == BP_REDIS_HPUBLISH ? "wshub_publish" : "wshub_read";
   if (r->freeing || r->base.ev.on_hpublished == NULL ||
       r->base.ev.on_hread == NULL) {
     free(q); /* the owner is going away: nobody to tell */
@@ -782,13 +778,12 @@ static void bp_redis_hcall_cb(redisAsyncContext *ac, void *reply,
   if (rep == NULL) {
     bp_redis_hfail(q); /* the link went away first */
   } else if (rep->type == REDIS_REPLY_ERROR) {
-    bp_redis_log(r, BP_LOG_WARN, "redis refused a history command",
-                 "function", fn, "channel", q->channel, "reason", rep->str,
+    bp_redis_log(r, BP_LOG_WARN, "redis refused a history command", "function",
+                 fn, "channel", q->channel, "reason", rep->str,
                  (const char *)NULL);
     if (strncmp(rep->str, "ERR Function not found", 22) == 0 &&
         !r->lib_reload && ac == r->pub && r->up &&
-        redisAsyncCommand(ac, bp_redis_reload_cb, r,
-                          "FUNCTION LOAD REPLACE %s",
+        redisAsyncCommand(ac, bp_redis_reload_cb, r, "FUNCTION LOAD REPLACE %s",
                           bp_redis_wshub_lua) == REDIS_OK) {
       r->lib_reload = 1;
     }
@@ -797,13 +792,12 @@ static void bp_redis_hcall_cb(redisAsyncContext *ac, void *reply,
     if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 2 &&
         rep->element[0]->type == REDIS_REPLY_INTEGER &&
         rep->element[0]->integer >= 1 && bp_redis_epoch_ok(rep->element[1])) {
-      r->base.ev.on_hpublished(r->base.ev.user, q->req, 1,
-                               (uint64_t)rep->element[0]->integer,
-                               rep->element[1]->str,
-                               (size_t)rep->element[1]->len);
+      r->base.ev.on_hpublished(
+        r->base.ev.user, q->req, 1, (uint64_t)rep->element[0]->integer,
+        rep->element[1]->str, (size_t)rep->element[1]->len);
     } else {
-      bp_redis_log(r, BP_LOG_WARN, "malformed reply from redis", "function",
-                   fn, "channel", q->channel, (const char *)NULL);
+      bp_redis_log(r, BP_LOG_WARN, "malformed reply from redis", "function", fn,
+                   "channel", q->channel, (const char *)NULL);
       bp_redis_hfail(q);
     }
   } else if (!bp_redis_hread_reply(q, rep)) {
@@ -972,15 +966,14 @@ static void bp_redis_free(bp *b) {
   free(r);
 }
 
-static const bp_ops bp_redis_ops = {
-  .subscribe = bp_redis_subscribe,
-  .unsubscribe = bp_redis_unsubscribe,
-  .publish = bp_redis_publish,
-  .set = bp_redis_set,
-  .del = bp_redis_del,
-  .hpublish = bp_redis_hpublish,
-  .hread = bp_redis_hread,
-  .free = bp_redis_free};
+static const bp_ops bp_redis_ops = {.subscribe = bp_redis_subscribe,
+                                    .unsubscribe = bp_redis_unsubscribe,
+                                    .publish = bp_redis_publish,
+                                    .set = bp_redis_set,
+                                    .del = bp_redis_del,
+                                    .hpublish = bp_redis_hpublish,
+                                    .hread = bp_redis_hread,
+                                    .free = bp_redis_free};
 
 uint64_t bp_redis_reconnects(const bp *b) {
   const bp_redis *r = (const bp_redis *)b;

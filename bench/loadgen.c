@@ -361,7 +361,7 @@ typedef struct wsconn {
   uint32_t wlen, woff;
   char accept[32]; /* expected Sec-WebSocket-Accept */
   uint32_t delivered;
-  SSL *ssl; /* --tls */
+  SSL *ssl;          /* --tls */
   uint64_t last_off; /* the newest offset seen (history channels) */
   char epoch[33];    /* from the subscribed reply */
 } wsconn;

@@ -132,9 +132,8 @@ _Static_assert(sizeof(bp_hentry) == sizeof(hub_hentry) &&
                  offsetof(bp_hentry, data) == offsetof(hub_hentry, data) &&
                  offsetof(bp_hentry, len) == offsetof(hub_hentry, len),
                "bp_hentry and hub_hentry differ");
-static void srv_bp_hpublished(void *user, uint64_t req, int ok,
-                              uint64_t offset, const char *epoch,
-                              size_t epoch_len) {
+static void srv_bp_hpublished(void *user, uint64_t req, int ok, uint64_t offset,
+                              const char *epoch, size_t epoch_len) {
   srv *s = user;
   sh_bp_hpublished(&s->sh, req, ok, offset, epoch, epoch_len, srv_now());
 }

@@ -849,8 +849,8 @@ static srv_http *srv_api_answer(srv *s, uint64_t req, int status,
         if (s->shutting_down) {
           e->close = 1;
         }
-        e->resp = srv_format(status, "application/json", body, len, e->close,
-                             &e->len);
+        e->resp =
+          srv_format(status, "application/json", body, len, e->close, &e->len);
         if (e->resp == NULL) {
           /* No memory for the answer: the connection cannot go on in
              order. */
@@ -874,9 +874,9 @@ static void srv_api_called(srv *s, uint64_t req, int v) {
     return; /* answered within the call, or later */
   }
   /* No answer will come from the hub: ours. */
-  n = snprintf(body, sizeof(body), "{\"error\":\"%s\"}",
-               v == SH_SHUT_DOWN ? "shutting down"
-                                 : hub_strerror(HUB_ERR_NOMEM));
+  n =
+    snprintf(body, sizeof(body), "{\"error\":\"%s\"}",
+             v == SH_SHUT_DOWN ? "shutting down" : hub_strerror(HUB_ERR_NOMEM));
   h = srv_api_answer(s, req, 503, body, (size_t)n);
   if (h != NULL) {
     srv_api_flush(s, h);
@@ -885,8 +885,8 @@ static void srv_api_called(srv *s, uint64_t req, int v) {
 
 void srv_api_reply(void *user, uint64_t req, uint16_t status, hub_buf *buf) {
   srv *s = user;
-  srv_http *h = srv_api_answer(s, req, status, (const char *)buf->data,
-                               buf->len);
+  srv_http *h =
+    srv_api_answer(s, req, status, (const char *)buf->data, buf->len);
   if (h != NULL) {
     srv_api_flush(s, h);
   }
@@ -951,8 +951,8 @@ void srv_api_shutdown(srv *s) {
       srv_api_ent *e = &h->q[(h->qhead + i) % h->qcap];
       e->close = 1;
       if (!e->done) {
-        e->resp = srv_format(503, "application/json", gone, sizeof(gone) - 1,
-                             1, &e->len);
+        e->resp = srv_format(503, "application/json", gone, sizeof(gone) - 1, 1,
+                             &e->len);
         e->done = e->resp != NULL;
       }
     }
@@ -1030,9 +1030,8 @@ static void srv_handle_request(srv *s, srv_conn *c) {
       if (req == 0) {
         return;
       }
-      v = sh_api_publish(&s->sh, req,
-                         h->body ? h->body : (const uint8_t *)"", h->body_len,
-                         srv_now());
+      v = sh_api_publish(&s->sh, req, h->body ? h->body : (const uint8_t *)"",
+                         h->body_len, srv_now());
       /* |h| may be gone: answered within the call, and closed. */
       srv_api_called(s, req, v);
     }
