@@ -11,9 +11,11 @@
  *   - A subscribe is a pending subscription with a waiter (hub_hwait:
  *     its `since`, the ids of its requests).  Once the channel's
  *     SUBSCRIBE is confirmed, one read (HUB_EFF_BP_HREAD) serves every
- *     waiter present when it is issued (they are "assigned"); waiters
- *     that come while it is in flight share the next one.  So a
- *     reconnect storm on one channel costs two or three reads.
+ *     waiter present when it is issued (they are "assigned"), and every
+ *     waiter that comes while it is in flight and whose range it covers
+ *     (no since, or a since at or above the read's); the others share
+ *     the next one.  So a reconnect storm on one channel costs one or
+ *     two reads.
  *   - While a read is in flight every live message on the channel is
  *     buffered, not delivered.
  *   - The answer (offset T, epoch E, the kept entries above the read's
@@ -53,8 +55,9 @@ struct hub_htopic {
   hub_link read_link; /* in h->hreads while a read is in flight */
   uint64_t read_req;  /* 0: no read in flight */
   uint64_t read_since;
-  uint64_t top; /* the newest offset the live subscribers hold */
-  int known;    /* epoch and top come from an answer */
+  int read_entries; /* the read in flight asked for entries */
+  uint64_t top;     /* the newest offset the live subscribers hold */
+  int known;        /* epoch and top come from an answer */
   uint8_t elen;
   char epoch[EPOCH_MAX];
   hub_hmsg *buf; /* live messages buffered during the read */
@@ -324,9 +327,16 @@ static void read_start(hub *h, hub_topic *t) {
   }
   if (!entries) {
     since = 0;
+  } else if (ht->known && t->nacked > 0 && ht->top > h->cfg.history_size &&
+             since < ht->top - h->cfg.history_size) {
+    /* A waiter further behind than history_size is not recovered (the
+       answer's T is at least top), so its since must not shorten the
+       range the others need. */
+    since = ht->top - h->cfg.history_size;
   }
   ht->read_req = ++h->next_hreq;
   ht->read_since = since;
+  ht->read_entries = entries;
   hub_link_push_tail(&h->hreads, &ht->read_link);
   e = hub_effq_push(h, HUB_EFF_BP_HREAD);
   e->name = t->name;
@@ -434,6 +444,14 @@ void hub_hred_wait_link(hub *h, hub_sub *s, hub_hwait *w) {
   s->hw = w;
   hub_link_push_tail(&ht->waiters, &w->link);
   ht->nwait++;
+  /* A read in flight (the channel is confirmed, and every live message
+     since the read was issued is in the buffer) also serves a waiter
+     whose range it covers: a reconnect storm shares one read instead of
+     one per wave of arrivals. */
+  if (ht->read_req != 0 &&
+      (!w->has_since || (ht->read_entries && w->since >= ht->read_since))) {
+    w->assigned = 1;
+  }
 }
 
 int hub_hred_wait_repeat(hub *h, hub_sub *s, const hub_req *req) {

@@ -300,7 +300,8 @@ static void test_hred_refill_after_outage(void **state) {
 }
 
 /* Subscribers waiting on one channel share reads: one for those present
-   when it is issued, one for all that came during it. */
+   when it is issued and those that come during it with a since it
+   covers. */
 static void test_hred_reads_coalesce(void **state) {
   th t;
   hub_conn_id c[100];
@@ -319,13 +320,12 @@ static void test_hred_reads_coalesce(void **state) {
              5 + i % 5);
     assert_int_equal(th_msg(&t, c[i], m), 0);
   }
-  assert_int_equal(left(&t, HUB_EFF_BP_HREAD, 0), 1);
-  req = take_read(&t, 5); /* served the first only */
-  assert_int_equal(answer(&t, req, 10, E1, 6, 10), 0);
-  /* One more for the other 99, from the lowest since. */
+  /* The first one's read covers every later since (all >= 5): the 99
+     join it instead of waiting for another. */
   assert_int_equal(left(&t, HUB_EFF_BP_HREAD, 0), 1);
   req = take_read(&t, 5);
   assert_int_equal(answer(&t, req, 10, E1, 6, 10), 0);
+  assert_int_equal(left(&t, HUB_EFF_BP_HREAD, 0), 0);
   for (i = 0; i < 100; i++) {
     size_t k;
     th_eff *e = th_take(&t, HUB_EFF_SEND, c[i]);
@@ -336,7 +336,63 @@ static void test_hred_reads_coalesce(void **state) {
     }
   }
   hub_get_stats(t.h, &st);
-  assert_int_equal(st.hist_reads, 3);
+  assert_int_equal(st.hist_reads, 2);
+  th_fini(&t);
+}
+
+/* A waiter further behind than the read in flight does not join it (its
+   range is not covered) and gets the next read; one further behind than
+   history_size does not lower a read's since. */
+static void test_hred_join_only_when_covered(void **state) {
+  th t;
+  hub_conn_id a, b, c;
+  uint64_t req;
+  th_eff *e;
+  (void)state;
+  start(&t, 10);
+  (void)live_sub(&t, 30);
+  a = th_open(&t);
+  assert_int_equal(
+    th_msg(&t, a,
+           "{\"type\":\"subscribe\",\"channel\":\"news\",\"since\":"
+           "{\"offset\":27,\"epoch\":\"" E1 "\"}}"),
+    0);
+  /* c is 25 behind: not recovered, so the read starts at top - 10. */
+  c = th_open(&t);
+  req = take_read(&t, 27);
+  assert_int_equal(
+    th_msg(&t, c,
+           "{\"type\":\"subscribe\",\"channel\":\"news\",\"since\":"
+           "{\"offset\":5,\"epoch\":\"" E1 "\"}}"),
+    0);
+  b = th_open(&t);
+  assert_int_equal(
+    th_msg(&t, b,
+           "{\"type\":\"subscribe\",\"channel\":\"news\",\"since\":"
+           "{\"offset\":24,\"epoch\":\"" E1 "\"}}"),
+    0);
+  assert_int_equal(answer(&t, req, 30, E1, 28, 30), 0);
+  e = th_take(&t, HUB_EFF_SEND, a);
+  assert_non_null(e);
+  assert_non_null(strstr(e->data, "\"recovered\":true"));
+  expect_msg(&t, a, 28);
+  expect_msg(&t, a, 29);
+  expect_msg(&t, a, 30);
+  /* b (since 24) and c were not served by it. */
+  assert_int_equal(left(&t, HUB_EFF_SEND, b), 0);
+  assert_int_equal(left(&t, HUB_EFF_SEND, c), 0);
+  req = take_read(&t, 20); /* top - 10, not 5: c cannot be recovered */
+  assert_int_equal(answer(&t, req, 30, E1, 21, 30), 0);
+  e = th_take(&t, HUB_EFF_SEND, b);
+  assert_non_null(e);
+  assert_non_null(strstr(e->data, "\"recovered\":true"));
+  for (uint64_t k = 25; k <= 30; k++) {
+    expect_msg(&t, b, k);
+  }
+  e = th_take(&t, HUB_EFF_SEND, c);
+  assert_non_null(e);
+  assert_non_null(strstr(e->data, "\"recovered\":false"));
+  assert_int_equal(left(&t, HUB_EFF_SEND, c), 0);
   th_fini(&t);
 }
 
@@ -550,6 +606,7 @@ int main(void) {
     cmocka_unit_test(test_hred_epoch_change),
     cmocka_unit_test(test_hred_refill_after_outage),
     cmocka_unit_test(test_hred_reads_coalesce),
+    cmocka_unit_test(test_hred_join_only_when_covered),
     cmocka_unit_test(test_hred_publish),
     cmocka_unit_test(test_hred_api),
     cmocka_unit_test(test_hred_answer_nomem),
