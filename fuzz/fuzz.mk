@@ -59,12 +59,12 @@ FUZZ_SRV_SRC = $(sort $(wildcard server/*.c)) backplanes/bp_redis.c \
 # valid upgrade (fuzz/fuzz_srv.c, FZ_MODE).
 $(FUZZ_DIR)/fuzz_http $(FUZZ_DIR)/fuzz_frame: fuzz/fuzz_srv.c $(FUZZ_SRV_SRC) \
   $(CORE_SRC) $(wildcard core/*.h server/*.h shell/*.h backplanes/*.h) \
-  | $(BUILD)/.test-deps-ok
+  $(DEMO_H) | $(BUILD)/.test-deps-ok
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  FUZZ    $@")
 	$(Q)$(FUZZ_CC) $(FUZZ_CFLAGS) -Dmain=wshub_main -Wno-missing-prototypes \
 	  -DFZ_MODE=$(if $(findstring frame,$@),1,0) \
-	  -Iserver -Ibackplanes -Ishell -o $@ fuzz/fuzz_srv.c $(FUZZ_SRV_SRC) \
+	  -Iserver -Ibackplanes -Ishell -I$(DEMO_GEN) -o $@ fuzz/fuzz_srv.c $(FUZZ_SRV_SRC) \
 	  $(CORE_SRC) -lev -lwslay -lhiredis -lhttp_parser -ljwt -lssl -lcrypto
 
 .PHONY: fuzz fuzz-smoke $(FUZZ_TARGETS:%=fuzz-%)
