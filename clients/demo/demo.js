@@ -209,7 +209,8 @@ client.on('refreshed', ({ exp }) => {
 });
 
 client.on('error', (e) => {
-  log('error', `${e.code}: ${e.message}`, e.channel ? { channel: e.channel } : {});
+  const hint = e.code === 'ETOKEN' ? ' (put a newer token in the Token field)' : '';
+  log('error', `${e.code}: ${e.message}${hint}`, e.channel ? { channel: e.channel } : {});
 });
 
 // ------------------------------------------------------------------ forms
