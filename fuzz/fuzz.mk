@@ -64,7 +64,7 @@ $(FUZZ_DIR)/fuzz_http $(FUZZ_DIR)/fuzz_frame: fuzz/fuzz_srv.c $(FUZZ_SRV_SRC) \
 	@$(if $(Q),echo "  FUZZ    $@")
 	$(Q)$(FUZZ_CC) $(FUZZ_CFLAGS) -Dmain=wshub_main -Wno-missing-prototypes \
 	  -DFZ_MODE=$(if $(findstring frame,$@),1,0) \
-	  -Iserver -Ibackplanes -Ishell -I$(DEMO_GEN) -o $@ fuzz/fuzz_srv.c $(FUZZ_SRV_SRC) \
+	  -Iserver -Ibackplanes -Ishell -I$(BUILD)/gen -o $@ fuzz/fuzz_srv.c $(FUZZ_SRV_SRC) \
 	  $(CORE_SRC) -lev -lwslay -lhiredis -lhttp_parser -ljwt -lssl -lcrypto
 
 .PHONY: fuzz fuzz-smoke $(FUZZ_TARGETS:%=fuzz-%)

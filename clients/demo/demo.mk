@@ -9,7 +9,7 @@
 # time and the page needs nothing from the network.
 
 DEMO_FILES := clients/demo/index.html clients/demo/demo.js clients/js/wshub.js
-DEMO_GEN := build/gen
+DEMO_GEN := $(BUILD)/gen
 DEMO_H := $(DEMO_GEN)/srv_demo.h
 
 # The header: each file as `static const unsigned char NAME[]` (arr FILE
