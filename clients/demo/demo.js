@@ -22,7 +22,9 @@ if (frag.get('token')) {
   history.replaceState(null, '', location.pathname + location.search);
 }
 
-const client = new WshubClient('/ws', {
+// Relative URLs throughout ('ws', 'demo.js', './wshub.js'): the page also
+// works behind a proxy that serves the hub under a path prefix.
+const client = new WshubClient('ws', {
   // Read at every connect and before the token's exp (refresh): paste a
   // newer token into the field and it is used without a disconnect.
   getToken: () => tokenEl.value.trim() || null,
