@@ -75,6 +75,7 @@ int hub_new(hub **out, const hub_config *cfg, const hub_mem *mem,
   hub_link_init(&h->writes);
   hub_link_init(&h->topics);
   hub_link_init(&h->orphans);
+  hub_hred_init(h);
   h->next_conn_id = 1;
   h->now = now;
   h->t_start = now;
@@ -105,6 +106,7 @@ void hub_del(hub *h) {
   hub_topic_free_all(h);
   hub_registry_free(h);
   hub_auth_free(h);
+  hub_hred_free(h);
   hub_hist_free(h);
   hub_htab_free(h->mem, &h->conn_tab);
   hub_htab_free(h->mem, &h->topic_tab);
@@ -221,11 +223,26 @@ void hub_on_bp_down(hub *h, hub_tstamp now) {
   if (h->bp_up) {
     hub_topic_bp_down(h);
   }
+  /* Publishes and API requests waiting for it are answered now. */
+  hub_hred_fail_all(h);
 }
 
 void hub_on_bp_congested(hub *h, int congested, hub_tstamp now) {
   advance(h, now);
   h->bp_congested = congested != 0;
+}
+
+int hub_on_bp_hpublished(hub *h, uint64_t req, int ok, uint64_t offset,
+                         const char *epoch, size_t epoch_len, hub_tstamp now) {
+  advance(h, now);
+  return hub_hred_on_hpublished(h, req, ok, offset, epoch, epoch_len);
+}
+
+int hub_on_bp_hread(hub *h, uint64_t req, int ok, uint64_t offset,
+                    const char *epoch, size_t epoch_len,
+                    const hub_hentry *entries, size_t n, hub_tstamp now) {
+  advance(h, now);
+  return hub_hred_on_hread(h, req, ok, offset, epoch, epoch_len, entries, n);
 }
 
 int hub_publish(hub *h, const uint8_t *body, size_t len, const char **errmsg,
@@ -302,6 +319,7 @@ void hub_shutdown(hub *h, hub_tstamp now) {
   hub_registry_shutdown_orphans(h);
   hub_effq_spend(h, 2 * h->nconns_open + h->nsubs);
   hub_conn_close_all(h);
+  hub_hred_fail_all(h);
   hub_registry_shutdown_instance(h);
   h->shut_down = 1;
 }

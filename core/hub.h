@@ -141,7 +141,21 @@ typedef enum hub_effect_type {
      text of the refresh request's "token" string, NUL-terminated; not
      necessarily a well-formed token) for |conn|, then answer with
      hub_on_conn_verified.  The core checks no signatures. */
-  HUB_EFF_VERIFY
+  HUB_EFF_VERIFY,
+  /* History with an external backplane (CONTRACT.md "History and
+     recovery"; /work/hist-design.md): FCALL wshub_publish of |buf| (the
+     data JSON) on channel |name|, keeping |count| messages (history
+     size), the stream's TTL |ttl_s| and the meta hash's |meta_ttl_s|.
+     Answer exactly once with hub_on_bp_hpublished(|req|, ...). */
+  HUB_EFF_BP_HPUBLISH,
+  /* FCALL wshub_read on channel |name|: the meta's offset and epoch and
+     up to |count| kept entries with offsets above |since| (|meta_ttl_s|
+     for a meta it creates).  Answer exactly once with
+     hub_on_bp_hread(|req|, ...). */
+  HUB_EFF_BP_HREAD,
+  /* The answer to the driver's hub_api_publish / hub_api_history
+     request |req|: HTTP |status| (200, 400, 503) with JSON body |buf|. */
+  HUB_EFF_API_REPLY
 } hub_effect_type;
 
 /*
@@ -161,6 +175,13 @@ typedef struct hub_effect {
   hub_buf *buf;       /* SEND: frame; BP_PUBLISH: data; REG_SET: value; VERIFY:
                          token */
   const char *reason; /* CLOSE: static text for the close frame */
+  /* BP_HPUBLISH, BP_HREAD: the core's request number, given back in the
+     answer; API_REPLY: the driver's, as given to hub_api_*. */
+  uint64_t req;
+  uint64_t since;      /* BP_HREAD */
+  uint32_t count;      /* BP_HPUBLISH: history size; BP_HREAD: at most */
+  uint32_t meta_ttl_s; /* BP_HPUBLISH, BP_HREAD */
+  uint16_t status;     /* API_REPLY: 200, 400 or 503 */
 } hub_effect;
 
 /*
@@ -418,6 +439,53 @@ void hub_on_bp_down(hub *h, hub_tstamp now);
 int hub_publish(hub *h, const uint8_t *body, size_t len, const char **errmsg,
                 hub_tstamp now);
 
+/*
+ * History with an external backplane: the answers to HUB_EFF_BP_HPUBLISH
+ * and HUB_EFF_BP_HREAD.  |req| is the effect's; an answer for a request
+ * the core no longer waits for (the backplane went down meanwhile, or it
+ * never asked) is ignored.  |ok| 0: the command failed or its link went
+ * away (the other arguments are then 0/NULL).  |epoch| and the entries
+ * are borrowed for the call.
+ *
+ * hub_on_bp_hpublished cannot fail (the replies it sends were built when
+ * the publish was accepted) and returns 0.
+ *
+ * hub_on_bp_hread returns 0 or HUB_ERR_NOMEM (it builds the replayed
+ * frames from the entries): then nothing changed, and the driver forces
+ * a backplane reconnect, as for hub_on_bp_msg; hub_on_bp_down fails the
+ * waiting state and hub_on_bp_up reads again.
+ */
+int hub_on_bp_hpublished(hub *h, uint64_t req, int ok, uint64_t offset,
+                         const char *epoch, size_t epoch_len, hub_tstamp now);
+
+typedef struct hub_hentry {
+  uint64_t offset;
+  const uint8_t *data;
+  size_t len;
+} hub_hentry;
+
+int hub_on_bp_hread(hub *h, uint64_t req, int ok, uint64_t offset,
+                    const char *epoch, size_t epoch_len,
+                    const hub_hentry *entries, size_t n, hub_tstamp now);
+
+/*
+ * The HTTP API, both backplanes.  Each is answered by exactly one
+ * HUB_EFF_API_REPLY carrying |req| (the driver's number), in this call's
+ * effects or later (after the backplane answered; at the latest at
+ * hub_on_bp_down or hub_shutdown, with 503).  Returns 0,
+ * HUB_ERR_SHUT_DOWN or HUB_ERR_NOMEM: then no reply will come, and the
+ * driver answers 503 itself.
+ *
+ * hub_api_publish: |body| is {"channel":"...","data":<any JSON>};
+ * 200 {"ok":true} (with "offset" on a history channel), 400 {"error":..},
+ * 503 {"error":"backplane unavailable"}.
+ * hub_api_history: GET /history?channel=C&since=N&limit=L (CONTRACT.md).
+ */
+int hub_api_publish(hub *h, uint64_t req, const uint8_t *body, size_t len,
+                    hub_tstamp now);
+int hub_api_history(hub *h, uint64_t req, const char *channel, size_t len,
+                    uint64_t since, uint64_t limit, hub_tstamp now);
+
 /* The earliest time hub_handle_expiry has work, or HUB_TSTAMP_NONE. */
 hub_tstamp hub_get_expiry(const hub *h);
 
@@ -460,6 +528,11 @@ typedef struct hub_stats {
   uint64_t evictions[HUB_CLOSE_KIND_MAX];
   uint64_t rate_limited; /* publishes refused by max_publish_rate */
   uint64_t bp_refused;   /* publishes refused: backplane congested */
+  /* History with an external backplane: HUB_EFF_BP_HREAD effects emitted
+     (for subscribers and gap fills; API reads not counted), gap frames
+     sent. */
+  uint64_t hist_reads;
+  uint64_t hist_gaps;
 } hub_stats;
 
 void hub_get_stats(const hub *h, hub_stats *st);

@@ -62,13 +62,15 @@ int hub_check(const hub *h, const char **why) {
     if (!h->bp_up) {
       CHECK(!t->bp_subscribed && !t->confirmed && t->inflight == 0,
             "backplane state while down");
-      CHECK(hub_link_empty(&t->pending), "pending subscriber while down");
+      /* A history channel's subscribers wait for the backplane. */
+      CHECK(t->ht != NULL || hub_link_empty(&t->pending),
+            "pending subscriber while down");
     } else {
       CHECK(t->nsubs == 0 || t->bp_subscribed,
             "subscribed topic without a backplane subscription");
       CHECK(!t->confirmed || (t->bp_subscribed && t->inflight == 0),
             "confirmed without a settled subscription");
-      CHECK(!t->confirmed || hub_link_empty(&t->pending),
+      CHECK(!t->confirmed || t->ht != NULL || hub_link_empty(&t->pending),
             "pending subscriber on a confirmed topic");
       CHECK(!t->bp_subscribed || t->confirmed || t->inflight > 0,
             "subscription neither confirmed nor in flight");
@@ -163,7 +165,7 @@ int hub_check(const hub *h, const char **why) {
   /* The reservation rule (hub_effq.h): every fact event to come fits. */
   CHECK(h->eff_cap - h->eff_tail >= hub_effq_fact_reserve(h),
         "fact reserve not held");
-  if (hub_hist_check(h, why) != 0) {
+  if (hub_hist_check(h, why) != 0 || hub_hred_check(h, why) != 0) {
     return -1;
   }
   *why = NULL;

@@ -200,8 +200,5 @@ int hub_config_valid(const hub_config *cfg) {
          cfg->history_size <= HUB_HISTORY_SIZE_MAX && cfg->history_ttl_ns > 0 &&
          cfg->history_meta_ttl_ns > 0 &&
          memchr(cfg->history_channels, '\0', sizeof(cfg->history_channels)) !=
-           NULL &&
-         /* History with an external backplane needs the read effect and
-            the Redis side, which do not exist yet. */
-         (cfg->history_size == 0 || !cfg->backplane);
+           NULL;
 }

@@ -7,7 +7,7 @@
 
 size_t hub_effq_fact_reserve(const hub *h) {
   return hub_conn_fact_cost(h) + hub_topic_fact_cost(h) +
-         hub_registry_fact_cost(h);
+         hub_registry_fact_cost(h) + hub_hred_fact_cost(h);
 }
 
 int hub_effq_reserve(hub *h, size_t n) {

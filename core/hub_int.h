@@ -69,13 +69,16 @@ typedef struct hub_sub {
   hub_link conn_link;  /* in conn->subs */
   hub_conn *conn;
   hub_topic *topic;
+  uint32_t nframes;
   int acked;
   /* While pending: for every subscribe request waiting on this
      subscription, its "subscribed" reply and the "error" reply sent
      instead if the subscription is cancelled, built in advance so that
-     acknowledging never allocates. frames[2i], frames[2i + 1]. */
+     acknowledging never allocates. frames[2i], frames[2i + 1].  On a
+     history channel of an external backplane the reply is built when the
+     read answers (frames[2i] is NULL) and |hw| holds the waiter. */
   hub_buf **frames;
-  uint32_t nframes;
+  struct hub_hwait *hw; /* hub_hred.c; NULL otherwise */
 } hub_sub;
 
 struct hub_topic {
@@ -95,6 +98,8 @@ struct hub_topic {
   uint32_t inflight;
   int bp_subscribed; /* a SUBSCRIBE is in force (sent, not unsubscribed) */
   int confirmed;     /* ... and Redis has confirmed it */
+  /* History with an external backplane (hub_hred.c), else NULL. */
+  struct hub_htopic *ht;
 };
 
 struct hub_conn {
@@ -189,6 +194,14 @@ struct hub {
   size_t nhist;
   uint64_t hist_rng;         /* draws the epochs */
   uint64_t hist_last_offset; /* of the last hub_publish */
+  /* History with an external backplane (hub_hred.c): publishes and API
+     requests waiting for the backplane (hub_hop), channels with a read
+     in flight, the request numbers. */
+  hub_link hops;
+  hub_link hreads;
+  size_t nhops;
+  size_t nhtopics;
+  uint64_t next_hreq;
 };
 
 #include "hub_effq.h"
@@ -199,5 +212,6 @@ struct hub {
 #include "hub_topic.h"
 #include "hub_auth.h"
 #include "hub_history.h"
+#include "hub_hred.h"
 
 #endif /* HUB_INT_H */

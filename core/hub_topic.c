@@ -54,9 +54,34 @@ static void topic_free(hub *h, hub_topic *t) {
   HUB_ASSERT(t->nsubs == 0 && t->inflight == 0 && !t->bp_subscribed);
   hub_htab_remove(&h->topic_tab, &t->hnode);
   hub_link_remove(&t->all);
+  hub_hred_topic_free(h, t);
   hub_buf_unref(t->name);
   hub_mem_free(h->mem, t);
   h->ntopics--;
+}
+
+/* A new topic for |req|'s channel, not linked (topic_link links it). */
+static hub_topic *topic_new(hub *h, const hub_req *req) {
+  hub_topic *t = hub_mem_malloc(h->mem, sizeof(*t));
+  hub_buf *name = hub_buf_new_copy(h->mem, req->channel, req->channel_len);
+  if (t == NULL || name == NULL) {
+    hub_mem_free(h->mem, t);
+    hub_buf_unref(name);
+    return NULL;
+  }
+  memset(t, 0, sizeof(*t));
+  t->name = name;
+  hub_link_init(&t->all);
+  hub_link_init(&t->acked);
+  hub_link_init(&t->pending);
+  t->hnode.hash = hub_hash_str(h->cfg.seed, req->channel, req->channel_len);
+  return t;
+}
+
+static void topic_link(hub *h, hub_topic *t) {
+  hub_htab_insert(h->mem, &h->topic_tab, &t->hnode);
+  hub_link_push_tail(&h->topics, &t->all);
+  h->ntopics++;
 }
 
 /* The last local subscriber left (or the backplane state changed): drop
@@ -100,6 +125,7 @@ void hub_sub_release(hub *h, hub_sub *s) {
   hub_link_remove(&s->topic_link);
   hub_link_remove(&s->conn_link);
   sub_free_frames(h, s);
+  hub_hred_wait_free(h, s);
   hub_mem_free(h->mem, s);
   c->nsubs--;
   t->nsubs--;
@@ -116,6 +142,7 @@ void hub_sub_free_all(hub *h, hub_conn *c) {
     hub_link_remove(&s->conn_link);
     hub_link_remove(&s->topic_link);
     sub_free_frames(h, s);
+    hub_hred_wait_free(h, s);
     hub_mem_free(h->mem, s);
   }
 }
@@ -124,6 +151,7 @@ void hub_topic_free_all(hub *h) {
   while (!hub_link_empty(&h->topics)) {
     hub_topic *t = CONTAINER_OF(h->topics.next, hub_topic, all);
     hub_link_remove(&t->all);
+    hub_hred_topic_free(h, t);
     hub_buf_unref(t->name);
     hub_mem_free(h->mem, t);
   }
@@ -203,6 +231,16 @@ static void ack_pending(hub *h, hub_topic *t, hub_conn **deferred) {
   }
 }
 
+void hub_topic_ack_one(hub *h, hub_sub *s) {
+  hub_topic *t = s->topic;
+  HUB_ASSERT(!s->acked);
+  hub_link_remove(&s->topic_link);
+  hub_link_push_tail(&t->acked, &s->topic_link);
+  s->acked = 1;
+  t->nacked++;
+  sub_free_frames(h, s);
+}
+
 /* ---------------------------------------------------------- requests */
 
 /* Effects a subscribe may emit: its reply, a BP_SUBSCRIBE, an eviction
@@ -210,6 +248,108 @@ static void ack_pending(hub *h, hub_topic *t, hub_conn **deferred) {
    new subscription's term and its waiting reply's. */
 static size_t subscribe_cost(const hub_conn *c) {
   return 2 + hub_conn_close_cost(c) + 1 + 2;
+}
+
+/* A subscribe to a history channel of the external backplane: pending
+   until a read answers (hub_hred.c), whose answer builds the reply.
+   Needs subscribe_cost(c) reserved; reserves the read and the new
+   channel's term itself. */
+static int subscribe_hred(hub *h, hub_conn *c, const hub_req *req, hub_topic *t,
+                          hub_sub *s) {
+  hub_buf *cancel, **frames;
+  hub_hwait *w;
+  int fresh = t == NULL;
+
+  if (hub_effq_reserve(h, subscribe_cost(c) + 2) != 0) {
+    return HUB_ERR_NOMEM;
+  }
+  if (s != NULL && s->acked) {
+    /* Live: answered at once with where the channel is. */
+    hub_buf *ok = hub_hred_live_reply(h, t, req);
+    if (ok == NULL) {
+      return HUB_ERR_NOMEM;
+    }
+    hub_conn_reply(h, c, ok);
+    return 0;
+  }
+  cancel = hub_frame_error(h, req->id, req->id_len, "subscription cancelled");
+  if (cancel == NULL) {
+    return HUB_ERR_NOMEM;
+  }
+  if (s != NULL) {
+    frames =
+      hub_mem_realloc(h->mem, s->frames, (s->nframes + 2) * sizeof(*frames));
+    if (frames == NULL) {
+      hub_buf_unref(cancel);
+      return HUB_ERR_NOMEM;
+    }
+    s->frames = frames;
+    if (hub_hred_wait_repeat(h, s, req) != 0) {
+      hub_buf_unref(cancel);
+      return HUB_ERR_NOMEM;
+    }
+    s->frames[s->nframes++] = NULL;
+    s->frames[s->nframes++] = cancel;
+    h->nreplies++;
+    return 0;
+  }
+  s = hub_mem_malloc(h->mem, sizeof(*s));
+  w = hub_hred_wait_new(h, req);
+  if (s != NULL) {
+    memset(s, 0, sizeof(*s));
+    s->frames = hub_mem_malloc(h->mem, 2 * sizeof(*s->frames));
+  }
+  if (fresh && s != NULL && s->frames != NULL && w != NULL) {
+    t = topic_new(h, req);
+    if (t != NULL && hub_hred_topic_init(h, t) != 0) {
+      hub_buf_unref(t->name);
+      hub_mem_free(h->mem, t);
+      t = NULL;
+    }
+  }
+  if (s == NULL || s->frames == NULL || w == NULL || t == NULL) {
+    if (s != NULL) {
+      hub_mem_free(h->mem, s->frames);
+    }
+    hub_mem_free(h->mem, s);
+    hub_hred_wait_abort(h, w);
+    hub_buf_unref(cancel);
+    if (fresh && t != NULL) {
+      hub_hred_topic_free(h, t);
+      hub_buf_unref(t->name);
+      hub_mem_free(h->mem, t);
+    }
+    return HUB_ERR_NOMEM;
+  }
+  HUB_ASSERT(t->ht != NULL);
+  if (fresh) {
+    topic_link(h, t);
+  }
+  hub_link_init(&s->topic_link);
+  hub_link_init(&s->conn_link);
+  s->conn = c;
+  s->topic = t;
+  hub_link_push_tail(&c->subs, &s->conn_link);
+  c->nsubs++;
+  h->nsubs++;
+  if (t->nsubs++ == 0) {
+    h->nchannels++;
+  }
+  hub_link_push_tail(&t->pending, &s->topic_link);
+  s->frames[0] = NULL;
+  s->frames[1] = cancel;
+  s->nframes = 2;
+  h->nreplies++;
+  hub_hred_wait_link(h, s, w);
+  if (h->bp_up && !t->bp_subscribed) {
+    hub_effq_push_name(h, HUB_EFF_BP_SUBSCRIBE, t->name);
+    t->bp_subscribed = 1;
+    t->confirmed = 0;
+    t->inflight++;
+    h->nbp++;
+  }
+  (void)hub_hred_maybe_read(h, t);
+  return 0;
 }
 
 int hub_topic_subscribe(hub *h, hub_conn *c, const hub_req *req) {
@@ -231,6 +371,9 @@ int hub_topic_subscribe(hub *h, hub_conn *c, const hub_req *req) {
     }
     hub_conn_reply(h, c, f);
     return 0;
+  }
+  if (hub_hred_on(h, req->channel, req->channel_len)) {
+    return subscribe_hred(h, c, req, t, s);
   }
   /* The reply (with offset and epoch on a history channel) and the
      frames a recovery replays after it (hub_history.c). */
@@ -394,6 +537,11 @@ int hub_topic_publish(hub *h, hub_conn *c, const hub_req *req) {
   hub_buf *reply = NULL;
 
   if (hub_hist_on(h, req->channel, req->channel_len)) {
+    if (h->cfg.backplane) {
+      /* Through the backplane's history (UINT64_MAX: hub_publish, which
+         owes no API reply). */
+      return hub_hred_publish(h, c, UINT64_MAX, req);
+    }
     return hub_hist_publish(h, c, req);
   }
   if (c != NULL) {
@@ -476,6 +624,12 @@ int hub_topic_on_bp_msg(hub *h, const char *channel, size_t channel_len,
   hub_buf *frame;
   int as_string;
 
+  if (t != NULL && t->ht != NULL) {
+    int plain, rv = hub_hred_on_msg(h, t, data, len, &plain);
+    if (!plain) {
+      return rv;
+    }
+  }
   if (t == NULL || hub_link_empty(&t->acked)) {
     return 0;
   }
@@ -515,6 +669,11 @@ void hub_topic_on_bp_subscribed(hub *h, const char *channel,
   }
   HUB_ASSERT(t->bp_subscribed);
   t->confirmed = 1;
+  if (t->ht != NULL) {
+    /* A history channel's subscribers wait for the read. */
+    hub_hred_confirmed(h, t);
+    return;
+  }
   ack_pending(h, t, &deferred);
   hub_conn_evict_deferred(h, deferred);
 }
@@ -558,6 +717,12 @@ void hub_topic_bp_down(hub *h) {
     t->bp_subscribed = 0;
     t->confirmed = 0;
     t->inflight = 0;
+    if (t->ht != NULL) {
+      /* Its subscribers are answered once the backplane is back (their
+         offsets live there). */
+      hub_hred_bp_down(h, t);
+      continue;
+    }
     ack_pending(h, t, &deferred);
   }
   hub_conn_evict_deferred(h, deferred);

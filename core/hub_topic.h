@@ -45,6 +45,10 @@ void hub_topic_bp_down(hub *h);
 size_t hub_topic_deliver_cost(const hub *h, size_t n);
 void hub_topic_deliver(hub *h, hub_topic *t, hub_buf *frame);
 
+/* Acknowledges pending |s| (hub_hred.c, once its read answered): it
+   joins the live subscribers; its frames are freed. */
+void hub_topic_ack_one(hub *h, hub_sub *s);
+
 /* Frees every topic, emitting nothing (hub_del, after the connections). */
 void hub_topic_free_all(hub *h);
 

@@ -267,6 +267,22 @@ void sh_rec_event(sh_rec *r, int type, hub_tstamp now, uint64_t id, uint64_t a,
     n = sh_put_uv(sm, n, l1);
     n = sh_put_uv(sm, n, l2);
     break;
+  case SH_REC_BP_HPUBLISHED:
+    n = sh_put_uv(sm, n, id);
+    n = sh_put_uv(sm, n, a);
+    n = sh_put_uv(sm, n, b);
+    n = sh_put_uv(sm, n, l1);
+    break;
+  case SH_REC_API_PUBLISH:
+    n = sh_put_uv(sm, n, id);
+    n = sh_put_uv(sm, n, l1);
+    break;
+  case SH_REC_API_HISTORY:
+    n = sh_put_uv(sm, n, id);
+    n = sh_put_uv(sm, n, a);
+    n = sh_put_uv(sm, n, b);
+    n = sh_put_uv(sm, n, l1);
+    break;
   case SH_REC_CONN_OPEN:
   case SH_REC_BP_SUBSCRIBED:
   case SH_REC_PUBLISH:
@@ -435,6 +451,89 @@ void sh_rec_event_auth(sh_rec *r, int type, hub_tstamp now, uint64_t id,
     if (auth != NULL) {
       sh_em_auth(&m, auth);
     }
+    sh_em_flush(&m);
+    if (m.err) {
+      return;
+    }
+    r->file_off += total;
+  }
+  r->last_now = now;
+  r->events++;
+  r->seg_open = 1;
+  r->seg_rc = 0;
+  r->seg_count = 0;
+  r->qempty = 0;
+  r->in_call = 1;
+  r->call_allocs = 0;
+}
+
+/* The entries block of a BP_HREAD record: n, then per entry its offset
+   and its data (string). */
+static void sh_em_entries(sh_em *m, const hub_hentry *e, size_t n) {
+  size_t i;
+  sh_em_uv(m, n);
+  for (i = 0; i < n; i++) {
+    sh_em_uv(m, e[i].offset);
+    sh_em_str(m, (const char *)e[i].data, e[i].len);
+  }
+}
+
+void sh_rec_event_hread(sh_rec *r, hub_tstamp now, uint64_t req, int ok,
+                        uint64_t offset, const char *epoch, size_t epoch_len,
+                        const hub_hentry *e, size_t ne) {
+  uint8_t sm[64], hdr[11];
+  size_t n = 0, hn = 0, plen, total;
+  sh_em m;
+  if (r->stopped != SH_REC_ON) {
+    return;
+  }
+  if (r->stop_pending) {
+    (void)sh_rec_stop(r, SH_REC_STOP_LIMIT);
+    return;
+  }
+  sh_rec_close_event(r);
+  if (epoch == NULL) {
+    epoch_len = 0;
+  }
+  n = sh_put_zz(sm, n, (int64_t)(now - r->last_now));
+  n = sh_put_uv(sm, n, req);
+  n = sh_put_uv(sm, n, ok != 0);
+  n = sh_put_uv(sm, n, offset);
+  n = sh_put_uv(sm, n, epoch_len);
+  memset(&m, 0, sizeof(m));
+  m.r = r;
+  sh_em_entries(&m, e, ne); /* counts */
+  plen = n + epoch_len + m.n;
+  total = sh_rec_total(plen);
+  if (!sh_rec_room(r, total) || r->stopped == SH_REC_STOP_WRITE) {
+    return;
+  }
+  hdr[hn++] = (uint8_t)SH_REC_BP_HREAD;
+  hn = sh_put_uv(hdr, hn, plen);
+  if (total > r->cap - r->len && sh_rec_flush(r) != 0) {
+    return;
+  }
+  memset(&m, 0, sizeof(m));
+  m.r = r;
+  if (total <= r->cap - r->len) {
+    uint8_t *w = r->buf + r->len;
+    memcpy(w, hdr, hn);
+    memcpy(w + hn, sm, n);
+    if (epoch_len > 0) {
+      memcpy(w + hn + n, epoch, epoch_len);
+    }
+    m.dst = w + hn + n + epoch_len;
+    sh_em_entries(&m, e, ne);
+    atomic_signal_fence(memory_order_seq_cst);
+    r->len += total;
+  } else {
+    m.sink = 1;
+    if (sh_rec_sink_write(r, hdr, hn) != 0 ||
+        sh_rec_sink_write(r, sm, n) != 0 ||
+        sh_rec_sink_write(r, (const uint8_t *)epoch, epoch_len) != 0) {
+      return;
+    }
+    sh_em_entries(&m, e, ne);
     sh_em_flush(&m);
     if (m.err) {
       return;
@@ -977,6 +1076,51 @@ int sh_rec_next(sh_rec_reader *rd, sh_rec_record *o, const char **why) {
         o->p1 = sh_get_bytes(&c, o->l1);
         o->p2 = sh_get_bytes(&c, o->l2);
         break;
+      case SH_REC_BP_HPUBLISHED:
+      case SH_REC_API_HISTORY:
+        o->id = sh_get_uv(&c);
+        o->a = sh_get_uv(&c);
+        o->b = sh_get_uv(&c);
+        o->l1 = sh_get_len(&c);
+        o->p1 = sh_get_bytes(&c, o->l1);
+        if (type == SH_REC_BP_HPUBLISHED && o->a > 1) {
+          c.bad = 1;
+        }
+        break;
+      case SH_REC_API_PUBLISH:
+        o->id = sh_get_uv(&c);
+        o->l1 = sh_get_len(&c);
+        o->p1 = sh_get_bytes(&c, o->l1);
+        break;
+      case SH_REC_BP_HREAD:
+        o->id = sh_get_uv(&c);
+        o->a = sh_get_uv(&c);
+        o->b = sh_get_uv(&c);
+        o->l1 = sh_get_len(&c);
+        o->p1 = sh_get_bytes(&c, o->l1);
+        if (o->a > 1) {
+          c.bad = 1;
+        } else if (!c.bad) {
+          /* The entries: the rest of the record, checked whole. */
+          sh_cur ec = {c.p + c.off, c.n - c.off, 0, 0};
+          uint64_t ne = sh_get_uv(&ec), i;
+          o->p2 = ec.p;
+          o->l2 = ec.n;
+          for (i = 0; i < ne && !ec.bad; i++) {
+            size_t l;
+            (void)sh_get_uv(&ec);
+            l = sh_get_len(&ec);
+            if (sh_get_bytes(&ec, l) == NULL && l > 0) {
+              ec.bad = 1;
+            }
+          }
+          if (ec.bad || ec.off != ec.n || ne > ec.n) {
+            c.bad = 1;
+          }
+          o->count = ne;
+          c.off = c.n;
+        }
+        break;
       case SH_REC_CONN_OPEN:
       case SH_REC_BP_SUBSCRIBED:
       case SH_REC_PUBLISH:
@@ -1042,7 +1186,11 @@ const char *sh_rec_type_name(int type) {
                                       "shutdown",
                                       "conn_open_auth",
                                       "conn_verified",
-                                      "bp_congested"};
+                                      "bp_congested",
+                                      "bp_hpublished",
+                                      "bp_hread",
+                                      "api_publish",
+                                      "api_history"};
   if (type > 0 && type < SH_REC_EVENT_MAX) {
     return names[type];
   }
@@ -1056,4 +1204,20 @@ const char *sh_rec_type_name(int type) {
     return "alloc_fail";
   }
   return "?";
+}
+
+size_t sh_rec_hentries(const sh_rec_record *o, hub_hentry *out, size_t cap) {
+  sh_cur c = {o->p2, o->l2, 0, 0};
+  uint64_t n = sh_get_uv(&c), i;
+  for (i = 0; i < n && !c.bad; i++) {
+    uint64_t off = sh_get_uv(&c);
+    size_t l = sh_get_len(&c);
+    const uint8_t *d = sh_get_bytes(&c, l);
+    if (i < cap) {
+      out[i].offset = off;
+      out[i].data = d;
+      out[i].len = l;
+    }
+  }
+  return (size_t)n;
 }

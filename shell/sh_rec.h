@@ -61,6 +61,10 @@ enum {
   SH_REC_CONN_OPEN_AUTH, /* 14: hub_on_conn_open_auth */
   SH_REC_CONN_VERIFIED,  /* 15: hub_on_conn_verified */
   SH_REC_BP_CONGESTED,   /* 16: hub_on_bp_congested */
+  SH_REC_BP_HPUBLISHED,  /* 17: hub_on_bp_hpublished */
+  SH_REC_BP_HREAD,       /* 18: hub_on_bp_hread */
+  SH_REC_API_PUBLISH,    /* 19: hub_api_publish */
+  SH_REC_API_HISTORY,    /* 20: hub_api_history */
   SH_REC_EVENT_MAX,
   SH_REC_RESULT = 32,
   SH_REC_END = 33,
@@ -127,6 +131,13 @@ static inline void sh_digest_effect(sh_digest *g, const hub_effect *e) {
   d = sh_mix(d, (uint64_t)e->type | (uint64_t)e->close_code << 8 |
                   (uint64_t)e->close_kind << 24 | (uint64_t)e->ttl_s << 32);
   d = sh_mix(d, e->conn);
+  if (e->type >= HUB_EFF_BP_HPUBLISH) {
+    /* History effects only, so older recordings' digests are unchanged. */
+    d = sh_mix(d, e->req);
+    d = sh_mix(d, e->since);
+    d = sh_mix(d, (uint64_t)e->count | (uint64_t)e->meta_ttl_s << 32);
+    d = sh_mix(d, e->status);
+  }
   if (e->name != NULL) {
     d = sh_mix(d, sh_hash(e->name->data, e->name->len));
   }
@@ -221,6 +232,11 @@ void sh_rec_event(sh_rec *r, int type, hub_tstamp now, uint64_t id, uint64_t a,
 void sh_rec_event_auth(sh_rec *r, int type, hub_tstamp now, uint64_t id,
                        const char *text, const hub_auth *auth);
 
+/* BP_HREAD, with its entries. */
+void sh_rec_event_hread(sh_rec *r, hub_tstamp now, uint64_t req, int ok,
+                        uint64_t offset, const char *epoch, size_t epoch_len,
+                        const hub_hentry *e, size_t ne);
+
 static inline void sh_rec_effect(sh_rec *r, const hub_effect *e) {
   if (r != NULL && r->stopped == SH_REC_ON) {
     sh_digest_effect(&r->dg, e);
@@ -285,7 +301,7 @@ typedef struct sh_rec_record {
   size_t l2;
   hub_config cfg; /* CONFIG */
   int rc;         /* RESULT */
-  uint64_t count; /* RESULT: effects; END: events */
+  uint64_t count; /* RESULT: effects; END: events; BP_HREAD: entries */
   uint64_t flags; /* RESULT: SH_REC_QEMPTY; END: the reason */
   uint64_t digest;
 } sh_rec_record;
@@ -322,6 +338,10 @@ int sh_rec_next(sh_rec_reader *rd, sh_rec_record *out, const char **why);
  * record has no claims).  |out| is valid while the three are.
  */
 #define SH_REC_AUTH_SPACE(l2) ((l2) + 1)
+/* The entries of a BP_HREAD record (o->count of them; p2/l2 hold their
+   encoding): the first |cap| into |out|, pointing into the record.
+   Returns o->count. */
+size_t sh_rec_hentries(const sh_rec_record *o, hub_hentry *out, size_t cap);
 int sh_rec_auth(const sh_rec_record *o, hub_auth *out, char *chars,
                 size_t nchars, const char **globs, size_t nglobs);
 
@@ -466,6 +486,57 @@ static inline int sh_call_publish(sh *s, const uint8_t *body, size_t len,
     sh_rec_event(s->rec, SH_REC_PUBLISH, now, 0, 0, 0, body, len, NULL, 0);
   }
   rc = hub_publish(s->h, body, len, errmsg, now);
+  sh_rec_rc(s->rec, rc);
+  return rc;
+}
+
+static inline int sh_call_bp_hpublished(sh *s, uint64_t req, int ok,
+                                        uint64_t offset, const char *epoch,
+                                        size_t epoch_len, hub_tstamp now) {
+  int rc;
+  if (s->rec != NULL) {
+    sh_rec_event(s->rec, SH_REC_BP_HPUBLISHED, now, req, ok != 0, offset, epoch,
+                 epoch != NULL ? epoch_len : 0, NULL, 0);
+  }
+  rc = hub_on_bp_hpublished(s->h, req, ok, offset, epoch, epoch_len, now);
+  sh_rec_rc(s->rec, rc);
+  return rc;
+}
+
+static inline int sh_call_bp_hread(sh *s, uint64_t req, int ok, uint64_t offset,
+                                   const char *epoch, size_t epoch_len,
+                                   const hub_hentry *e, size_t n,
+                                   hub_tstamp now) {
+  int rc;
+  if (s->rec != NULL) {
+    sh_rec_event_hread(s->rec, now, req, ok, offset, epoch, epoch_len, e, n);
+  }
+  rc = hub_on_bp_hread(s->h, req, ok, offset, epoch, epoch_len, e, n, now);
+  sh_rec_rc(s->rec, rc);
+  return rc;
+}
+
+static inline int sh_call_api_publish(sh *s, uint64_t req, const uint8_t *body,
+                                      size_t len, hub_tstamp now) {
+  int rc;
+  if (s->rec != NULL) {
+    sh_rec_event(s->rec, SH_REC_API_PUBLISH, now, req, 0, 0, body, len, NULL,
+                 0);
+  }
+  rc = hub_api_publish(s->h, req, body, len, now);
+  sh_rec_rc(s->rec, rc);
+  return rc;
+}
+
+static inline int sh_call_api_history(sh *s, uint64_t req, const char *channel,
+                                      size_t len, uint64_t since,
+                                      uint64_t limit, hub_tstamp now) {
+  int rc;
+  if (s->rec != NULL) {
+    sh_rec_event(s->rec, SH_REC_API_HISTORY, now, req, since, limit, channel,
+                 len, NULL, 0);
+  }
+  rc = hub_api_history(s->h, req, channel, len, since, limit, now);
   sh_rec_rc(s->rec, rc);
   return rc;
 }

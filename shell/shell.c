@@ -84,11 +84,25 @@ static void sh_apply_bp(sh *s, const hub_effect *e) {
   case HUB_EFF_REG_DEL:
     rc = b->ops->del(b, name, name_len);
     break;
+  case HUB_EFF_BP_HPUBLISH:
+    rc = b->ops->hpublish != NULL
+           ? b->ops->hpublish(b, e->req, name, name_len, e->buf->data,
+                              e->buf->len, e->count, e->ttl_s, e->meta_ttl_s)
+           : HUB_ERR_SHUT_DOWN;
+    break;
+  case HUB_EFF_BP_HREAD:
+    rc = b->ops->hread != NULL
+           ? b->ops->hread(b, e->req, name, name_len, e->since, e->count,
+                           e->meta_ttl_s)
+           : HUB_ERR_SHUT_DOWN;
+    break;
   default:
     return;
   }
   /* Any other failure means the link is down: the command is lost
-     (at-most-once) and the backplane reports the down itself. */
+     (at-most-once) and the backplane reports the down itself; for a
+     history command that down is what ends the hub's wait (it fails
+     every waiting read and publish). */
   if (rc == HUB_ERR_NOMEM) {
     s->bp_failed = 1;
   }
@@ -175,6 +189,11 @@ void sh_drain(sh *s, hub_tstamp now) {
       case HUB_EFF_CLOSE:
         closed = sh_close(s, e->conn_user, e->conn, e->close_code, e->reason,
                           e->close_kind);
+        break;
+      case HUB_EFF_API_REPLY:
+        if (s->t.api_reply != NULL) {
+          s->t.api_reply(s->t.user, e->req, e->status, e->buf);
+        }
         break;
       case HUB_EFF_VERIFY:
         /* Verified now, answered after the pop (the answer is an event
@@ -344,6 +363,57 @@ void sh_bp_congested(sh *s, int congested, hub_tstamp now) {
 void sh_bp_down(sh *s, hub_tstamp now) {
   sh_call_bp_down(s, now);
   sh_drain(s, now);
+}
+
+void sh_bp_hpublished(sh *s, uint64_t req, int ok, uint64_t offset,
+                      const char *epoch, size_t epoch_len, hub_tstamp now) {
+  (void)sh_call_bp_hpublished(s, req, ok, offset, epoch, epoch_len, now);
+  sh_drain(s, now);
+}
+
+void sh_bp_hread(sh *s, uint64_t req, int ok, uint64_t offset,
+                 const char *epoch, size_t epoch_len, const hub_hentry *e,
+                 size_t n, hub_tstamp now) {
+  int rc = sh_call_bp_hread(s, req, ok, offset, epoch, epoch_len, e, n, now);
+  if (rc == HUB_ERR_NOMEM) {
+    /* The read's subscribers cannot be served: the reconnect fails their
+       waiting state (hub_on_bp_down) and reads again once up. */
+    sh_bp_reset(s, now);
+  } else if (rc != 0) {
+    sh_error(s, "hub_on_bp_hread", rc);
+  }
+  sh_drain(s, now);
+}
+
+static int sh_api_verdict(sh *s, int rc, const char *what) {
+  if (rc == 0) {
+    return SH_OK;
+  }
+  if (rc == HUB_ERR_SHUT_DOWN) {
+    return SH_SHUT_DOWN;
+  }
+  if (rc != HUB_ERR_NOMEM) {
+    sh_error(s, what, rc);
+  }
+  s->st.refused++;
+  return SH_UNAVAILABLE;
+}
+
+int sh_api_publish(sh *s, uint64_t req, const uint8_t *body, size_t len,
+                   hub_tstamp now) {
+  int v = sh_api_verdict(s, sh_call_api_publish(s, req, body, len, now),
+                         "hub_api_publish");
+  sh_drain(s, now);
+  return v;
+}
+
+int sh_api_history(sh *s, uint64_t req, const char *channel, size_t len,
+                   uint64_t since, uint64_t limit, hub_tstamp now) {
+  int v = sh_api_verdict(
+    s, sh_call_api_history(s, req, channel, len, since, limit, now),
+    "hub_api_history");
+  sh_drain(s, now);
+  return v;
 }
 
 int sh_publish(sh *s, const uint8_t *body, size_t len, const char **errmsg,

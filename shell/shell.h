@@ -113,6 +113,11 @@ typedef struct sh_transport {
      policy case (HUB_ERR_UNKNOWN_CONN, HUB_ERR_INVALID_ARGUMENT): for a
      log line.  |what| is the hub function's name. */
   void (*error)(void *user, const char *what, int err);
+  /* The answer to sh_api_publish / sh_api_history request |req| (the
+     driver's number): HTTP |status| and the JSON body |buf| (take a
+     reference to keep it past the call).  May be NULL for a driver that
+     makes no API requests. */
+  void (*api_reply)(void *user, uint64_t req, uint16_t status, hub_buf *buf);
 } sh_transport;
 
 /* Counters of the policies applied, for tests and metrics. */
@@ -216,6 +221,21 @@ void sh_bp_subscribed(sh *s, const char *channel, size_t channel_len,
                       hub_tstamp now);
 void sh_bp_up(sh *s, hub_tstamp now);
 void sh_bp_down(sh *s, hub_tstamp now);
+/* History answers from the backplane (bp_events on_hpublished, on_hread;
+   bp_hentry and hub_hentry have one layout).  hread NOMEM: a forced
+   reconnect, as for sh_bp_msg. */
+void sh_bp_hpublished(sh *s, uint64_t req, int ok, uint64_t offset,
+                      const char *epoch, size_t epoch_len, hub_tstamp now);
+void sh_bp_hread(sh *s, uint64_t req, int ok, uint64_t offset,
+                 const char *epoch, size_t epoch_len, const hub_hentry *e,
+                 size_t n, hub_tstamp now);
+/* The HTTP API: answered through the transport's api_reply, now or
+   later (exactly once), when this returns SH_OK; otherwise
+   SH_UNAVAILABLE (no memory: answer 503 yourself) or SH_SHUT_DOWN. */
+int sh_api_publish(sh *s, uint64_t req, const uint8_t *body, size_t len,
+                   hub_tstamp now);
+int sh_api_history(sh *s, uint64_t req, const char *channel, size_t len,
+                   uint64_t since, uint64_t limit, hub_tstamp now);
 /* The backplane's command queue passed its cap (1) or drained (0). */
 void sh_bp_congested(sh *s, int congested, hub_tstamp now);
 /* Returns SH_OK, SH_BAD_REQUEST (*errmsg: a static reason),

@@ -140,6 +140,21 @@ typedef struct sim_cstate {
   int pending_unsubs; /* unsubscribes sent, not answered */
   uint64_t must_from; /* invariant 4: acked at, or UINT64_MAX */
   uint64_t must_epoch;
+  /* History: the offsets of the message frames, in arrival order, over
+     all the client's connections; the position the client holds (from
+     the last subscribed reply, message or gap frame); the last
+     subscribed reply's "recovered" (-1: none or no member); gap frames;
+     the since of a `recover` subscribe not yet answered. */
+  uint64_t *offs;
+  size_t noffs, capoffs;
+  int has_pos;
+  uint64_t pos;
+  char epoch[33];
+  int recovered;
+  uint64_t gaps;
+  int rec_sent;
+  uint64_t rec_since;
+  char rec_epoch[33];
 } sim_cstate;
 
 enum sim_client_state { SIM_CL_CONNECTING = 1, SIM_CL_OPEN, SIM_CL_CLOSED };
@@ -190,6 +205,7 @@ enum sim_reply_type {
   SIM_R_PUBLISHED,
   SIM_R_ERROR,
   SIM_R_REFRESHED,
+  SIM_R_GAP,
   SIM_R_OTHER,
   SIM_R_MAX
 };
@@ -347,6 +363,13 @@ void sim_check_keys_gone(sim_world *w, const char *prefix);
 void sim_check_frame(sim_world *w, sim_client *c, int type, uint32_t chan,
                      const char *data, size_t len, uint64_t bflags);
 void sim_check_queue(sim_world *w, sim_inst *in, sim_conn *k);
+/* Invariants 10-12 (history): client |c| read a message (|off| > 0),
+   `subscribed` (|type| SIM_R_SUBSCRIBED, |off| and |epoch| its offset
+   and epoch, |recovered| -1/0/1) or `gap` frame on |chan|; called before
+   the client's position is updated. */
+void sim_check_hist(sim_world *w, sim_client *c, int type, uint32_t chan,
+                    uint64_t off, const char *epoch, size_t elen,
+                    int recovered);
 /* Invariant 9 alone: hub_check; returns 0 or -1 (violated). */
 int sim_check_hub(sim_world *w, sim_inst *in);
 int sim_strv_has(const sim_strv *v, const char *key);

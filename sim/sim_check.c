@@ -184,6 +184,67 @@ void sim_check_frame(sim_world *w, sim_client *c, int type, uint32_t chan,
   *last = (uint64_t)s + 1;
 }
 
+/*
+ * Invariants 10-12, history (CONTRACT.md "History and recovery"), as
+ * each frame reaches the client, before its position moves:
+ *   10: per client and channel, the offsets of message frames are
+ *       strictly consecutive from the position its last `subscribed`,
+ *       message or `gap` frame gave it;
+ *   11: a `recovered:true` reply to a `recover` subscribe names exactly
+ *       the since the client sent (so the replay that follows, checked
+ *       by 10, is exactly the missed offsets);
+ *   12: a `gap` frame within one epoch skips nothing the channel's
+ *       history still holds (the hub could have filled it).
+ */
+void sim_check_hist(sim_world *w, sim_client *c, int type, uint32_t chan,
+                    uint64_t off, const char *epoch, size_t elen,
+                    int recovered) {
+  sim_cstate *cs = sim_client_cstate(c, chan);
+  const char *name = sim_chan_name(&w->loop, chan);
+  if (type == SIM_R_MESSAGE) {
+    if (cs->has_pos && off != cs->pos + 1) {
+      sim_violate(w, 10,
+                  "client %s received offset %llu on %s after %llu "
+                  "without a gap frame (%s)",
+                  c->name, (unsigned long long)off, name,
+                  (unsigned long long)cs->pos,
+                  off <= cs->pos ? "a duplicate" : "messages lost");
+    }
+    return;
+  }
+  if (type == SIM_R_SUBSCRIBED) {
+    if (recovered == 1 && cs->rec_sent &&
+        (off != cs->rec_since || epoch == NULL ||
+         strlen(cs->rec_epoch) != elen ||
+         memcmp(cs->rec_epoch, epoch, elen) != 0)) {
+      sim_violate(w, 11,
+                  "client %s recovered on %s from offset %llu, but it asked "
+                  "for %llu",
+                  c->name, name, (unsigned long long)off,
+                  (unsigned long long)cs->rec_since);
+    }
+    if (recovered == 1 && !cs->rec_sent) {
+      sim_violate(w, 11, "client %s got recovered:true on %s without since",
+                  c->name, name);
+    }
+    return;
+  }
+  if (type == SIM_R_GAP && cs->has_pos && epoch != NULL &&
+      strlen(cs->epoch) == elen && memcmp(cs->epoch, epoch, elen) == 0 &&
+      off > cs->pos) {
+    char hkey[256], mkey[256];
+    snprintf(hkey, sizeof(hkey), "%shistory:%s", w->cfg.prefix, name);
+    snprintf(mkey, sizeof(mkey), "%smeta:%s", w->cfg.prefix, name);
+    if (sim_redis_history_holds(w->redis, hkey, mkey, cs->epoch, cs->pos + 1)) {
+      sim_violate(w, 12,
+                  "client %s got a gap on %s from %llu to %llu, but history "
+                  "still holds offset %llu",
+                  c->name, name, (unsigned long long)cs->pos,
+                  (unsigned long long)off, (unsigned long long)cs->pos + 1);
+    }
+  }
+}
+
 /* Invariant 4 at the source: Redis is publishing on |chan| now; a client
    that holds `subscribed` on an instance whose link stayed up must be
    reached, so its instance must hold the Redis subscription. */

@@ -72,7 +72,8 @@ typedef struct explorer {
 } explorer;
 
 static void generate(const explorer *ex, uint64_t seed, lines *l) {
-  sim_rng wk, ft, nf;
+  sim_rng wk, ft, nf, hs;
+  int hist;
   uint32_t ninst, nclients, nchan, created = 0, nops, op, i;
   uint32_t seq[MAX_CLIENTS + 1];
   int running[MAX_INST], parted[MAX_INST];
@@ -82,6 +83,9 @@ static void generate(const explorer *ex, uint64_t seed, lines *l) {
   /* Faults added later draw from a stream of their own, so the workload
      and the older faults of every seed stay as they were. */
   sim_rng_seed(&nf, seed, 103);
+  /* History (sizes, TTLs, which channels, `recover`): a fourth stream. */
+  sim_rng_seed(&hs, seed, 104);
+  hist = sim_rng_below(&hs, 2) == 0;
   memset(seq, 0, sizeof(seq));
   ninst = 1 + (uint32_t)sim_rng_below(&wk, MAX_INST);
   nclients = 1 + (uint32_t)sim_rng_below(&wk, MAX_CLIENTS);
@@ -100,6 +104,16 @@ static void generate(const explorer *ex, uint64_t seed, lines *l) {
   }
   if (sim_rng_below(&wk, 2)) {
     add(l, "config sndbuf %u", 256 + (uint32_t)sim_rng_below(&wk, 4096));
+  }
+  if (hist) {
+    static const char *const globs[] = {"*", "ch0", "ch0,ch1", "ch1*,ch2"};
+    add(l, "config history-size %u", 1 + (uint32_t)sim_rng_below(&hs, 40));
+    add(l, "config history-ttl %us", 1 + (uint32_t)sim_rng_below(&hs, 400));
+    if (sim_rng_below(&hs, 3) == 0) {
+      add(l, "config history-meta-ttl %us",
+          1 + (uint32_t)sim_rng_below(&hs, 600));
+    }
+    add(l, "config history-channels %s", globs[sim_rng_below(&hs, 4)]);
   }
 
   nops = 30 + (uint32_t)sim_rng_below(&wk, 250);
@@ -126,7 +140,8 @@ static void generate(const explorer *ex, uint64_t seed, lines *l) {
     } else if (r < 50) {
       add(l, "redis publish ch%u {\"p\":0,\"s\":%u}", ch, seq[0]++);
     } else if (r < 72) {
-      add(l, "c%u subscribe ch%u", k, ch);
+      add(l, "c%u subscribe ch%u%s", k, ch,
+          hist && sim_rng_below(&hs, 2) ? " recover" : "");
     } else if (r < 84) {
       add(l, "c%u unsubscribe ch%u", k, ch);
     } else if (r < 86) {
@@ -153,6 +168,14 @@ static void generate(const explorer *ex, uint64_t seed, lines *l) {
         add(l, "redis restart");
       } else if (r3 < 15 && created > 0) {
         add(l, "c%u reconnect on %u", k, in);
+        if (hist && sim_rng_below(&hs, 4) != 0) {
+          /* Back with what it saw: recover every channel. */
+          uint32_t j;
+          add(l, "run %ums", (uint32_t)sim_rng_below(&hs, 5));
+          for (j = 0; j < nchan; j++) {
+            add(l, "c%u subscribe ch%u recover", k, j);
+          }
+        }
       }
     }
     if (sim_rng_below(&ft, 100) < 4) {

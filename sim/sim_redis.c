@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { OUT_CONFIRM = 1, OUT_MESSAGE };
+enum { OUT_CONFIRM = 1, OUT_MESSAGE, OUT_HPUBLISHED, OUT_HREAD };
 
 typedef struct sim_key {
   char *key;
@@ -32,6 +32,7 @@ struct sim_redis {
   sim_redis_hooks hooks[SIM_REDIS_HOOKS_MAX];
   size_t nhooks;
   sim_stream_db *streams; /* history streams and meta hashes */
+  uint64_t hreads;        /* wshub_read calls */
 };
 
 struct sim_redis_conn {
@@ -44,7 +45,7 @@ struct sim_redis_conn {
   int partitioned;
   uint64_t gen;   /* bumped at every drop: stale events are ignored */
   uint64_t epoch; /* bumped at every connect and drop */
-  uint64_t sub_up_last, sub_down_last, cmd_up_last;
+  uint64_t sub_up_last, sub_down_last, cmd_up_last, cmd_down_last;
   uint64_t sub_inflight;  /* commands on the subscriber connection */
   uint64_t conf_inflight; /* confirmations to the client */
   uint64_t cmd_inflight;  /* commands on the command connection */
@@ -267,6 +268,137 @@ uint64_t sim_redis_fcall_publish(sim_redis *r, uint32_t chan, const char *hkey,
   return off;
 }
 
+uint64_t sim_redis_hreads(const sim_redis *r) {
+  return r->hreads;
+}
+
+uint64_t sim_redis_cmd_pending(const sim_redis_conn *c) {
+  return c->cmd_inflight;
+}
+
+/* Appends |n| bytes to a growing buffer. */
+static void gb_put(char **b, size_t *len, size_t *cap, const void *p,
+                   size_t n) {
+  if (*len + n > *cap) {
+    *cap = (*len + n) * 2 + 64;
+    *b = realloc(*b, *cap);
+    if (*b == NULL) {
+      abort();
+    }
+  }
+  memcpy(*b + *len, p, n);
+  *len += n;
+}
+
+/* An FCALL from |c|: wshub_publish or wshub_read, then the answer on the
+   command connection.  The answer blob: req, offset, epoch (17 bytes),
+   n, then n times (offset, len, data). */
+static void redis_fcall(sim_redis *r, sim_redis_conn *c, uint32_t cmd,
+                        uint32_t chan, const sim_blob *p) {
+  sim_loop *l = r->loop;
+  sim_redis_hcmd hc;
+  const char *hkey, *mkey, *data, *epoch = "";
+  size_t hl, ml, dl;
+  uint64_t off, n64 = 0;
+  char *out = NULL, ep[17];
+  size_t olen = 0, ocap = 0;
+  sim_blob *b;
+
+  memcpy(&hc, p->data, sizeof(hc));
+  hkey = p->data + sizeof(hc);
+  hl = strlen(hkey);
+  mkey = hkey + hl + 1;
+  ml = strlen(mkey);
+  data = mkey + ml + 1;
+  dl = p->len - sizeof(hc) - hl - ml - 2;
+  memset(ep, 0, sizeof(ep));
+  gb_put(&out, &olen, &ocap, &hc.req, sizeof(hc.req));
+  if (cmd == SIM_REDIS_HPUBLISH) {
+    off = sim_redis_fcall_publish(r, chan, hkey, mkey, data, dl, hc.size,
+                                  hc.ttl_s, hc.meta_ttl_s);
+    (void)sim_stream_read(r->streams, hkey, mkey, 0, 0, hc.meta_ttl_s, &epoch,
+                          &(sim_stream_entry *){NULL}, &(size_t){0});
+    strncpy(ep, epoch, 16);
+    gb_put(&out, &olen, &ocap, &off, sizeof(off));
+    gb_put(&out, &olen, &ocap, ep, sizeof(ep));
+  } else {
+    sim_stream_entry *e;
+    size_t n, i;
+    r->hreads++;
+    off = sim_stream_read(r->streams, hkey, mkey, hc.since, hc.size,
+                          hc.meta_ttl_s, &epoch, &e, &n);
+    sim_trace(l, "redis FCALL wshub_read %s %llu %u -> [%llu, %s, %zu entries]",
+              hkey, (unsigned long long)hc.since, (unsigned)hc.size,
+              (unsigned long long)off, epoch, n);
+    strncpy(ep, epoch, 16);
+    n64 = n;
+    gb_put(&out, &olen, &ocap, &off, sizeof(off));
+    gb_put(&out, &olen, &ocap, ep, sizeof(ep));
+    gb_put(&out, &olen, &ocap, &n64, sizeof(n64));
+    for (i = 0; i < n; i++) {
+      uint64_t eo = e[i].offset, el = e[i].len;
+      gb_put(&out, &olen, &ocap, &eo, sizeof(eo));
+      gb_put(&out, &olen, &ocap, &el, sizeof(el));
+      gb_put(&out, &olen, &ocap, e[i].data, e[i].len);
+    }
+    free(e);
+  }
+  b = sim_blob_new(out, olen);
+  free(out);
+  sim_schedule(
+    l, fifo_at(c, &c->cmd_down_last), SIM_EV_BP_DELIVER, c->tag,
+    ((uint64_t)(cmd == SIM_REDIS_HPUBLISH ? OUT_HPUBLISHED : OUT_HREAD) << 32) |
+      chan,
+    c->gen, b);
+}
+
+/* Hands an FCALL's answer to the client. */
+static void redis_fcall_answer(sim_redis_conn *c, uint32_t kind,
+                               const sim_blob *b) {
+  const char *p = b->data;
+  uint64_t req, off, n, i;
+  const char *epoch;
+  memcpy(&req, p, 8);
+  memcpy(&off, p + 8, 8);
+  epoch = p + 16;
+  c->cmd_inflight--;
+  if (kind == OUT_HPUBLISHED) {
+    if (c->cb.on_hpublished) {
+      c->cb.on_hpublished(c->cb.user, req, off, epoch);
+    }
+    return;
+  }
+  memcpy(&n, p + 33, 8);
+  {
+    uint64_t *offs = calloc(n + 1, sizeof(*offs));
+    const char **data = calloc(n + 1, sizeof(*data));
+    size_t *lens = calloc(n + 1, sizeof(*lens));
+    size_t at = 41;
+    if (offs == NULL || data == NULL || lens == NULL) {
+      abort();
+    }
+    for (i = 0; i < n; i++) {
+      uint64_t el;
+      memcpy(&offs[i], p + at, 8);
+      memcpy(&el, p + at + 8, 8);
+      lens[i] = (size_t)el;
+      data[i] = p + at + 16;
+      at += 16 + (size_t)el;
+    }
+    if (c->cb.on_hread) {
+      c->cb.on_hread(c->cb.user, req, off, epoch, offs, data, lens, (size_t)n);
+    }
+    free(offs);
+    free(data);
+    free(lens);
+  }
+}
+
+int sim_redis_history_holds(sim_redis *r, const char *hkey, const char *mkey,
+                            const char *epoch, uint64_t offset) {
+  return sim_stream_holds(r->streams, hkey, mkey, epoch, offset);
+}
+
 size_t sim_redis_history_len(sim_redis *r, const char *hkey) {
   return sim_stream_len(r->streams, hkey);
 }
@@ -467,6 +599,11 @@ static void redis_cmd(sim_redis *r, sim_redis_conn *c, const sim_ev *ev) {
     HOOKS(r, on_key_del, c->tag, p->data);
     sim_trace(l, "redis DEL %s", p->data);
     break;
+  case SIM_REDIS_HPUBLISH:
+  case SIM_REDIS_HREAD:
+    /* Still in flight until its answer arrives. */
+    redis_fcall(r, c, cmd, arg, p);
+    break;
   default:
     break;
   }
@@ -510,7 +647,9 @@ int sim_redis_event(sim_redis *r, const sim_ev *ev) {
     uint32_t kind = (uint32_t)(ev->b >> 32);
     uint32_t chan = (uint32_t)ev->b;
     const char *name = sim_chan_name(l, chan);
-    if (kind == OUT_CONFIRM) {
+    if (kind == OUT_HPUBLISHED || kind == OUT_HREAD) {
+      redis_fcall_answer(c, kind, ev->p);
+    } else if (kind == OUT_CONFIRM) {
       c->conf_inflight--;
       if (c->cb.on_subscribed) {
         c->cb.on_subscribed(c->cb.user, name, strlen(name));
@@ -535,7 +674,8 @@ int sim_redis_event(sim_redis *r, const sim_ev *ev) {
     }
     c->connected = 1;
     c->epoch++;
-    c->sub_up_last = c->sub_down_last = c->cmd_up_last = l->now;
+    c->sub_up_last = c->sub_down_last = c->cmd_up_last = c->cmd_down_last =
+      l->now;
     sim_trace(l, "redis accepts instance %u", c->tag);
     HOOKS(r, on_conn_accepted, c->tag);
     sim_schedule(l, l->now + sim_lat_redis(c->lat), SIM_EV_BP_UP, c->tag, 0,

@@ -51,6 +51,13 @@ typedef struct sim_redis_conn_cbs {
   /* A message Redis published on |chan|. */
   void (*on_message)(void *user, const char *chan, size_t chan_len,
                      const uint8_t *data, size_t len);
+  /* The answers to SIM_REDIS_HPUBLISH and SIM_REDIS_HREAD (on the command
+     connection, in command order).  Entries are borrowed for the call. */
+  void (*on_hpublished)(void *user, uint64_t req, uint64_t offset,
+                        const char *epoch);
+  void (*on_hread)(void *user, uint64_t req, uint64_t offset, const char *epoch,
+                   const uint64_t *offsets, const char *const *data,
+                   const size_t *lens, size_t n);
 } sim_redis_conn_cbs;
 
 /*
@@ -108,6 +115,11 @@ uint64_t sim_redis_fcall_publish(sim_redis *r, uint32_t chan, const char *hkey,
                                  uint32_t size, uint32_t ttl_s,
                                  uint32_t meta_ttl_s);
 
+/* 1 if history stream |hkey| with meta |mkey| of |epoch| holds
+   |offset| now. */
+int sim_redis_history_holds(sim_redis *r, const char *hkey, const char *mkey,
+                            const char *epoch, uint64_t offset);
+
 /* XLEN of the history stream |hkey| (0: missing or expired). */
 size_t sim_redis_history_len(sim_redis *r, const char *hkey);
 
@@ -143,8 +155,26 @@ enum sim_redis_cmd {
   SIM_REDIS_UNSUBSCRIBE,   /* arg: channel id; subscriber connection */
   SIM_REDIS_PUBLISH,       /* arg: channel id, p: data */
   SIM_REDIS_SET,           /* arg: TTL in s (0: none), p: full key */
-  SIM_REDIS_DEL            /* p: full key */
+  SIM_REDIS_DEL,           /* p: full key */
+  /* FCALL wshub_publish / wshub_read: arg: channel id, p: a
+     sim_redis_hcmd, then the history key, NUL, the meta key, NUL, and
+     (HPUBLISH) the data.  Answered on the command connection. */
+  SIM_REDIS_HPUBLISH,
+  SIM_REDIS_HREAD
 };
+
+typedef struct sim_redis_hcmd {
+  uint64_t req;
+  uint64_t since; /* HREAD */
+  uint32_t size;  /* HPUBLISH: history size; HREAD: count */
+  uint32_t ttl_s; /* HPUBLISH */
+  uint32_t meta_ttl_s;
+  uint32_t pad;
+} sim_redis_hcmd;
+
+/* Reads so far (wshub_read calls from every instance), for scenarios
+   that count how reads coalesce. */
+uint64_t sim_redis_hreads(const sim_redis *r);
 
 /* Sends one command; it reaches Redis after a link latency, behind the
    commands sent before it on the same connection.  Ownership of |p| is
@@ -162,6 +192,9 @@ int sim_redis_idle(const sim_redis_conn *c);
 uint64_t sim_redis_epoch(const sim_redis_conn *c);
 /* Redis's view: the subscriber connection holds |chan|. */
 int sim_redis_subscribed(const sim_redis_conn *c, uint32_t chan);
+
+/* Commands on the command connection not yet answered. */
+uint64_t sim_redis_cmd_pending(const sim_redis_conn *c);
 
 /* Handles SIM_EV_REDIS_CMD, SIM_EV_BP_DELIVER, SIM_EV_BP_CONNECT,
    SIM_EV_BP_UP and SIM_EV_BP_DOWN; returns 1 if |ev| was one. */

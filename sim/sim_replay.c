@@ -254,6 +254,31 @@ static void rp_event_text(rp *r, const sh_rec_record *e, char *b, size_t cap) {
     snprintf(b + n, cap - n, "%zu bytes: ", e->l1);
     rp_text(b, cap, e->p1, e->l1, 120);
     break;
+  case SH_REC_BP_HPUBLISHED:
+  case SH_REC_BP_HREAD:
+    snprintf(b + n, cap - n, "req %llu, ok %llu, offset %llu, epoch \"",
+             (unsigned long long)e->id, (unsigned long long)e->a,
+             (unsigned long long)e->b);
+    rp_text(b, cap, e->p1, e->l1, 40);
+    n = strlen(b);
+    snprintf(b + n, cap - n, "\"");
+    if (e->type == SH_REC_BP_HREAD) {
+      n = strlen(b);
+      snprintf(b + n, cap - n, ", %llu entries", (unsigned long long)e->count);
+    }
+    break;
+  case SH_REC_API_PUBLISH:
+    snprintf(b + n, cap - n, "req %llu, %zu bytes: ", (unsigned long long)e->id,
+             e->l1);
+    rp_text(b, cap, e->p1, e->l1, 120);
+    break;
+  case SH_REC_API_HISTORY:
+    snprintf(b + n, cap - n, "req %llu, channel \"", (unsigned long long)e->id);
+    rp_text(b, cap, e->p1, e->l1, 64);
+    n = strlen(b);
+    snprintf(b + n, cap - n, "\", since %llu, limit %llu",
+             (unsigned long long)e->a, (unsigned long long)e->b);
+    break;
   default:
     break;
   }
@@ -282,6 +307,12 @@ static const char *rp_eff_name(hub_effect_type t) {
     return "REG_DEL";
   case HUB_EFF_VERIFY:
     return "VERIFY";
+  case HUB_EFF_BP_HPUBLISH:
+    return "BP_HPUBLISH";
+  case HUB_EFF_BP_HREAD:
+    return "BP_HREAD";
+  case HUB_EFF_API_REPLY:
+    return "API_REPLY";
   default:
     return "?";
   }
@@ -311,6 +342,18 @@ static void rp_effect_text(const hub_effect *e, char *b, size_t cap) {
   if (e->type == HUB_EFF_REG_SET) {
     n = strlen(b);
     snprintf(b + n, cap - n, " ttl %us", (unsigned)e->ttl_s);
+  }
+  if (e->type == HUB_EFF_BP_HPUBLISH || e->type == HUB_EFF_BP_HREAD ||
+      e->type == HUB_EFF_API_REPLY) {
+    n = strlen(b);
+    if (e->type == HUB_EFF_API_REPLY) {
+      snprintf(b + n, cap - n, " req %llu status %u",
+               (unsigned long long)e->req, (unsigned)e->status);
+    } else {
+      snprintf(b + n, cap - n, " req %llu since %llu count %u",
+               (unsigned long long)e->req, (unsigned long long)e->since,
+               (unsigned)e->count);
+    }
   }
   if (e->buf != NULL) {
     n = strlen(b);
@@ -655,6 +698,31 @@ static int rp_call(rp *r, const sh_rec_record *e, int want_rc, int *rc) {
     *rc = hub_publish(r->h, e->p1, e->l1, &err, e->now);
     break;
   }
+  case SH_REC_BP_HPUBLISHED:
+    *rc = hub_on_bp_hpublished(r->h, e->id, (int)e->a, e->b,
+                               (const char *)e->p1, e->l1, e->now);
+    break;
+  case SH_REC_BP_HREAD: {
+    size_t ne = (size_t)e->count;
+    hub_hentry *he = calloc(ne > 0 ? ne : 1, sizeof(*he));
+    if (he == NULL) {
+      r->mem.fail = r->mem.counting = 0;
+      r->why = "out of memory for a history read's entries";
+      return 1;
+    }
+    (void)sh_rec_hentries(e, he, ne);
+    *rc = hub_on_bp_hread(r->h, e->id, (int)e->a, e->b, (const char *)e->p1,
+                          e->l1, he, ne, e->now);
+    free(he);
+    break;
+  }
+  case SH_REC_API_PUBLISH:
+    *rc = hub_api_publish(r->h, e->id, e->p1, e->l1, e->now);
+    break;
+  case SH_REC_API_HISTORY:
+    *rc = hub_api_history(r->h, e->id, (const char *)e->p1, e->l1, e->a, e->b,
+                          e->now);
+    break;
   case SH_REC_EXPIRY:
     *rc = hub_handle_expiry(r->h, e->now);
     break;

@@ -39,7 +39,11 @@ enum cond_kind {
   C_REDIS_KEY,
   C_REPLY,
   C_REPLY_COUNT,
-  C_REDIS_HISTORY
+  C_REDIS_HISTORY,
+  C_OFFSETS,
+  C_RECOVERED,
+  C_GAP,
+  C_REDIS_READS
 };
 
 typedef struct cond {
@@ -52,6 +56,7 @@ typedef struct cond {
   int inst;
   int yes;
   int rtype;
+  uint64_t lo; /* offsets A..B */
   char key[256];
   size_t scanned;
 } cond;
@@ -240,11 +245,6 @@ static int set_config(runner *rn, const char *name, const char *val) {
   }
   switch (hub_config_set(&c->hub, name, val)) {
   case 0:
-    /* Every simulated instance runs on the simulated Redis, and history
-       with a Redis backplane is not built yet (hub_config_valid). */
-    if (c->hub.history_size > 0) {
-      return fail(rn, "history with the Redis backplane is not supported yet");
-    }
     return 0;
   case 1:
     break; /* not the hub's: one of the simulator's own */
@@ -330,9 +330,30 @@ static int client_cmd(runner *rn, sim_client *c, const char *verb, char *args) {
     if (ch == NULL) {
       return fail(rn, "%s needs a channel", verb);
     }
-    if (more != NULL && strcmp(more, "recover") == 0) {
-      /* History needs the simulated Redis streams, not built yet. */
-      return fail(rn, "subscribe ... recover is not supported yet");
+    if (more != NULL && (strcmp(more, "recover") != 0 || verb[0] == 'u')) {
+      return fail(rn, "unexpected %s after the channel", more);
+    }
+    if (more != NULL) {
+      /* since = the last offset and epoch the client saw on the channel
+         (subscribed reply, message or gap frame); none seen: none. */
+      sim_cstate *cs =
+        sim_client_cstate(c, sim_chan_intern(&rn->w.loop, ch, strlen(ch)));
+      if (cs->has_pos) {
+        n = snprintf(buf, sizeof(buf),
+                     "{\"type\":\"subscribe\",\"channel\":\"%s\",\"since\":"
+                     "{\"offset\":%llu,\"epoch\":\"%s\"}}",
+                     ch, (unsigned long long)cs->pos, cs->epoch);
+        if (n < 0 || (size_t)n >= sizeof(buf)) {
+          return fail(rn, "channel too long");
+        }
+        if (c->state != SIM_CL_CLOSED) {
+          cs->rec_sent = 1;
+          cs->rec_since = cs->pos;
+          memcpy(cs->rec_epoch, cs->epoch, sizeof(cs->rec_epoch));
+        }
+        sim_client_send(&rn->w, c, buf, (size_t)n, 0);
+        return 0;
+      }
     }
     n = snprintf(buf, sizeof(buf), "{\"type\":\"%s\",\"channel\":\"%s\"}", verb,
                  ch);
@@ -513,6 +534,15 @@ static int parse_cond(runner *rn, char *p, cond *cd) {
     snprintf(cd->key, sizeof(cd->key), "%shistory:%s", rn->w.cfg.prefix, ch);
     return 0;
   }
+  if (strcmp(a, "redis-reads") == 0) {
+    /* wshub_read calls Redis served so far (every instance), at most N */
+    char *n = tok(&p);
+    if (n == NULL || hub_parse_u64(n, &cd->n) != 0) {
+      return fail(rn, "redis-reads needs a number");
+    }
+    cd->kind = C_REDIS_READS;
+    return 0;
+  }
   if (strcmp(a, "redis-key") == 0) {
     char *k = tok(&p), *pa = tok(&p);
     if (k == NULL || pa == NULL || strlen(k) >= sizeof(cd->key) ||
@@ -556,6 +586,38 @@ static int parse_cond(runner *rn, char *p, cond *cd) {
     }
     return 0;
   }
+  if (strcmp(b, "offsets") == 0 || strcmp(b, "recovered") == 0 ||
+      strcmp(b, "received-gap") == 0) {
+    char *ch = tok(&p), *arg;
+    if (ch == NULL) {
+      return fail(rn, "%s needs a channel", b);
+    }
+    cd->chan = sim_chan_intern(&rn->w.loop, ch, strlen(ch));
+    if (strcmp(b, "recovered") == 0) {
+      arg = tok(&p);
+      if (arg == NULL || (strcmp(arg, "yes") != 0 && strcmp(arg, "no") != 0)) {
+        return fail(rn, "recovered needs yes|no");
+      }
+      cd->kind = C_RECOVERED;
+      cd->yes = arg[0] == 'y';
+    } else if (b[0] == 'o') {
+      char *dots;
+      arg = tok(&p);
+      dots = arg != NULL ? strstr(arg, "..") : NULL;
+      if (dots == NULL) {
+        return fail(rn, "offsets needs A..B");
+      }
+      *dots = '\0';
+      if (hub_parse_u64(arg, &cd->lo) != 0 ||
+          hub_parse_u64(dots + 2, &cd->n) != 0 || cd->lo > cd->n) {
+        return fail(rn, "offsets needs A..B");
+      }
+      cd->kind = C_OFFSETS;
+    } else {
+      cd->kind = C_GAP;
+    }
+    return 0;
+  }
   if (strcmp(b, "closed") == 0) {
     char *code = tok(&p);
     uint64_t v;
@@ -571,11 +633,12 @@ static int parse_cond(runner *rn, char *p, cond *cd) {
   if (strcmp(b, "received-reply") == 0 ||
       strcmp(b, "received-reply-count") == 0) {
     static const char *types[] = {"message",   "subscribed", "unsubscribed",
-                                  "published", "error",      "refreshed"};
+                                  "published", "error",      "refreshed",
+                                  "gap"};
     char *t = tok(&p);
     int i;
     cd->rtype = -1;
-    for (i = 0; t && i < 6; i++) {
+    for (i = 0; t && i < 7; i++) {
       if (strcmp(t, types[i]) == 0) {
         cd->rtype = i;
       }
@@ -598,7 +661,9 @@ static int parse_cond(runner *rn, char *p, cond *cd) {
 /* Evaluates |cd|; on 0 (does not hold) |what| says what is. */
 static int eval_cond(runner *rn, cond *cd, char *what, size_t wlen) {
   sim_world *w = &rn->w;
-  sim_client *c = cd->kind <= C_CLOSED || cd->kind >= C_REPLY
+  sim_client *c = cd->kind <= C_CLOSED ||
+                      (cd->kind >= C_REPLY && cd->kind != C_REDIS_HISTORY &&
+                       cd->kind != C_REDIS_READS)
                     ? &w->clients[cd->client]
                     : NULL;
   switch (cd->kind) {
@@ -649,6 +714,44 @@ static int eval_cond(runner *rn, cond *cd, char *what, size_t wlen) {
     size_t n = sim_redis_history_len(w->redis, cd->key);
     snprintf(what, wlen, "%s holds %zu entries", cd->key, n);
     return n == cd->n;
+  }
+  case C_OFFSETS: {
+    sim_cstate *cs = sim_client_cstate(c, cd->chan);
+    size_t i, k = 0, want = (size_t)(cd->n - cd->lo + 1);
+    int ok = cs->noffs == want;
+    for (i = 0; ok && i < cs->noffs; i++) {
+      ok = cs->offs[i] == cd->lo + i;
+    }
+    k = (size_t)snprintf(what, wlen, "%s received offsets", c->name);
+    for (i = 0; i < cs->noffs && k + 24 < wlen; i++) {
+      k += (size_t)snprintf(what + k, wlen - k, "%s%llu", i ? "," : " ",
+                            (unsigned long long)cs->offs[i]);
+    }
+    if (cs->noffs == 0 && k + 8 < wlen) {
+      snprintf(what + k, wlen - k, " (none)");
+    }
+    return ok;
+  }
+  case C_RECOVERED: {
+    sim_cstate *cs = sim_client_cstate(c, cd->chan);
+    snprintf(what, wlen, "%s's latest subscribed on %s says %s", c->name,
+             sim_chan_name(&w->loop, cd->chan),
+             cs->recovered < 0
+               ? "nothing"
+               : (cs->recovered ? "recovered:true" : "recovered:false"));
+    return cs->recovered == cd->yes;
+  }
+  case C_GAP: {
+    sim_cstate *cs = sim_client_cstate(c, cd->chan);
+    snprintf(what, wlen, "%s received %llu gap frames on %s", c->name,
+             (unsigned long long)cs->gaps, sim_chan_name(&w->loop, cd->chan));
+    return cs->gaps > 0;
+  }
+  case C_REDIS_READS: {
+    uint64_t n = sim_redis_hreads(w->redis);
+    snprintf(what, wlen, "Redis served %llu history reads",
+             (unsigned long long)n);
+    return n <= cd->n;
   }
   case C_REDIS_KEY: {
     int present = sim_redis_key_present(w->redis, cd->key);

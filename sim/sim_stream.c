@@ -132,30 +132,37 @@ static void stream_del(sim_stream_db *db, const char *key) {
   }
 }
 
+static sim_meta *meta_create(sim_stream_db *db, const char *hkey,
+                             const char *mkey) {
+  static const char b62[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+  sim_meta *m;
+  size_t i;
+  stream_del(db, hkey);
+  if (db->nm == db->capm) {
+    db->capm = db->capm ? 2 * db->capm : 8;
+    db->m = xrealloc(db->m, db->capm * sizeof(*db->m));
+  }
+  m = &db->m[db->nm++];
+  memset(m, 0, sizeof(*m));
+  m->key = xstrdup(mkey, strlen(mkey));
+  for (i = 0; i < 16; i++) {
+    m->epoch[i] = b62[sim_rng_below(&db->rng, 62)];
+  }
+  return m;
+}
+
 uint64_t sim_stream_publish(sim_stream_db *db, const char *hkey,
                             const char *mkey, const char *data, size_t len,
                             uint32_t size, uint32_t ttl_s, uint32_t meta_ttl_s,
                             const char **epoch) {
-  static const char b62[] =
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
   uint64_t now = db->loop->now;
   sim_meta *m = meta_find(db, mkey);
   sim_stream *s;
 
   if (m == NULL) {
     /* A fresh epoch; offsets start over, so the old stream goes. */
-    size_t i;
-    stream_del(db, hkey);
-    if (db->nm == db->capm) {
-      db->capm = db->capm ? 2 * db->capm : 8;
-      db->m = xrealloc(db->m, db->capm * sizeof(*db->m));
-    }
-    m = &db->m[db->nm++];
-    memset(m, 0, sizeof(*m));
-    m->key = xstrdup(mkey, strlen(mkey));
-    for (i = 0; i < 16; i++) {
-      m->epoch[i] = b62[sim_rng_below(&db->rng, 62)];
-    }
+    m = meta_create(db, hkey, mkey);
   }
   m->offset++;
   m->expires_at = now + (uint64_t)meta_ttl_s * SIM_S;
@@ -187,7 +194,60 @@ uint64_t sim_stream_publish(sim_stream_db *db, const char *hkey,
   return m->offset;
 }
 
+uint64_t sim_stream_read(sim_stream_db *db, const char *hkey, const char *mkey,
+                         uint64_t since, uint32_t count, uint32_t meta_ttl_s,
+                         const char **epoch, sim_stream_entry **out,
+                         size_t *nout) {
+  sim_meta *m = meta_find(db, mkey);
+  sim_stream *s;
+  size_t i, n = 0;
+
+  *out = NULL;
+  *nout = 0;
+  if (m == NULL) {
+    /* HSET epoch <new> offset 0, DEL the stale stream, EXPIRE meta. */
+    m = meta_create(db, hkey, mkey);
+    m->expires_at = db->loop->now + (uint64_t)meta_ttl_s * SIM_S;
+  }
+  *epoch = m->epoch;
+  if (count == 0) {
+    return m->offset;
+  }
+  s = stream_find(db, hkey);
+  if (s == NULL) {
+    return m->offset;
+  }
+  *out = xrealloc(NULL, (s->n > 0 ? s->n : 1) * sizeof(**out));
+  for (i = 0; i < s->n && n < count; i++) {
+    if (s->e[i].offset > since) {
+      (*out)[n].offset = s->e[i].offset;
+      (*out)[n].data = s->e[i].data;
+      (*out)[n].len = strlen(s->e[i].data);
+      n++;
+    }
+  }
+  *nout = n;
+  return m->offset;
+}
+
 size_t sim_stream_len(sim_stream_db *db, const char *hkey) {
   sim_stream *s = stream_find(db, hkey);
   return s != NULL ? s->n : 0;
+}
+
+int sim_stream_holds(sim_stream_db *db, const char *hkey, const char *mkey,
+                     const char *epoch, uint64_t offset) {
+  sim_meta *m = meta_find(db, mkey);
+  sim_stream *s;
+  size_t i;
+  if (m == NULL || strcmp(m->epoch, epoch) != 0) {
+    return 0;
+  }
+  s = stream_find(db, hkey);
+  for (i = 0; s != NULL && i < s->n; i++) {
+    if (s->e[i].offset == offset) {
+      return 1;
+    }
+  }
+  return 0;
 }

@@ -32,6 +32,29 @@ uint64_t sim_stream_publish(sim_stream_db *db, const char *hkey,
                             uint32_t size, uint32_t ttl_s, uint32_t meta_ttl_s,
                             const char **epoch);
 
+/* One entry of a read: |data| points into the stream (valid until the
+   next call on |db|). */
+typedef struct sim_stream_entry {
+  uint64_t offset;
+  const char *data;
+  size_t len;
+} sim_stream_entry;
+
+/* FCALL wshub_read as one atomic step: the meta hash's offset (returned)
+   and epoch, creating it (offset 0, a new epoch, the stale stream
+   deleted, TTL |meta_ttl_s|) when missing; with |count| > 0 the first
+   |count| entries above |since|, oldest first, in *out (free() it).  It
+   refreshes no TTL of an existing record. */
+uint64_t sim_stream_read(sim_stream_db *db, const char *hkey, const char *mkey,
+                         uint64_t since, uint32_t count, uint32_t meta_ttl_s,
+                         const char **epoch, sim_stream_entry **out,
+                         size_t *nout);
+
+/* 1 if the meta |mkey| has |epoch| and the stream |hkey| holds
+   |offset|. */
+int sim_stream_holds(sim_stream_db *db, const char *hkey, const char *mkey,
+                     const char *epoch, uint64_t offset);
+
 /* XLEN |hkey| (0 when missing or expired). */
 size_t sim_stream_len(sim_stream_db *db, const char *hkey);
 

@@ -356,10 +356,15 @@ void th_drain(th *t) {
     }
     r = &t->effs[t->n++];
     memset(r, 0, sizeof(*r));
-    assert_true(e->type > HUB_EFF_NONE && e->type <= HUB_EFF_VERIFY);
+    assert_true(e->type > HUB_EFF_NONE && e->type <= HUB_EFF_API_REPLY);
     r->type = e->type;
     r->conn = e->conn;
     r->conn_user = e->conn_user;
+    r->req = e->req;
+    r->since = e->since;
+    r->count = e->count;
+    r->meta_ttl_s = e->meta_ttl_s;
+    r->status = e->status;
     switch (e->type) {
     case HUB_EFF_SEND:
       assert_non_null(e->buf);
@@ -388,6 +393,16 @@ void th_drain(th *t) {
       r->data = dup_bytes(e->buf->data, e->buf->len);
       r->data_len = e->buf->len;
       break;
+    case HUB_EFF_API_REPLY:
+      assert_non_null(e->buf);
+      r->data = dup_bytes(e->buf->data, e->buf->len);
+      r->data_len = e->buf->len;
+      break;
+    case HUB_EFF_BP_HREAD:
+      assert_non_null(e->name);
+      r->name = dup_bytes(e->name->data, e->name->len);
+      break;
+    case HUB_EFF_BP_HPUBLISH:
     case HUB_EFF_BP_PUBLISH:
     case HUB_EFF_REG_SET:
       assert_non_null(e->buf);

@@ -61,6 +61,11 @@ typedef struct th_eff {
   const hub_buf *buf; /* identity only; do not dereference */
   uint32_t buf_ref;   /* buf->ref when peeked */
   char *reason;       /* CLOSE */
+  uint64_t req;       /* BP_HPUBLISH, BP_HREAD, API_REPLY */
+  uint64_t since;     /* BP_HREAD */
+  uint32_t count;     /* BP_HPUBLISH, BP_HREAD */
+  uint32_t meta_ttl_s;
+  uint16_t status; /* API_REPLY */
   int taken;
 } th_eff;
 

@@ -180,15 +180,14 @@ static void fk_free(bp *b) {
   (void)b;
 }
 
-static const bp_ops fk_bp_ops = {
-  .subscribe = fk_subscribe,
-  .unsubscribe = fk_unsubscribe,
-  .publish = fk_publish,
-  .set = fk_set,
-  .del = fk_del,
-  .hpublish = NULL,
-  .hread = NULL,
-  .free = fk_free};
+static const bp_ops fk_bp_ops = {.subscribe = fk_subscribe,
+                                 .unsubscribe = fk_unsubscribe,
+                                 .publish = fk_publish,
+                                 .set = fk_set,
+                                 .del = fk_del,
+                                 .hpublish = NULL,
+                                 .hread = NULL,
+                                 .free = fk_free};
 
 /* A fake with a default config in f->t.cfg, to change before fk_start. */
 static fk *fk_alloc(void) {
