@@ -71,9 +71,9 @@ typedef struct bp_ops {
   /* FCALL wshub_publish 3 <prefix>history:<c> <prefix>meta:<c>
      <prefix>chan:<c> <data> <size> <ttl_s> <meta_ttl_s>; answered by
      on_hpublished(req, ...) with the [offset, epoch] it returns. */
-  int (*hpublish)(bp *b, uint64_t req, const char *channel,
-                  size_t channel_len, const uint8_t *data, size_t len,
-                  uint32_t size, uint32_t ttl_s, uint32_t meta_ttl_s);
+  int (*hpublish)(bp *b, uint64_t req, const char *channel, size_t channel_len,
+                  const uint8_t *data, size_t len, uint32_t size,
+                  uint32_t ttl_s, uint32_t meta_ttl_s);
   /* FCALL wshub_read 2 <prefix>history:<c> <prefix>meta:<c> <since>
      <count> <meta_ttl_s>: the meta hash's offset and epoch (created,
      offset 0 and a fresh epoch, stale stream deleted, when missing) and

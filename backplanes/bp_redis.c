@@ -7,6 +7,13 @@
  * and a timer reconnects with exponential backoff.  The hub re-subscribes
  * every channel it still needs when on_up is reported.
  *
+ * The command connection loads the `wshub` function library
+ * (backplanes/wshub.lua, compiled in as bp_redis_wshub_lua) with FUNCTION
+ * LOAD REPLACE on every connect, before the backplane counts as up: the
+ * history commands are FCALLs of it.  A refusal (Redis older than 7, or
+ * an ACL without FUNCTION) is logged; with history configured it fails
+ * the connect like a refused AUTH (retried with backoff).
+ *
  * hiredis frees an async context itself after its disconnect callback,
  * so a context pointer is forgotten the moment that callback runs.  A
  * lost connection never tears the other down from inside a hiredis
@@ -25,6 +32,10 @@
 #include <hiredis/adapters/libev.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
+
+/* static const char bp_redis_wshub_lua[]: backplanes/wshub.lua, generated
+   by server/server.mk into $(BUILD)/gen. */
+#include "wshub_lua.h"
 
 #define BP_REDIS_CONNECT_TIMEOUT_S 2.0
 
@@ -59,7 +70,11 @@ typedef struct bp_redis {
   int sub_ok, pub_ok;
   int up;
   int quitting;
-  sh_link link; /* reconnect state and backoff (shell/sh_link.c) */
+  int freeing;    /* inside bp_redis_free: answers are not reported */
+  int history;    /* FUNCTION LOAD must succeed (bp_redis_config) */
+  int lib_told;   /* a refusal without history was logged once */
+  int lib_reload; /* a FUNCTION LOAD after "Function not found" is out */
+  sh_link link;   /* reconnect state and backoff (shell/sh_link.c) */
   ev_timer retry;
   ev_timer connect_timeout;
   ev_timer quit_poll;
@@ -240,6 +255,8 @@ static void bp_redis_auth_cb(redisAsyncContext *ac, void *reply, void *priv) {
   /* Accepted: CLIENT SETNAME's answer follows (bp_redis_hello_cb). */
 }
 
+static void bp_redis_ready(bp_redis *r, redisAsyncContext *ac);
+
 static void bp_redis_connect_cb(const redisAsyncContext *ac, int status) {
   bp_redis *r = bp_redis_of(ac);
   if (status != REDIS_OK) {
@@ -260,13 +277,56 @@ static void bp_redis_connect_cb(const redisAsyncContext *ac, int status) {
 }
 
 /* CLIENT SETNAME's answer (queued after AUTH when there is one): |ac| is
-   connected, authenticated and answering; up once both are. */
+   connected, authenticated and answering; up once both are (the command
+   connection once FUNCTION LOAD is answered too: bp_redis_fload_cb). */
 static void bp_redis_hello_cb(redisAsyncContext *ac, void *reply, void *priv) {
   bp_redis *r = priv;
   if (reply == NULL || r->quitting || (ac != r->sub && ac != r->pub) ||
       (ac->c.flags & REDIS_DISCONNECTING)) {
     return; /* freed before Redis answered, or AUTH refused */
   }
+  if (ac == r->sub) {
+    bp_redis_ready(r, ac);
+  }
+}
+
+/* FUNCTION LOAD REPLACE's answer on the command connection: the library's
+   name, or an error (Redis < 7: unknown command; an ACL: NOPERM). */
+static void bp_redis_fload_cb(redisAsyncContext *ac, void *reply, void *priv) {
+  bp_redis *r = priv;
+  const redisReply *rep = reply;
+  if (rep == NULL || r->quitting || ac != r->pub ||
+      (ac->c.flags & REDIS_DISCONNECTING)) {
+    return; /* freed before Redis answered, or AUTH refused */
+  }
+  if (rep->type == REDIS_REPLY_ERROR) {
+    if (r->history) {
+      bp_redis_log(r, BP_LOG_ERROR,
+                   "redis FUNCTION LOAD refused: history needs Redis 7 or "
+                   "newer and a user allowed FUNCTION and FCALL",
+                   "reason", rep->str, (const char *)NULL);
+      snprintf(r->reason, sizeof(r->reason), "FUNCTION LOAD refused: %s",
+               rep->str);
+      redisAsyncDisconnect(ac);
+      return;
+    }
+    if (!r->lib_told) {
+      r->lib_told = 1;
+      bp_redis_log(r, BP_LOG_WARN,
+                   "redis FUNCTION LOAD refused: the wshub function library "
+                   "is not loaded (history is off, so the hub does not need "
+                   "it)",
+                   "reason", rep->str, (const char *)NULL);
+    }
+  } else if (rep->type != REDIS_REPLY_STRING) {
+    bp_redis_log(r, BP_LOG_WARN, "malformed reply from redis", "command",
+                 "FUNCTION LOAD", (const char *)NULL);
+  }
+  bp_redis_ready(r, ac);
+}
+
+/* |ac| is connected, authenticated and answering. */
+static void bp_redis_ready(bp_redis *r, redisAsyncContext *ac) {
   if (ac == r->sub) {
     r->sub_ok = 1;
   } else if (ac == r->pub) {
@@ -393,6 +453,13 @@ static redisAsyncContext *bp_redis_open(bp_redis *r, const char *role) {
   if (r->db != 0) {
     (void)redisAsyncCommand(ac, NULL, NULL, "SELECT %d", r->db);
   }
+  /* The command connection counts as up once the library is loaded. */
+  if (strcmp(role, "pub") == 0 &&
+      redisAsyncCommand(ac, bp_redis_fload_cb, r, "FUNCTION LOAD REPLACE %s",
+                        bp_redis_wshub_lua) != REDIS_OK) {
+    redisAsyncFree(ac);
+    return NULL;
+  }
   return ac;
 }
 
@@ -467,7 +534,8 @@ static int bp_redis_cmd(bp_redis *r, redisAsyncContext *ac, redisCallbackFn *cb,
   const char *argv[5];
   size_t lens[5];
   int i;
-  if (!r->up || ac == NULL || nextra > 3) {
+  if (!r->up || ac == NULL || nextra > 3 ||
+      (ac->c.flags & (REDIS_DISCONNECTING | REDIS_FREEING))) {
     return HUB_ERR_INVALID_ARGUMENT;
   }
   argv[0] = cmd;
@@ -529,12 +597,353 @@ static int bp_redis_del(bp *b, const char *key, size_t key_len) {
                       key_len, 0, NULL, NULL);
 }
 
+/* ------------------------------------------------------------ history */
+
+/*
+ * One FCALL in flight: hiredis calls its callback exactly once, with the
+ * reply, or with NULL when the connection goes away first (it runs the
+ * pending callbacks of a context it frees), so every op that returned 0
+ * is answered exactly once from there.
+ */
+enum { BP_REDIS_HPUBLISH = 0, BP_REDIS_HREAD = 1 };
+
+typedef struct bp_redis_hreq {
+  bp_redis *r;
+  uint64_t req;
+  uint64_t since; /* hread: entries must be above it */
+  uint32_t count; /* hread: at most this many */
+  int kind;
+  size_t channel_len;
+  char channel[1]; /* for the log, allocated with the request */
+} bp_redis_hreq;
+
+/* An epoch as CONTRACT.md has it: 1 to 32 bytes of A-Z a-z 0-9. */
+static int bp_redis_epoch_ok(const redisReply *e) {
+  size_t i;
+  if (e->type != REDIS_REPLY_STRING || e->len < 1 || e->len > 32) {
+    return 0;
+  }
+  for (i = 0; i < (size_t)e->len; i++) {
+    char ch = e->str[i];
+    if (!((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') ||
+          (ch >= '0' && ch <= '9'))) {
+      return 0;
+    }
+  }
+  return 1;
+}
+
+/* A decimal offset of |len| bytes at |p| (no sign, no leading zero
+   unless "0", at most 2^63 - 1).  Returns 0 and sets *v, or -1. */
+static int bp_redis_u64(const char *p, size_t len, uint64_t *v) {
+  uint64_t n = 0;
+  size_t i;
+  if (len == 0 || len > 19 || (len > 1 && p[0] == '0')) {
+    return -1;
+  }
+  for (i = 0; i < len; i++) {
+    if (p[i] < '0' || p[i] > '9') {
+      return -1;
+    }
+    n = n * 10 + (uint64_t)(p[i] - '0');
+  }
+  if (n > (uint64_t)INT64_MAX) {
+    return -1;
+  }
+  *v = n;
+  return 0;
+}
+
+/* A stream entry of XRANGE: [id "<offset>-0", [field, value, ...]] with
+   the data in field d.  Returns 0 and fills *out, or -1. */
+static int bp_redis_entry(const redisReply *e, bp_hentry *out) {
+  const redisReply *id, *fv;
+  size_t i, il;
+  if (e->type != REDIS_REPLY_ARRAY || e->elements != 2) {
+    return -1;
+  }
+  id = e->element[0];
+  fv = e->element[1];
+  if (id->type != REDIS_REPLY_STRING || fv->type != REDIS_REPLY_ARRAY ||
+      fv->elements % 2 != 0) {
+    return -1;
+  }
+  il = (size_t)id->len;
+  if (il < 3 || id->str[il - 2] != '-' || id->str[il - 1] != '0' ||
+      bp_redis_u64(id->str, il - 2, &out->offset) != 0) {
+    return -1;
+  }
+  for (i = 0; i < fv->elements; i += 2) {
+    const redisReply *f = fv->element[i], *v = fv->element[i + 1];
+    if (f->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING) {
+      return -1;
+    }
+    if (f->len == 1 && f->str[0] == 'd') {
+      out->data = (const uint8_t *)v->str;
+      out->len = (size_t)v->len;
+      return 0;
+    }
+  }
+  return -1;
+}
+
+/* Entries of one answer kept on the stack; more are allocated. */
+#define BP_REDIS_HENTRIES_STACK 64
+
+/* wshub_read's answer [offset, epoch, [entry, ...]], checked strictly:
+   entries oldest first, above the request's since, not above the
+   offset, at most count of them.  Returns 1 when answered (ok or not),
+   0 when malformed (nothing reported yet). */
+static int bp_redis_hread_reply(bp_redis_hreq *q, const redisReply *rep) {
+  bp_redis *r = q->r;
+  bp_hentry stack[BP_REDIS_HENTRIES_STACK], *v = stack;
+  const redisReply *list;
+  uint64_t offset, last;
+  size_t i, n;
+  if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 3 ||
+      rep->element[0]->type != REDIS_REPLY_INTEGER ||
+      rep->element[0]->integer < 0 || !bp_redis_epoch_ok(rep->element[1]) ||
+      rep->element[2]->type != REDIS_REPLY_ARRAY) {
+    return 0;
+  }
+  offset = (uint64_t)rep->element[0]->integer;
+  list = rep->element[2];
+  n = list->elements;
+  if (n > q->count) {
+    return 0;
+  }
+  if (n > BP_REDIS_HENTRIES_STACK) {
+    v = malloc(n * sizeof(*v));
+    if (v == NULL) {
+      bp_redis_log(r, BP_LOG_WARN,
+                   "out of memory for a history read from redis", "channel",
+                   q->channel, (const char *)NULL);
+      r->base.ev.on_hread(r->base.ev.user, q->req, 0, 0, NULL, 0, NULL, 0);
+      return 1;
+    }
+  }
+  last = q->since;
+  for (i = 0; i < n; i++) {
+    if (bp_redis_entry(list->element[i], &v[i]) != 0 || v[i].offset <= last ||
+        v[i].offset > offset) {
+      if (v != stack) {
+        free(v);
+      }
+      return 0;
+    }
+    last = v[i].offset;
+  }
+  r->base.ev.on_hread(r->base.ev.user, q->req, 1, offset, rep->element[1]->str,
+                      (size_t)rep->element[1]->len, n > 0 ? v : NULL, n);
+  if (v != stack) {
+    free(v);
+  }
+  return 1;
+}
+
+static void bp_redis_hfail(bp_redis_hreq *q) {
+  bp_redis *r = q->r;
+  if (q->kind == BP_REDIS_HPUBLISH) {
+    r->base.ev.on_hpublished(r->base.ev.user, q->req, 0, 0, NULL, 0);
+  } else {
+    r->base.ev.on_hread(r->base.ev.user, q->req, 0, 0, NULL, 0, NULL, 0);
+  }
+}
+
+/* After "ERR Function not found" (someone ran FUNCTION FLUSH, or Redis
+   was replaced without a reconnect noticed): load the library again,
+   once at a time. */
+static void bp_redis_reload_cb(redisAsyncContext *ac, void *reply, void *priv) {
+  bp_redis *r = priv;
+  const redisReply *rep = reply;
+  (void)ac;
+  r->lib_reload = 0;
+  if (rep != NULL && rep->type == REDIS_REPLY_STRING) {
+    bp_redis_log(r, BP_LOG_INFO, "redis function library loaded again",
+                 (const char *)NULL);
+  }
+}
+
+static void bp_redis_hcall_cb(redisAsyncContext *ac, void *reply, void *priv) {
+  bp_redis_hreq *q = priv;
+  bp_redis *r = q->r;
+  const redisReply *rep = reply;
+  const char *fn =
+    q->kind == BP_REDIS_HPUBLISH ? "wshub_publish" : "wshub_read";
+  if (r->freeing || r->base.ev.on_hpublished == NULL ||
+      r->base.ev.on_hread == NULL) {
+    free(q); /* the owner is going away: nobody to tell */
+    return;
+  }
+  if (rep == NULL) {
+    bp_redis_hfail(q); /* the link went away first */
+  } else if (rep->type == REDIS_REPLY_ERROR) {
+    bp_redis_log(r, BP_LOG_WARN, "redis refused a history command", "function",
+                 fn, "channel", q->channel, "reason", rep->str,
+                 (const char *)NULL);
+    if (strncmp(rep->str, "ERR Function not found", 22) == 0 &&
+        !r->lib_reload && ac == r->pub && r->up &&
+        redisAsyncCommand(ac, bp_redis_reload_cb, r, "FUNCTION LOAD REPLACE %s",
+                          bp_redis_wshub_lua) == REDIS_OK) {
+      r->lib_reload = 1;
+    }
+    bp_redis_hfail(q);
+  } else if (q->kind == BP_REDIS_HPUBLISH) {
+    if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 2 &&
+        rep->element[0]->type == REDIS_REPLY_INTEGER &&
+        rep->element[0]->integer >= 1 && bp_redis_epoch_ok(rep->element[1])) {
+      r->base.ev.on_hpublished(
+        r->base.ev.user, q->req, 1, (uint64_t)rep->element[0]->integer,
+        rep->element[1]->str, (size_t)rep->element[1]->len);
+    } else {
+      bp_redis_log(r, BP_LOG_WARN, "malformed reply from redis", "function", fn,
+                   "channel", q->channel, (const char *)NULL);
+      bp_redis_hfail(q);
+    }
+  } else if (!bp_redis_hread_reply(q, rep)) {
+    bp_redis_log(r, BP_LOG_WARN, "malformed reply from redis", "function", fn,
+                 "channel", q->channel, (const char *)NULL);
+    bp_redis_hfail(q);
+  }
+  free(q);
+}
+
+/*
+ * Sends FCALL |fn| with |nkeys| keys of |channel| (<prefix>history:,
+ * <prefix>meta:, then <prefix>chan: when |nkeys| is 3) and |nargs|
+ * arguments on the command connection, answered through |q| (taken: it
+ * is freed on failure too).
+ */
+static int bp_redis_fcall(bp_redis *r, bp_redis_hreq *q, const char *fn,
+                          int nkeys, int nargs, const char *const *args,
+                          const size_t *args_len) {
+  const char *argv[10];
+  size_t lens[10];
+  char *keys;
+  size_t cl = q->channel_len, need, off = 0;
+  int i, n = 0, rc;
+  if (!r->up || r->pub == NULL ||
+      (r->pub->c.flags & (REDIS_DISCONNECTING | REDIS_FREEING)) ||
+      3 + nkeys + nargs > 10) {
+    free(q);
+    return HUB_ERR_INVALID_ARGUMENT;
+  }
+  need = 3 * r->prefix_len + 8 + 5 + 5 + 3 * cl;
+  keys = malloc(need);
+  if (keys == NULL) {
+    free(q);
+    return HUB_ERR_NOMEM;
+  }
+  argv[n] = "FCALL";
+  lens[n++] = 5;
+  argv[n] = fn;
+  lens[n++] = strlen(fn);
+  argv[n] = nkeys == 3 ? "3" : "2";
+  lens[n++] = 1;
+  for (i = 0; i < nkeys; i++) {
+    static const char *const kind[3] = {"history:", "meta:", "chan:"};
+    size_t kl = strlen(kind[i]);
+    argv[n] = keys + off;
+    memcpy(keys + off, r->prefix, r->prefix_len);
+    memcpy(keys + off + r->prefix_len, kind[i], kl);
+    memcpy(keys + off + r->prefix_len + kl, q->channel, cl);
+    lens[n++] = r->prefix_len + kl + cl;
+    off += r->prefix_len + kl + cl;
+  }
+  for (i = 0; i < nargs; i++) {
+    argv[n] = args[i];
+    lens[n++] = args_len[i];
+  }
+  rc = redisAsyncCommandArgv(r->pub, bp_redis_hcall_cb, q, n, argv, lens);
+  free(keys); /* hiredis formatted the command into its buffer */
+  if (rc != REDIS_OK) {
+    free(q);
+    return HUB_ERR_NOMEM;
+  }
+  bp_redis_queue_check(r);
+  return 0;
+}
+
+static bp_redis_hreq *bp_redis_hreq_new(uint64_t req, int kind,
+                                        const char *channel, size_t len) {
+  bp_redis_hreq *q = malloc(sizeof(*q) + len);
+  if (q != NULL) {
+    q->req = req;
+    q->kind = kind;
+    q->since = 0;
+    q->count = 0;
+    q->channel_len = len;
+    memcpy(q->channel, channel, len);
+    q->channel[len] = '\0';
+  }
+  return q;
+}
+
+static int bp_redis_hpublish(bp *b, uint64_t req, const char *channel,
+                             size_t channel_len, const uint8_t *data,
+                             size_t len, uint32_t size, uint32_t ttl_s,
+                             uint32_t meta_ttl_s) {
+  bp_redis *r = (bp_redis *)b;
+  char a[3][16];
+  const char *args[4];
+  size_t args_len[4];
+  bp_redis_hreq *q;
+  if (!r->up) {
+    return HUB_ERR_INVALID_ARGUMENT;
+  }
+  q = bp_redis_hreq_new(req, BP_REDIS_HPUBLISH, channel, channel_len);
+  if (q == NULL) {
+    return HUB_ERR_NOMEM;
+  }
+  q->r = r;
+  args[0] = (const char *)data;
+  args_len[0] = len;
+  args_len[1] = (size_t)snprintf(a[0], sizeof(a[0]), "%u", (unsigned)size);
+  args_len[2] = (size_t)snprintf(a[1], sizeof(a[1]), "%u", (unsigned)ttl_s);
+  args_len[3] =
+    (size_t)snprintf(a[2], sizeof(a[2]), "%u", (unsigned)meta_ttl_s);
+  args[1] = a[0];
+  args[2] = a[1];
+  args[3] = a[2];
+  return bp_redis_fcall(r, q, "wshub_publish", 3, 4, args, args_len);
+}
+
+static int bp_redis_hread(bp *b, uint64_t req, const char *channel,
+                          size_t channel_len, uint64_t since, uint32_t count,
+                          uint32_t meta_ttl_s) {
+  bp_redis *r = (bp_redis *)b;
+  char a[3][24];
+  const char *args[3];
+  size_t args_len[3];
+  bp_redis_hreq *q;
+  if (!r->up) {
+    return HUB_ERR_INVALID_ARGUMENT;
+  }
+  q = bp_redis_hreq_new(req, BP_REDIS_HREAD, channel, channel_len);
+  if (q == NULL) {
+    return HUB_ERR_NOMEM;
+  }
+  q->r = r;
+  q->since = since;
+  q->count = count;
+  args_len[0] =
+    (size_t)snprintf(a[0], sizeof(a[0]), "%llu", (unsigned long long)since);
+  args_len[1] = (size_t)snprintf(a[1], sizeof(a[1]), "%u", (unsigned)count);
+  args_len[2] =
+    (size_t)snprintf(a[2], sizeof(a[2]), "%u", (unsigned)meta_ttl_s);
+  args[0] = a[0];
+  args[1] = a[1];
+  args[2] = a[2];
+  return bp_redis_fcall(r, q, "wshub_read", 2, 3, args, args_len);
+}
+
 static void bp_redis_free(bp *b) {
   bp_redis *r = (bp_redis *)b;
   if (r == NULL) {
     return;
   }
   r->quitting = 1;
+  r->freeing = 1;
   r->quit_done = NULL;
   ev_timer_stop(r->loop, &r->retry);
   ev_timer_stop(r->loop, &r->connect_timeout);
@@ -557,15 +966,14 @@ static void bp_redis_free(bp *b) {
   free(r);
 }
 
-static const bp_ops bp_redis_ops = {
-  .subscribe = bp_redis_subscribe,
-  .unsubscribe = bp_redis_unsubscribe,
-  .publish = bp_redis_publish,
-  .set = bp_redis_set,
-  .del = bp_redis_del,
-  .hpublish = NULL, /* history: not yet */
-  .hread = NULL,
-  .free = bp_redis_free};
+static const bp_ops bp_redis_ops = {.subscribe = bp_redis_subscribe,
+                                    .unsubscribe = bp_redis_unsubscribe,
+                                    .publish = bp_redis_publish,
+                                    .set = bp_redis_set,
+                                    .del = bp_redis_del,
+                                    .hpublish = bp_redis_hpublish,
+                                    .hread = bp_redis_hread,
+                                    .free = bp_redis_free};
 
 uint64_t bp_redis_reconnects(const bp *b) {
   const bp_redis *r = (const bp_redis *)b;
@@ -698,6 +1106,7 @@ int bp_redis_new(bp **out, const bp_redis_config *cfg, const bp_events *ev) {
   r->loop = cfg->loop;
   r->log = cfg->log;
   r->log_user = cfg->log_user;
+  r->history = cfg->history;
   if (bp_redis_parse_url(r, cfg->url) != 0) {
     free(r);
     return HUB_ERR_INVALID_ARGUMENT;

@@ -53,6 +53,11 @@ typedef struct bp_redis_config {
      cap; 0: drained below half of it).  Called from the loop, never
      from inside an op; not called for the reset that a down implies. */
   void (*on_congested)(void *user, int congested);
+  /* History is configured (--history-size > 0): the wshub function
+     library must load (FUNCTION LOAD REPLACE, Redis 7 or newer) before
+     the backplane counts as up; a refusal fails the connect, which is
+     retried with backoff.  0: a refusal is logged once and ignored. */
+  int history;
 } bp_redis_config;
 
 typedef struct bp_redis_stats {
@@ -88,7 +93,9 @@ uint64_t bp_redis_reconnects(const bp *b);
  * bp_redis_quit stops reconnecting and disconnects once the commands
  * already sent have been answered (so a shutdown's DELs land), then
  * calls |done| from the loop.  on_up/on_down are not reported anymore.
- * Free the backplane with b->ops->free afterwards.
+ * Free the backplane with b->ops->free afterwards.  History commands
+ * still in flight are answered as usual until then; ops->free answers
+ * none (the owner is going away).
  */
 void bp_redis_quit(bp *b, void (*done)(void *arg), void *arg);
 

@@ -15,9 +15,22 @@
 -- entries.  Both keys expire after their TTLs; the pub/sub payload is
 -- wshub:<offset>:<epoch>:<data>.
 --
--- Loaded with FUNCTION LOAD REPLACE.  Not yet loaded by the Redis
--- backplane (bp_redis.c): history with --redis is refused until the
--- hub's side is built; outside publishers and tests load it themselves.
+-- A history read is one atomic step too:
+--
+--   FCALL wshub_read 2 <history key> <meta key> <since> <count> <meta-ttl s>
+--
+-- returns {offset, epoch, entries}: the meta hash's newest offset and
+-- epoch and up to <count> kept entries with offsets above <since>,
+-- oldest first, each {id, {'d', data}} as XRANGE gives them.  A missing
+-- meta hash is created (a fresh epoch, offset 0, expiring after
+-- <meta-ttl s>) and the stale stream deleted, so a channel subscribed to
+-- before its first publish already has the epoch its first publish
+-- keeps.  An existing record's TTLs are not refreshed: only a publish
+-- does that.
+--
+-- Every instance of the hub loads this library with FUNCTION LOAD
+-- REPLACE on every (re)connect to Redis (bp_redis.c, which has this file
+-- compiled in); outside publishers call the functions the same way.
 
 local B62 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789'
 
@@ -41,6 +54,15 @@ local function new_epoch(mkey)
     h = (h * 33 + string.byte(mkey, i)) % 2147483647
   end
   return b62(tonumber(t[1]), 6) .. b62(tonumber(t[2]), 4) .. b62(h, 6)
+end
+
+-- A non-negative integer argument, or nil.
+local function natural(v)
+  local n = tonumber(v)
+  if n == nil or n < 0 or n ~= math.floor(n) or n > 9007199254740991 then
+    return nil
+  end
+  return n
 end
 
 local function positive(v)
@@ -77,4 +99,33 @@ redis.register_function('wshub_publish', function(keys, args)
   redis.call('PUBLISH', ckey,
     'wshub:' .. offset .. ':' .. epoch .. ':' .. data)
   return {offset, epoch}
+end)
+
+redis.register_function('wshub_read', function(keys, args)
+  if #keys ~= 2 or #args ~= 3 then
+    return redis.error_reply('ERR wshub_read: 2 keys and 3 arguments')
+  end
+  local hkey, mkey = keys[1], keys[2]
+  local since, count, meta_ttl = natural(args[1]), natural(args[2]),
+    positive(args[3])
+  if since == nil or count == nil or meta_ttl == nil then
+    return redis.error_reply(
+      'ERR wshub_read: since and count must be non-negative integers, ' ..
+      'meta-ttl a positive integer')
+  end
+  local meta = redis.call('HMGET', mkey, 'epoch', 'offset')
+  local epoch, offset = meta[1], tonumber(meta[2]) or 0
+  if not epoch then
+    epoch = new_epoch(mkey)
+    offset = 0
+    redis.call('DEL', hkey)
+    redis.call('HSET', mkey, 'epoch', epoch, 'offset', 0)
+    redis.call('EXPIRE', mkey, meta_ttl)
+  end
+  local entries = {}
+  if count > 0 and since < offset then
+    entries = redis.call('XRANGE', hkey, string.format('%d-0', since + 1),
+      '+', 'COUNT', count)
+  end
+  return {offset, epoch, entries}
 end)

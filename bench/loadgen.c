@@ -29,6 +29,18 @@
  * per-thread run time in /proc/PID/task/TID/schedstat (ns).  Output:
  * progress on stderr, one "RESULT key=value ..." line on stdout.
  *
+ * --storm-after K (issue 9, a reconnect storm): once the first K messages
+ * reached every subscriber, every subscriber connection is closed at
+ * once and opened again (--concurrency at a time), subscribing with
+ * "since" the offset and epoch it last saw, while publishing goes on.
+ * Every message must still reach every subscriber exactly once, in
+ * offset order (message frames carry offsets on a history channel:
+ * off_gap counts an offset that is not the previous one plus one,
+ * gap_rx the gap frames, not_recovered the subscribes answered
+ * "recovered":false).  storm_resub_s is the time from the close until
+ * every connection holds its subscribed reply again, storm_live_s until
+ * also everything published so far has reached all of them.
+ *
  * --tls speaks TLS (OpenSSL, no certificate verification: a benchmark,
  * not a client) on every connection: subscribers (a non-blocking
  * handshake before the upgrade), publishers and the /metrics scrape.
@@ -112,6 +124,7 @@ typedef struct lg_opts {
   lg_pid pids[LG_MAX_PIDS];
   int npids;
   int tls;
+  uint32_t storm_after; /* 0: no reconnect storm */
 } lg_opts;
 
 static lg_opts opt;
@@ -348,7 +361,9 @@ typedef struct wsconn {
   uint32_t wlen, woff;
   char accept[32]; /* expected Sec-WebSocket-Accept */
   uint32_t delivered;
-  SSL *ssl; /* --tls */
+  SSL *ssl;          /* --tls */
+  uint64_t last_off; /* the newest offset seen (history channels) */
+  char epoch[33];    /* from the subscribed reply */
 } wsconn;
 
 typedef struct pubconn {
@@ -388,6 +403,11 @@ static struct {
   char first_pub_err[200];
   char first_err_rx[200];
   uint64_t last_delivery_ns;
+  /* --storm-after */
+  uint64_t off_gap, gap_rx, recovered, not_recovered;
+  uint64_t storm_t0, storm_resub_ns, storm_live_ns;
+  uint32_t storm_next; /* next connection to open again */
+  int storm;           /* 1: closed, reopening; 2: all live again */
 } st;
 
 static uint32_t *subs_per_chan;
@@ -786,6 +806,17 @@ static void on_delivery(wsconn *c, uint32_t idx, const uint8_t *p, size_t n,
     st.bad_msg++;
     return;
   }
+  {
+    /* wshub writes "offset" before "data": search the envelope only. */
+    const uint8_t *d = json_find(p, end, "\"data\"", 6), *o = p;
+    uint64_t off;
+    if (d != NULL && json_u64(&o, d, "\"offset\"", &off) == 0) {
+      if (c->last_off != 0 && off != c->last_off + 1) {
+        st.off_gap++;
+      }
+      c->last_off = off;
+    }
+  }
   st.deliveries++;
   c->delivered++;
   st.last_delivery_ns = now;
@@ -815,11 +846,36 @@ static void on_text(wsconn *c, uint32_t idx, const uint8_t *p, size_t n,
   if (t != NULL && tl == 7 && memcmp(t, "message", 7) == 0) {
     on_delivery(c, idx, p, n, now);
   } else if (t != NULL && tl == 10 && memcmp(t, "subscribed", 10) == 0) {
+    const uint8_t *end = p + n, *o = p;
+    const uint8_t *e = json_find(p, end, "\"epoch\"", 7);
+    uint64_t off;
+    if (c->epoch[0] != '\0') {
+      /* A resubscribe with since. */
+      if (memmem(p, n, "\"recovered\":true", 16) != NULL) {
+        st.recovered++;
+      } else {
+        st.not_recovered++; /* what it missed is lost: count from here */
+        if (json_u64(&o, end, "\"offset\"", &off) == 0) {
+          c->last_off = off;
+        }
+      }
+    } else if (json_u64(&o, end, "\"offset\"", &off) == 0) {
+      c->last_off = off;
+    }
+    if (e != NULL && e < end && *e == '"') {
+      const uint8_t *q = memchr(e + 1, '"', (size_t)(end - e - 1));
+      if (q != NULL && (size_t)(q - e - 1) < sizeof c->epoch) {
+        memcpy(c->epoch, e + 1, (size_t)(q - e - 1));
+        c->epoch[q - e - 1] = '\0';
+      }
+    }
     if (c->state == WS_SUBSCRIBING) {
       c->state = WS_READY;
       st.pending--;
       st.ready++;
     }
+  } else if (t != NULL && tl == 3 && memcmp(t, "gap", 3) == 0) {
+    st.gap_rx++;
   } else if (t != NULL && tl == 5 && memcmp(t, "error", 5) == 0) {
     st.errors_rx++;
     if (st.first_err_rx[0] == '\0') {
@@ -967,8 +1023,13 @@ static void ws_handshake_input(wsconn *c, uint32_t idx, uint64_t now) {
   size_t hdr = (size_t)(end + 4 - b);
   char chan[160], msg[256];
   chan_name(chan, sizeof chan, c->chan);
-  int n = snprintf(msg, sizeof msg,
-                   "{\"type\":\"subscribe\",\"channel\":\"%s\"}", chan);
+  int n = c->epoch[0] != '\0'
+            ? snprintf(msg, sizeof msg,
+                       "{\"type\":\"subscribe\",\"channel\":\"%s\","
+                       "\"since\":{\"offset\":%" PRIu64 ",\"epoch\":\"%s\"}}",
+                       chan, c->last_off, c->epoch)
+            : snprintf(msg, sizeof msg,
+                       "{\"type\":\"subscribe\",\"channel\":\"%s\"}", chan);
   c->state = WS_SUBSCRIBING;
   if (ws_send_frame(c, idx, 1, (const uint8_t *)msg, (size_t)n) < 0) {
     note_fail("send subscribe: %s", strerror(errno));
@@ -1323,6 +1384,53 @@ static void expire_outstanding(uint64_t now, uint64_t give_up_ns) {
   }
 }
 
+/* The storm: every subscriber connection closed at once (not counted as
+   a failure or a close), then opened again from the publish loop. */
+static void storm_start(uint64_t now) {
+  for (uint32_t i = 0; i < opt.conns; i++) {
+    wsconn *c = &ws[i];
+    if (c->state != WS_READY) {
+      continue;
+    }
+    st.ready--;
+    c->state = WS_DEAD;
+    if (c->ssl != NULL) {
+      SSL_free(c->ssl);
+      c->ssl = NULL;
+    }
+    close(c->fd);
+    c->fd = -1;
+    free(c->rbuf);
+    c->rbuf = NULL;
+    c->rlen = c->rcap = 0;
+    free(c->wbuf);
+    c->wbuf = NULL;
+    c->wlen = c->woff = 0;
+  }
+  st.storm = 1;
+  st.storm_t0 = now;
+  st.storm_next = 0;
+}
+
+static void storm_step(uint64_t now, uint32_t ready_want) {
+  if (st.storm != 1) {
+    return;
+  }
+  while (st.storm_next < opt.conns && st.pending < opt.concurrency) {
+    if (ws[st.storm_next].epoch[0] != '\0') {
+      ws_open(st.storm_next);
+    }
+    st.storm_next++;
+  }
+  if (st.storm_resub_ns == 0 && st.ready >= ready_want) {
+    st.storm_resub_ns = now - st.storm_t0;
+  }
+  if (st.storm_resub_ns != 0 && st.outstanding == 0) {
+    st.storm_live_ns = now - st.storm_t0;
+    st.storm = 2;
+  }
+}
+
 /* Every live publisher has its answers (or is dead). */
 static int pubs_idle(void) {
   for (uint32_t k = 0; k < opt.pub_conns; k++) {
@@ -1557,7 +1665,10 @@ static void usage(void) {
           "                       CLIENT LIST subscriber connections\n"
           "  --redis-prefix P     (ws:)\n"
           "  --label TEXT         copied to the start of the RESULT line\n"
-          "  --token JWT          sent as ?token= on every upgrade\n");
+          "  --token JWT          sent as ?token= on every upgrade\n"
+          "  --storm-after K      once K messages reached everyone, close "
+          "every\n"
+          "                       subscriber and resubscribe with since\n");
   exit(2);
 }
 
@@ -1620,6 +1731,8 @@ static void parse_args(int argc, char **argv) {
       opt.window = (uint32_t)strtoul(v, NULL, 10);
     } else if (ARG("--max-outstanding")) {
       opt.max_outstanding = (uint32_t)strtoul(v, NULL, 10);
+    } else if (ARG("--storm-after")) {
+      opt.storm_after = (uint32_t)strtoul(v, NULL, 10);
     } else if (ARG("--rate")) {
       opt.rate = strtod(v, NULL);
     } else if (ARG("--concurrency")) {
@@ -1807,7 +1920,13 @@ int main(int argc, char **argv) {
         break;
       }
       expire_outstanding(now, (uint64_t)opt.give_up_ms * 1000000u);
-      if (st.published == opt.msgs && st.outstanding == 0 && pubs_idle()) {
+      if (opt.storm_after > 0 && st.storm == 0 &&
+          st.fully_delivered >= opt.storm_after) {
+        storm_start(now);
+      }
+      storm_step(now, ready_before_publish);
+      if (st.published == opt.msgs && st.outstanding == 0 && pubs_idle() &&
+          st.storm != 1) {
         break;
       }
       /* Issue what the window, the outstanding bound and the rate allow. */
@@ -1862,8 +1981,10 @@ int main(int argc, char **argv) {
        gets --give-up-ms to arrive before it counts as lost. */
     timed_out = now_ns() >= pdeadline;
     uint64_t drain_until = now_ns() + (uint64_t)opt.give_up_ms * 1000000u;
-    while ((st.outstanding > 0 || !pubs_idle()) && now_ns() < drain_until) {
+    while ((st.outstanding > 0 || !pubs_idle() || st.storm == 1) &&
+           now_ns() < drain_until) {
       loop_once(10);
+      storm_step(now_ns(), ready_before_publish);
     }
     uint64_t p1 = st.last_delivery_ns > p0 ? st.last_delivery_ns : now_ns();
     for (int i = 0; i < opt.npids; i++) {
@@ -1973,6 +2094,14 @@ int main(int argc, char **argv) {
          st.errors_rx, self_cpu_s);
   for (int i = 0; i < 8 && st.close_codes[i]; i++) {
     printf(" close_%u=%u", st.close_code_val[i], st.close_codes[i]);
+  }
+  if (opt.storm_after > 0) {
+    printf(" storm=%d storm_ready=%u storm_resub_s=%.3f storm_live_s=%.3f "
+           "recovered=%" PRIu64 " not_recovered=%" PRIu64 " off_gap=%" PRIu64
+           " gap_rx=%" PRIu64,
+           st.storm, st.ready, (double)st.storm_resub_ns / 1e9,
+           (double)st.storm_live_ns / 1e9, st.recovered, st.not_recovered,
+           st.off_gap, st.gap_rx);
   }
   printf("\n");
   fflush(stdout);

@@ -10,7 +10,7 @@ failure (lost, duplicate, out-of-order or misrouted deliveries, failed
 connections or publishes, the Redis economy of E); 1 otherwise.  A missed
 performance target is printed as MISS and fails only with --strict.
 
-  bench/run.py [--build build] [--only A,B,C,D,E,L,W,T] \
+  bench/run.py [--build build] [--only A,B,C,D,E,L,W,T,S] \
                [--backplane embedded,redis] [--smoke] [--strict] \
                [--window N]
 """
@@ -113,6 +113,37 @@ def wait_redis(port, proc):
             pass
         time.sleep(0.05)
     raise RuntimeError("redis-server did not start")
+
+
+def redis_info(port, section):
+    """INFO |section| of the redis-server on |port| as a dict of lines."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    try:
+        s.sendall(b"INFO %s\r\n" % section.encode())
+        buf = b""
+        while b"\r\n" not in buf:
+            buf += s.recv(65536)
+        head, _, rest = buf.partition(b"\r\n")
+        n = int(head[1:])
+        while len(rest) < n + 2:
+            rest += s.recv(65536)
+    finally:
+        s.close()
+    out = {}
+    for line in rest[:n].decode().splitlines():
+        if ":" in line and not line.startswith("#"):
+            k, v = line.split(":", 1)
+            out[k] = v
+    return out
+
+
+def fcall_calls(info):
+    """calls= of cmdstat_fcall (FCALL wshub_publish and wshub_read)."""
+    v = info.get("cmdstat_fcall", "")
+    for kv in v.split(","):
+        if kv.startswith("calls="):
+            return int(kv[6:])
+    return 0
 
 
 class Env:
@@ -305,14 +336,14 @@ class Bench:
                             r.get("cpu_us_per_deliv_wshub"), T_A_CPU_US, "us")
             if self.args.record:
                 self.run_a_recorded(n, name, bp, msgs, r)
-            if self.args.history and bp == "embedded":
+            if self.args.history:
                 self.run_a_history(n, name, bp, msgs, r)
 
     def run_a_history(self, n, name, bp, msgs, plain):
         """--history: A again with --history-size 100 (issue 9): server
-        CPU per delivery against the run without.  Embedded backplane
-        only: history with --redis is not built yet (the server refuses
-        it), so the issue's Redis figures cannot be taken."""
+        CPU per delivery against the run without; with Redis also
+        redis-server's CPU per publish (schedstat run time over the
+        publish phase / messages published), with and without."""
         r = self.repeated("a%d-%s-hist" % (n, bp), name + "+hist", bp, 1, [
             "--conns", n, "--channels", 1, "--msgs", msgs,
             "--size", 64, "--pub-conns", 4, "--window",
@@ -325,6 +356,13 @@ class Bench:
                 print("HISTORY scenario=%s backplane=%s %s plain=%.3f "
                       "history=%.3f ratio=%.3f" % (name, bp, key, a, b,
                                                    b / a), flush=True)
+        if bp == "redis":
+            a, b = [x.get("run_s_redis", 0) * 1e6 / max(1, x.get("published"))
+                    for x in (plain, r)]
+            print("HISTORY scenario=%s backplane=redis "
+                  "redis_run_us_per_publish plain=%.2f history=%.2f "
+                  "ratio=%.3f" % (name, a, b, b / a if a else 0.0),
+                  flush=True)
         a, b = plain.get("cpu_us_per_deliv_wshub"), \
             r.get("cpu_us_per_deliv_wshub")
         if n == 10000 and a and b:
@@ -480,6 +518,58 @@ class Bench:
                     ok=e_ok)
         self.target("E Redis subscriber connections (2 instances)", clients,
                     2, "conns", ok=e_ok)
+
+    def run_s(self, bp):
+        """The reconnect storm (issue 9): 10,000 subscribers of one
+        history channel on one instance with Redis; after 1,000 messages
+        every one of them is disconnected at once and reconnects with
+        since while publishing goes on (--rate).  Time until all are
+        subscribed again and until all are live (caught up), the history
+        reads Redis served (FCALLs over the run minus the publishes: the
+        first subscribes and the storm's recoveries, coalesced), lost and
+        duplicate deliveries (must be 0).  Run twice (noise)."""
+        if bp != "redis":
+            return
+        n = 500 if self.args.smoke else 10000
+        msgs = 300 if self.args.smoke else 2000
+        after = 100 if self.args.smoke else 1000
+        for k in range(1 if self.args.smoke else 2):
+            env = Env(self.args, "s-r%d" % k, "redis", 1,
+                      ["--history-size", "1000"])
+            try:
+                before = fcall_calls(redis_info(env.redis_port,
+                                                "commandstats"))
+                r = self.loadgen(env, "S", "redis", [
+                    "--conns", n, "--channels", 1, "--msgs", msgs,
+                    "--size", 64, "--pub-conns", 1, "--window", 4,
+                    "--rate", 100, "--max-outstanding", 1000000,
+                    "--give-up-ms", 30000, "--storm-after", after,
+                    "--publish-timeout", 120], timeout=400)
+                fcalls = fcall_calls(redis_info(env.redis_port,
+                                                "commandstats")) - before
+            finally:
+                env.stop()
+            reads = fcalls - r.get("pub_ok", 0)
+            r["hist_reads"] = reads
+            print("STORM run=%d conns=%d storm_after=%d resub_s=%.3f "
+                  "live_s=%.3f history_reads=%d fcalls=%d recovered=%s "
+                  "not_recovered=%s lost=%s dup=%s ooo=%s off_gap=%s "
+                  "gap_rx=%s" % (
+                      k, n, after, r.get("storm_resub_s", 0),
+                      r.get("storm_live_s", 0), reads, fcalls,
+                      r.get("recovered"), r.get("not_recovered"),
+                      r.get("lost"), r.get("dup"), r.get("ooo"),
+                      r.get("off_gap"), r.get("gap_rx")), flush=True)
+            self.check_clean("S", "redis", r)
+            for key in ("off_gap", "gap_rx", "not_recovered"):
+                if r.get(key, 0):
+                    self.failures.append("S redis: %s=%s" % (key, r[key]))
+            if r.get("storm") != 2 or r.get("recovered") != n:
+                self.failures.append(
+                    "S redis: storm %s, %s of %d recovered" % (
+                        r.get("storm"), r.get("recovered"), n))
+            self.target("S reconnect storm: history reads Redis served "
+                        "(run %d)" % k, reads, 100, "reads")
 
     def run_l(self, bp):
         n = 200 if self.args.smoke else 1000
@@ -640,7 +730,7 @@ class Bench:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--build", default="build")
-    ap.add_argument("--only", default="A,B,C,D,E,L,W,T")
+    ap.add_argument("--only", default="A,B,C,D,E,L,W,T,S")
     ap.add_argument("--backplane", default="embedded,redis")
     ap.add_argument("--smoke", action="store_true",
                     help="tiny sizes, seconds; checks the machinery only")
@@ -656,9 +746,12 @@ def main():
                     help="also run A with --record on (the flight "
                     "recorder): CPU against the run without, bytes "
                     "recorded per published message")
-    ap.add_argument("--history", action="store_true",
-                    help="also run A with --history-size 100 (embedded "
-                    "backplane only): CPU against the run without")
+    ap.add_argument("--no-history", dest="history", action="store_false",
+                    help="skip A with --history-size 100")
+    ap.add_argument("--history", action="store_true", default=True,
+                    help="also run A with --history-size 100: server CPU "
+                    "against the run without (and Redis CPU per publish "
+                    "with --redis)")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args()
     if args.smoke:
@@ -679,7 +772,7 @@ def main():
         if fn is None:
             sys.exit("bench: unknown scenario %s" % sc)
         for bp in bps:
-            if sc in ("D", "E") and bp != "redis":
+            if sc in ("D", "E", "S") and bp != "redis":
                 continue
             print("== scenario %s, %s backplane" % (sc, bp), flush=True)
             try:

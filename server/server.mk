@@ -6,6 +6,22 @@ WSHUB := $(BUILD)/wshub
 
 $(SERVER_OBJ): CFLAGS += -Ibackplanes -Iserver -Ishell
 
+# The wshub Redis function library, compiled into bp_redis.o as the C
+# string bp_redis_wshub_lua (loaded with FUNCTION LOAD REPLACE on every
+# connect): no file is looked up at run time.  Each line becomes a string
+# literal; backslashes, quotes and '?' (trigraphs) are escaped.
+WSHUB_LUA_H := $(BUILD)/gen/wshub_lua.h
+$(WSHUB_LUA_H): backplanes/wshub.lua
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  GEN     $@")
+	$(Q){ echo '/* Generated from backplanes/wshub.lua by server/server.mk. */'; \
+	  echo 'static const char bp_redis_wshub_lua[] ='; \
+	  sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/?/\\?/g' \
+	    -e 's/^/  "/' -e 's/$$/\\n"/' $<; \
+	  echo '  ;'; } > $@.tmp && mv $@.tmp $@
+$(OBJ)/backplanes/bp_redis.o: $(WSHUB_LUA_H)
+$(OBJ)/backplanes/bp_redis.o: CFLAGS += -I$(BUILD)/gen
+
 # The version: the VERSION file, plus `git describe` when the tree is a
 # git checkout (a tarball without .git builds with the VERSION alone).
 # srv_version.o is rebuilt when either changes: the stamp file is

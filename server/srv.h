@@ -116,6 +116,7 @@ typedef struct srv_conn {
   uint32_t oq_head_off; /* bytes of oq[oq_head] already written */
   /* Not per delivery: in what would be padding before io. */
   uint8_t tls_read_ww; /* the last TLS read wants EV_WRITE */
+  uint8_t rd_paused;   /* not reading: an API request awaits its answer */
   ev_io io;
   /* With --tls-cert: the TLS state.  Next to io, whose fd every read and
      write touches: testing it costs plain connections no cache miss. */
@@ -185,6 +186,12 @@ typedef struct srv {
   uint64_t outqs;   /* out-queues allocated */
   int64_t started_unix;
   srv_rel rel; /* srv_rel.h */
+  /* HTTP API requests waiting for the hub's answer (srv_upgrade.c): the
+     connections stop reading until it comes (then resume from
+     api_resume, outside any shell call). */
+  srv_http *api_list;
+  uint64_t api_req_next;
+  ev_timer api_resume;
 } srv;
 
 /* srv_main.c */
@@ -211,6 +218,9 @@ void srv_tick(srv *s); /* expire handshake and close-wait deadlines */
 void srv_list_push(srv_conn *sentinel, srv_conn *c, hub_tstamp deadline);
 void srv_list_remove(srv_conn *c);
 void srv_close_http_conns(srv *s);
+/* Stops (1) or resumes (0) reading |c|'s socket; resuming feeds a read
+   event, so that bytes a TLS layer already holds are not forgotten. */
+void srv_conn_pause_read(srv *s, srv_conn *c, int paused);
 
 /* srv_upgrade.c */
 int srv_http_new(srv *s, srv_conn *c);
@@ -219,5 +229,11 @@ void srv_http_free(srv_conn *c);
 char *srv_http_remote(srv_conn *c);
 /* Feeds bytes to the HTTP parser; may switch |c| to SRV_WS. */
 void srv_http_feed(srv *s, srv_conn *c, const uint8_t *data, size_t len);
+/* The HTTP API (POST /publish, GET /history): the shell's api_reply
+   (sh_transport), the resume timer, and what is still waiting at
+   shutdown (answered 503). */
+void srv_api_init(srv *s);
+void srv_api_reply(void *user, uint64_t req, uint16_t status, hub_buf *buf);
+void srv_api_shutdown(srv *s);
 
 #endif /* SRV_H */

@@ -175,14 +175,32 @@ void srv_list_push(srv_conn *sentinel, srv_conn *c, hub_tstamp deadline) {
 
 /* ------------------------------------------------------------ queue */
 
+static void srv_io_set(srv *s, srv_conn *c) {
+  int events = (c->rd_paused ? 0 : EV_READ) | (c->want_write ? EV_WRITE : 0);
+  ev_io_stop(s->loop, &c->io);
+  if (events != 0) {
+    ev_io_set(&c->io, c->io.fd, events);
+    ev_io_start(s->loop, &c->io);
+  }
+}
+
 static void srv_io_update(srv *s, srv_conn *c, int want_write) {
   if (c->state == SRV_DEAD || c->want_write == want_write) {
     return;
   }
   c->want_write = (uint8_t)want_write;
-  ev_io_stop(s->loop, &c->io);
-  ev_io_set(&c->io, c->io.fd, EV_READ | (want_write ? EV_WRITE : 0));
-  ev_io_start(s->loop, &c->io);
+  srv_io_set(s, c);
+}
+
+void srv_conn_pause_read(srv *s, srv_conn *c, int paused) {
+  if (c->state == SRV_DEAD || c->rd_paused == (paused != 0)) {
+    return;
+  }
+  c->rd_paused = paused != 0;
+  srv_io_set(s, c);
+  if (!paused) {
+    ev_feed_event(s->loop, &c->io, EV_READ);
+  }
 }
 
 static void srv_mark_dirty(srv *s, srv_conn *c) {
@@ -990,10 +1008,11 @@ static void srv_conn_io_cb(struct ev_loop *loop, ev_io *w, int revents) {
       revents |= EV_READ; /* a TLS read waited for this */
     }
   }
-  if (!(revents & EV_READ)) {
+  if (!(revents & EV_READ) || c->rd_paused) {
     return;
   }
-  for (i = 0; i < SRV_READS_PER_EVENT && c->state != SRV_DEAD; i++) {
+  for (i = 0; i < SRV_READS_PER_EVENT && c->state != SRV_DEAD && !c->rd_paused;
+       i++) {
     ssize_t n = c->tls == NULL ? read(c->io.fd, s->rbuf, sizeof(s->rbuf))
                                : srv_tls_read(s, c, s->rbuf, sizeof(s->rbuf));
     if (n < 0) {

@@ -24,6 +24,7 @@
 #include <getopt.h>
 #include <netdb.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -125,6 +126,26 @@ static void srv_bp_msg(void *user, const char *channel, size_t channel_len,
   sh_bp_msg(&s->sh, channel, channel_len, data, len, srv_now());
 }
 
+/* History answers (bp_hentry and hub_hentry have one layout). */
+_Static_assert(sizeof(bp_hentry) == sizeof(hub_hentry) &&
+                 offsetof(bp_hentry, offset) == offsetof(hub_hentry, offset) &&
+                 offsetof(bp_hentry, data) == offsetof(hub_hentry, data) &&
+                 offsetof(bp_hentry, len) == offsetof(hub_hentry, len),
+               "bp_hentry and hub_hentry differ");
+static void srv_bp_hpublished(void *user, uint64_t req, int ok, uint64_t offset,
+                              const char *epoch, size_t epoch_len) {
+  srv *s = user;
+  sh_bp_hpublished(&s->sh, req, ok, offset, epoch, epoch_len, srv_now());
+}
+
+static void srv_bp_hread(void *user, uint64_t req, int ok, uint64_t offset,
+                         const char *epoch, size_t epoch_len,
+                         const bp_hentry *entries, size_t n) {
+  srv *s = user;
+  sh_bp_hread(&s->sh, req, ok, offset, epoch, epoch_len,
+              (const hub_hentry *)(const void *)entries, n, srv_now());
+}
+
 static void srv_bp_subscribed(void *user, const char *channel,
                               size_t channel_len) {
   srv *s = user;
@@ -167,6 +188,11 @@ void srv_metrics(srv *s, char *buf, size_t cap, size_t *len) {
       {"wshub_messages_out_total", "counter",
        "Message frames queued to clients.", st.msgs_out},
       {"wshub_publishes_total", "counter", "Publishes accepted.", st.publishes},
+      {"wshub_history_reads_total", "counter",
+       "History reads from Redis for subscribers and gap fills.",
+       st.hist_reads},
+      {"wshub_history_gaps_total", "counter",
+       "gap frames sent (history could not fill).", st.hist_gaps},
       {"wshub_backplane_up", "gauge",
        "1 while the Redis backplane is connected.",
        s->bp != NULL ? (unsigned long long)hub_bp_is_up(s->h) : 0},
@@ -286,6 +312,7 @@ static void srv_begin_shutdown(srv *s) {
   s->listen_fd = -1;
   srv_close_http_conns(s);
   sh_shutdown(&s->sh, srv_now());
+  srv_api_shutdown(s);
   srv_rec_flush(); /* on disk even if the shutdown is cut short */
   ev_timer_init(&s->shutdown_timer, srv_shutdown_timer_cb,
                 (double)s->cfg.shutdown_timeout_ns / 1e9, 0.0);
@@ -444,7 +471,7 @@ static const char srv_usage[] =
   "                            this long (86400)\n"
   "  --history-channels LIST   comma-separated globs of the channels that "
   "keep history (*);\n"
-  "                            history needs the embedded backplane for now\n"
+  "                            with --redis, history needs Redis 7 or newer\n"
   "  --help                    this text\n"
   "Durations take seconds (\"1.5\") or a unit (\"250ms\", \"2s\", "
   "\"1m\", \"1h\").\n"
@@ -1003,15 +1030,6 @@ int main(int argc, char **argv) {
   if (s->cfg.hub.registry < 0) {
     s->cfg.hub.registry = s->cfg.redis_url != NULL;
   }
-  /* History so far lives in the embedded backplane only (the Redis
-     streams, the wshub function and the recovery's read effect are not
-     built): refused, not faked. */
-  if (s->cfg.hub.history_size > 0 && s->cfg.redis_url != NULL) {
-    srv_log(SRV_LOG_ERROR,
-            "history with the Redis backplane is not supported yet",
-            (const char *)NULL);
-    return 2;
-  }
   if (s->cfg.hub.registry && s->cfg.redis_url == NULL) {
     srv_log(SRV_LOG_ERROR, "--registry on needs --redis", (const char *)NULL);
     return 2;
@@ -1102,6 +1120,8 @@ int main(int argc, char **argv) {
     ev.on_down = srv_bp_down;
     ev.on_msg = srv_bp_msg;
     ev.on_subscribed = srv_bp_subscribed;
+    ev.on_hpublished = srv_bp_hpublished;
+    ev.on_hread = srv_bp_hread;
     bc.loop = s->loop;
     bc.url = s->cfg.redis_url;
     bc.prefix = s->cfg.redis_prefix;
@@ -1109,6 +1129,7 @@ int main(int argc, char **argv) {
     bc.seed = srv_link_seed(s->cfg.instance_id);
     bc.log = srv_bp_log;
     bc.log_user = s;
+    bc.history = s->cfg.hub.history_size > 0;
     srv_rel_bp_config(s, &bc);
     rc = bp_redis_new(&s->bp, &bc, &ev);
     if (rc != 0) {
@@ -1123,6 +1144,8 @@ int main(int argc, char **argv) {
   t.bp_reset = srv_bp_reset;
   t.verify = srv_verify;
   t.error = srv_sh_error;
+  t.api_reply = srv_api_reply;
+  srv_api_init(s);
   sh_init(&s->sh, s->h, s->bp, &hc, &t);
   if (s->cfg.record_path != NULL &&
       srv_rec_start(s->cfg.record_path, s->cfg.record_max_bytes, &s->sh, &hc,

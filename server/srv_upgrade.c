@@ -73,6 +73,20 @@ enum {
   H_HOST
 };
 
+/* One answer owed on a connection: |req| the hub's request number (0:
+   a response of ours), |resp| the whole HTTP response once known. */
+typedef struct srv_api_ent {
+  uint64_t req;
+  uint8_t *resp;
+  size_t len;
+  int close;
+  int done;
+} srv_api_ent;
+
+/* Requests one connection may have waiting for the hub before it stops
+   reading (pipelining, as the load generator's publishers do). */
+#define SRV_API_PIPELINE 64
+
 struct srv_http {
   http_parser p;
   srv *s; /* the server, for the parser's callbacks */
@@ -100,6 +114,19 @@ struct srv_http {
   size_t body_len;
   size_t body_cap;
   int error_status; /* a limit was passed: answer with this */
+  /* The answers owed, in request order (srv_api_*): API requests the
+     hub has not answered yet, and the responses queued behind them;
+     reading stops past SRV_API_PIPELINE of them, or at an upgrade behind
+     them, and the bytes already read wait in the stash. */
+  srv_conn *conn;
+  srv_api_ent *q; /* a ring of qcap */
+  uint32_t qhead, qlen, qcap;
+  int upgrade_deferred; /* the parsed upgrade waits for the answers */
+  int api_resume;       /* reading resumes from api_resume */
+  int api_linked;
+  srv_http *api_prev, *api_next; /* srv.api_list */
+  uint8_t *stash;
+  size_t stash_len;
 };
 
 /* The demo page (GET /, GET /demo.js) and the JS client it imports
@@ -334,14 +361,40 @@ int srv_http_new(srv *s, srv_conn *c) {
     return -1;
   }
   h->s = s;
+  h->conn = c;
   http_parser_init(&h->p, HTTP_REQUEST);
   h->p.data = c;
   c->http = h;
   return 0;
 }
 
+static void srv_api_unlink(srv *s, srv_http *h) {
+  if (!h->api_linked) {
+    return;
+  }
+  h->api_linked = 0;
+  if (h->api_prev != NULL) {
+    h->api_prev->api_next = h->api_next;
+  } else {
+    s->api_list = h->api_next;
+  }
+  if (h->api_next != NULL) {
+    h->api_next->api_prev = h->api_prev;
+  }
+  h->api_prev = h->api_next = NULL;
+}
+
 void srv_http_free(srv_conn *c) {
   if (c->http != NULL) {
+    /* A request still waiting: its answer will find no one (dropped). */
+    srv_api_unlink(c->http->s, c->http);
+    while (c->http->qlen > 0) {
+      free(c->http->q[c->http->qhead].resp);
+      c->http->qhead = (c->http->qhead + 1) % c->http->qcap;
+      c->http->qlen--;
+    }
+    free(c->http->q);
+    free(c->http->stash);
     free(c->http->url.p);
     free(c->http->authz.p);
     free(c->http->body);
@@ -388,37 +441,65 @@ static const char *srv_status_text(int status) {
 }
 
 /* Queues one response; |close| ends the connection after it. */
-static void srv_respond(srv *s, srv_conn *c, int status, const char *ctype,
-                        const char *body, size_t body_len, int close) {
+/* The whole response (malloc'd, *len bytes), or NULL. */
+static uint8_t *srv_format(int status, const char *ctype, const char *body,
+                           size_t body_len, int close, size_t *len) {
   char head[256];
-  char *buf;
-  int hl;
-  if (s->shutting_down) {
-    close = 1;
-  }
-  hl = snprintf(head, sizeof(head),
-                "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n"
-                "Content-Length: %zu\r\nCache-Control: no-store\r\n%s\r\n",
-                status, srv_status_text(status), ctype, body_len,
-                close ? "Connection: close\r\n" : "");
+  uint8_t *buf;
+  int hl = snprintf(head, sizeof(head),
+                    "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n"
+                    "Content-Length: %zu\r\nCache-Control: no-store\r\n%s\r\n",
+                    status, srv_status_text(status), ctype, body_len,
+                    close ? "Connection: close\r\n" : "");
   buf = malloc((size_t)hl + body_len);
-  if (buf == NULL) {
+  if (buf != NULL) {
+    memcpy(buf, head, (size_t)hl);
+    memcpy(buf + hl, body, body_len);
+    *len = (size_t)hl + body_len;
+  }
+  return buf;
+}
+
+/* Sends response |buf| (|len| bytes, borrowed), then closes or waits for
+   the next request. */
+static void srv_send_response(srv *s, srv_conn *c, const uint8_t *buf,
+                              size_t len, int close) {
+  if (srv_conn_queue_own(s, c, buf, len) != 0) {
     srv_conn_drop(s, c);
     return;
   }
-  memcpy(buf, head, (size_t)hl);
-  memcpy(buf + hl, body, body_len);
-  if (srv_conn_queue_own(s, c, buf, (size_t)hl + body_len) != 0) {
-    free(buf);
-    srv_conn_drop(s, c);
-    return;
-  }
-  free(buf);
   if (close) {
     srv_conn_finish(s, c);
   } else {
     srv_list_push(&s->http_list, c, srv_now() + s->cfg.handshake_timeout_ns);
   }
+}
+
+static int srv_api_push(srv *s, srv_http *h, uint64_t req, uint8_t *resp,
+                        size_t len, int close);
+
+static void srv_respond(srv *s, srv_conn *c, int status, const char *ctype,
+                        const char *body, size_t body_len, int close) {
+  uint8_t *buf;
+  size_t len = 0;
+  if (s->shutting_down) {
+    close = 1;
+  }
+  buf = srv_format(status, ctype, body, body_len, close, &len);
+  if (buf == NULL) {
+    srv_conn_drop(s, c);
+    return;
+  }
+  if (c->state == SRV_HTTP && c->http != NULL && c->http->qlen > 0) {
+    /* Behind answers the hub still owes: in request order. */
+    if (srv_api_push(s, c->http, 0, buf, len, close) != 0) {
+      free(buf);
+      srv_conn_drop(s, c);
+    }
+    return;
+  }
+  srv_send_response(s, c, buf, len, close);
+  free(buf);
 }
 
 static void srv_respond_json_error(srv *s, srv_conn *c, int status,
@@ -620,14 +701,273 @@ static int srv_query_param(const char *url, const char *name, char *out,
   return 1;
 }
 
-/* GET /history?channel=C[&since=N][&limit=L] (CONTRACT.md): a query of
-   the core's kept messages (hub_history_get), no event. */
+/* ------------------------------------------------------------ the API */
+
+/*
+ * POST /publish and GET /history go to the hub (sh_api_publish,
+ * sh_api_history) under a number of ours; the answer comes through the
+ * shell's api_reply (srv_api_reply), among the call's own effects or
+ * later, once Redis answered.  A connection may pipeline: every request
+ * gets its place in the connection's queue of answers owed (srv_http.q),
+ * responses leave strictly in request order, and the connection has no
+ * idle deadline while any is owed (the hub answers every accepted
+ * request exactly once, at the latest when the backplane goes down or
+ * at the shutdown).  Past SRV_API_PIPELINE of them, or at an upgrade
+ * behind them, the connection stops reading until the answers caught
+ * up; it resumes from a timer (api_resume), never inside the shell's
+ * drain.  A connection that went away leaves the list with its srv_http,
+ * and its answers find no one.  Lookups are linear over the connections
+ * with answers owed and their queues.
+ */
+
+static void srv_api_link(srv *s, srv_http *h) {
+  if (h->api_linked) {
+    return;
+  }
+  h->api_linked = 1;
+  h->api_prev = NULL;
+  h->api_next = s->api_list;
+  if (s->api_list != NULL) {
+    s->api_list->api_prev = h;
+  }
+  s->api_list = h;
+}
+
+/* Appends an answer owed: |req| waiting for the hub (|resp| NULL), or a
+   response of ours (|resp| taken).  Returns 0 or -1 (no memory). */
+static int srv_api_push(srv *s, srv_http *h, uint64_t req, uint8_t *resp,
+                        size_t len, int close) {
+  srv_api_ent *e;
+  if (h->qlen == h->qcap) {
+    uint32_t cap = h->qcap ? h->qcap * 2 : 4, i;
+    srv_api_ent *q = malloc(cap * sizeof(*q));
+    if (q == NULL) {
+      return -1;
+    }
+    for (i = 0; i < h->qlen; i++) {
+      q[i] = h->q[(h->qhead + i) % h->qcap];
+    }
+    free(h->q);
+    h->q = q;
+    h->qcap = cap;
+    h->qhead = 0;
+  }
+  e = &h->q[(h->qhead + h->qlen) % h->qcap];
+  h->qlen++;
+  e->req = req;
+  e->resp = resp;
+  e->len = len;
+  e->close = close;
+  e->done = resp != NULL;
+  srv_api_link(s, h);
+  srv_list_remove(h->conn); /* no idle deadline while answers are owed */
+  return 0;
+}
+
+static void srv_api_unlink(srv *s, srv_http *h);
+
+/* Whether |h|'s connection may read again (see the section comment). */
+static int srv_api_may_read(const srv_http *h) {
+  return h->upgrade_deferred ? h->qlen == 0 : h->qlen < SRV_API_PIPELINE;
+}
+
+/* Sends the answers at the head of |h|'s queue that are known. */
+static void srv_api_flush(srv *s, srv_http *h) {
+  srv_conn *c = h->conn;
+  while (h->qlen > 0 && h->q[h->qhead].done) {
+    srv_api_ent e = h->q[h->qhead];
+    h->qhead = (h->qhead + 1) % h->qcap;
+    h->qlen--;
+    if (e.close) {
+      /* Nothing after a closing answer is sent. */
+      while (h->qlen > 0) {
+        free(h->q[h->qhead].resp);
+        h->qhead = (h->qhead + 1) % h->qcap;
+        h->qlen--;
+      }
+      srv_api_unlink(s, h);
+      srv_conn_pause_read(s, c, 0); /* the close waits for the peer's EOF */
+      srv_send_response(s, c, e.resp, e.len, 1); /* may free |h| */
+      free(e.resp);
+      return;
+    }
+    if (h->qlen > 0) {
+      if (srv_conn_queue_own(s, c, e.resp, e.len) != 0) {
+        free(e.resp);
+        srv_conn_drop(s, c); /* frees |h| */
+        return;
+      }
+    } else {
+      srv_send_response(s, c, e.resp, e.len, 0); /* the idle deadline */
+    }
+    free(e.resp);
+    if (c->state != SRV_HTTP) {
+      return;
+    }
+  }
+  if (c->rd_paused && srv_api_may_read(h)) {
+    h->api_resume = 1;
+    if (!ev_is_active(&s->api_resume)) {
+      ev_timer_set(&s->api_resume, 0.0, 0.0);
+      ev_timer_start(s->loop, &s->api_resume);
+    }
+  }
+  if (h->qlen == 0 && !h->api_resume) {
+    srv_api_unlink(s, h);
+  }
+}
+
+/* A new request of |c|'s; returns its number, or 0 (no memory: answered
+   503 already). */
+static uint64_t srv_api_begin(srv *s, srv_conn *c, int close) {
+  uint64_t req = ++s->api_req_next;
+  if (srv_api_push(s, c->http, req, NULL, 0, close) != 0) {
+    srv_respond_json_error(s, c, 503, hub_strerror(HUB_ERR_NOMEM), close);
+    return 0;
+  }
+  return req;
+}
+
+/* Fills in request |req|'s answer, if still owed; returns its queue or
+   NULL. */
+static srv_http *srv_api_answer(srv *s, uint64_t req, int status,
+                                const char *body, size_t len) {
+  srv_http *h;
+  uint32_t i;
+  for (h = s->api_list; h != NULL; h = h->api_next) {
+    for (i = 0; i < h->qlen; i++) {
+      srv_api_ent *e = &h->q[(h->qhead + i) % h->qcap];
+      if (e->req == req && !e->done) {
+        if (s->shutting_down) {
+          e->close = 1;
+        }
+        e->resp =
+          srv_format(status, "application/json", body, len, e->close, &e->len);
+        if (e->resp == NULL) {
+          /* No memory for the answer: the connection cannot go on in
+             order. */
+          srv_conn_drop(s, h->conn);
+          return NULL;
+        }
+        e->done = 1;
+        return h;
+      }
+    }
+  }
+  return NULL; /* its connection went away: nobody to answer */
+}
+
+/* The sh_api_* call for request |req| returned verdict |v|. */
+static void srv_api_called(srv *s, uint64_t req, int v) {
+  srv_http *h;
+  char body[96];
+  int n;
+  if (v == SH_OK || req == 0) {
+    return; /* answered within the call, or later */
+  }
+  /* No answer will come from the hub: ours. */
+  n =
+    snprintf(body, sizeof(body), "{\"error\":\"%s\"}",
+             v == SH_SHUT_DOWN ? "shutting down" : hub_strerror(HUB_ERR_NOMEM));
+  h = srv_api_answer(s, req, 503, body, (size_t)n);
+  if (h != NULL) {
+    srv_api_flush(s, h);
+  }
+}
+
+void srv_api_reply(void *user, uint64_t req, uint16_t status, hub_buf *buf) {
+  srv *s = user;
+  srv_http *h =
+    srv_api_answer(s, req, status, (const char *)buf->data, buf->len);
+  if (h != NULL) {
+    srv_api_flush(s, h);
+  }
+}
+
+static void srv_api_resume_cb(struct ev_loop *loop, ev_timer *w, int revents) {
+  srv *s = ev_userdata(loop);
+  (void)w;
+  (void)revents;
+  for (;;) {
+    srv_http *h;
+    srv_conn *c;
+    uint8_t *stash;
+    size_t n;
+    int upgrade;
+    for (h = s->api_list; h != NULL && !h->api_resume; h = h->api_next) {
+    }
+    if (h == NULL) {
+      break;
+    }
+    c = h->conn;
+    stash = h->stash;
+    n = h->stash_len;
+    upgrade = h->upgrade_deferred;
+    h->stash = NULL;
+    h->stash_len = 0;
+    h->api_resume = 0;
+    h->upgrade_deferred = 0;
+    if (h->qlen == 0) {
+      srv_api_unlink(s, h);
+    }
+    if (upgrade) {
+      srv_upgrade(s, c, stash, n); /* |stash|: frames after the request */
+    } else if (stash != NULL) {
+      srv_http_feed(s, c, stash, n); /* may begin the next requests */
+    }
+    free(stash);
+    if (!(c->state == SRV_HTTP && c->http != NULL &&
+          (c->http->stash != NULL || c->http->upgrade_deferred ||
+           !srv_api_may_read(c->http)))) {
+      srv_conn_pause_read(s, c, 0);
+    }
+  }
+}
+
+void srv_api_init(srv *s) {
+  ev_timer_init(&s->api_resume, srv_api_resume_cb, 0.0, 0.0);
+}
+
+void srv_api_shutdown(srv *s) {
+  srv_http *h;
+  ev_timer_stop(s->loop, &s->api_resume);
+  /* The hub answered what it had (503) at its shutdown; anything still
+     owed is answered here, and every such connection closes. */
+  while ((h = s->api_list) != NULL) {
+    srv_conn *c = h->conn;
+    uint32_t i;
+    static const char gone[] = "{\"error\":\"shutting down\"}";
+    h->api_resume = 0;
+    h->upgrade_deferred = 0;
+    for (i = 0; i < h->qlen; i++) {
+      srv_api_ent *e = &h->q[(h->qhead + i) % h->qcap];
+      e->close = 1;
+      if (!e->done) {
+        e->resp = srv_format(503, "application/json", gone, sizeof(gone) - 1, 1,
+                             &e->len);
+        e->done = e->resp != NULL;
+      }
+    }
+    if (h->qlen == 0 || !h->q[h->qhead].done) {
+      srv_api_unlink(s, h);
+      srv_conn_drop(s, c);
+      continue;
+    }
+    srv_api_flush(s, h); /* the first answer closes */
+    if (c->state == SRV_HTTP && c->http == h && h->api_linked) {
+      srv_api_unlink(s, h);
+      srv_conn_drop(s, c);
+    }
+  }
+}
+
+/* GET /history?channel=C[&since=N][&limit=L] (CONTRACT.md), answered by
+   the hub: from its memory (embedded) or after a read from Redis. */
 static void srv_history(srv *s, srv_conn *c, int close) {
   const char *url = srv_str_c(&c->http->url);
   char ch[160], num[32];
-  uint64_t since = 0, limit = 0;
+  uint64_t since = 0, limit = 0, req;
   const char *err = "missing parameter: channel";
-  hub_buf *b = NULL;
   int rc;
 
   if (srv_query_param(url, "channel", ch, sizeof(ch)) != 0) {
@@ -644,16 +984,12 @@ static void srv_history(srv *s, srv_conn *c, int close) {
     srv_respond_json_error(s, c, 400, "bad limit", close);
     return;
   }
-  rc = hub_history_get(s->h, ch, strlen(ch), since, limit, srv_now(), &b, &err);
-  if (rc == HUB_ERR_BAD_REQUEST) {
-    srv_respond_json_error(s, c, 400, err, close);
-  } else if (rc != 0) {
-    srv_respond_json_error(s, c, 503, hub_strerror(rc), close);
-  } else {
-    srv_respond(s, c, 200, "application/json", (const char *)b->data, b->len,
-                close);
-    hub_buf_unref(b);
+  req = srv_api_begin(s, c, close);
+  if (req == 0) {
+    return;
   }
+  rc = sh_api_history(&s->sh, req, ch, strlen(ch), since, limit, srv_now());
+  srv_api_called(s, req, rc);
 }
 
 static void srv_handle_request(srv *s, srv_conn *c) {
@@ -676,44 +1012,20 @@ static void srv_handle_request(srv *s, srv_conn *c) {
     }
   }
   if (strcmp(path, "/publish") == 0) {
-    const char *err = NULL;
     int v;
     if (method != HTTP_POST) {
       srv_respond_json_error(s, c, 405, "method not allowed", close);
       return;
     }
-    v = sh_publish(&s->sh, h->body ? h->body : (const uint8_t *)"", h->body_len,
-                   &err, srv_now());
-    h->body_len = 0;
-    if (v == SH_OK && hub_last_publish_offset(s->h) > 0) {
-      char ok[64];
-      int n = snprintf(ok, sizeof(ok), "{\"ok\":true,\"offset\":%llu}",
-                       (unsigned long long)hub_last_publish_offset(s->h));
-      srv_respond(s, c, 200, "application/json", ok, (size_t)n, close);
-    } else if (v == SH_OK) {
-      static const char ok[] = "{\"ok\":true}";
-      srv_respond(s, c, 200, "application/json", ok, sizeof(ok) - 1, close);
-    } else if (v == SH_BAD_REQUEST) {
-      char body[256];
-      char esc[160];
-      size_t i, j = 0;
-      const char *m = err ? err : "bad request";
-      for (i = 0; m[i] && j + 2 < sizeof(esc); i++) {
-        if (m[i] == '"' || m[i] == '\\') {
-          esc[j++] = '\\';
-        }
-        esc[j++] = m[i];
+    {
+      uint64_t req = srv_api_begin(s, c, close);
+      if (req == 0) {
+        return;
       }
-      esc[j] = '\0';
-      snprintf(body, sizeof(body), "%s", esc);
-      srv_respond_json_error(s, c, 400, body, close);
-    } else if (v == SH_SHUT_DOWN) {
-      srv_respond_json_error(s, c, 503, "shutting down", 1);
-    } else if (v == SH_BP_CONGESTED) {
-      srv_respond_json_error(s, c, 503, "backplane unavailable", close);
-    } else {
-      /* Out of memory for it (the shell's policy): try again later. */
-      srv_respond_json_error(s, c, 503, hub_strerror(HUB_ERR_NOMEM), close);
+      v = sh_api_publish(&s->sh, req, h->body ? h->body : (const uint8_t *)"",
+                         h->body_len, srv_now());
+      /* |h| may be gone: answered within the call, and closed. */
+      srv_api_called(s, req, v);
     }
     return;
   }
@@ -746,6 +1058,26 @@ static void srv_handle_request(srv *s, srv_conn *c) {
   }
 }
 
+/* Keeps |len| bytes read after what the connection can take now (its
+   reading is paused): fed again from api_resume.  Returns 0 or -1 (the
+   connection was dropped). */
+static int srv_http_stash(srv *s, srv_conn *c, const uint8_t *data,
+                          size_t len) {
+  srv_http *h = c->http;
+  if (len > 0) {
+    uint8_t *p = realloc(h->stash, h->stash_len + len);
+    if (p == NULL) {
+      srv_conn_abort(s, c);
+      return -1;
+    }
+    memcpy(p + h->stash_len, data, len);
+    h->stash = p;
+    h->stash_len += len;
+  }
+  srv_conn_pause_read(s, c, 1);
+  return 0;
+}
+
 void srv_http_feed(srv *s, srv_conn *c, const uint8_t *data, size_t len) {
   while (len > 0 && c->state == SRV_HTTP) {
     srv_http *h = c->http;
@@ -761,6 +1093,13 @@ void srv_http_feed(srv *s, srv_conn *c, const uint8_t *data, size_t len) {
       n = len;
     }
     if (h->p.upgrade && (err == HPE_OK || err == HPE_PAUSED)) {
+      if (h->qlen > 0) {
+        /* Its 101 must follow the answers still owed. */
+        h->upgrade_deferred = 1;
+        srv_api_link(s, h);
+        (void)srv_http_stash(s, c, data + n, len - n);
+        return;
+      }
       srv_upgrade(s, c, data + n, len - n);
       return;
     }
@@ -769,6 +1108,11 @@ void srv_http_feed(srv *s, srv_conn *c, const uint8_t *data, size_t len) {
       data += n;
       len -= n;
       srv_handle_request(s, c);
+      if (c->state == SRV_HTTP && !srv_api_may_read(c->http)) {
+        /* Enough waiting for the hub: what follows is read later. */
+        (void)srv_http_stash(s, c, data, len);
+        return;
+      }
       continue;
     }
     if (err != HPE_OK) {

@@ -50,11 +50,9 @@ NODE ?= node
 CHROMIUM ?= /usr/bin/chromium
 BROWSER_DIR := tests/browser
 BROWSER_MODULES := $(BROWSER_DIR)/node_modules/.package-lock.json
-# The tests `make browser-test` (and so `make test`) runs. Not yet
-# redis.test.js: the server restart with two instances and Redis-backed
-# history needs history with the Redis backplane, which main does not
-# have yet (`make browser-test-redis` runs it alone).
-BROWSER_TESTS := $(BROWSER_DIR)/page.test.js
+# The tests `make browser-test` (and so `make test`) runs; redis.test.js
+# alone: `make browser-test-redis`.
+BROWSER_TESTS := $(BROWSER_DIR)/page.test.js $(BROWSER_DIR)/redis.test.js
 BROWSER_ENV = WSHUB_BIN=$(abspath $(BUILD)/wshub) CHROMIUM=$(CHROMIUM) \
   BROWSER_ARTIFACTS=$(abspath build/browser)
 

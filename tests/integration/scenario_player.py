@@ -9,6 +9,21 @@ Mapping onto real processes:
                        RFC 6455, answering pings unless no-pong)
   ... read-rate 0      a raw socket with a 4 KiB SO_RCVBUF that never reads
   redis publish C D    PUBLISH ws:chan:C D
+  redis fcall wshub_publish C D N T M
+                       FCALL wshub_publish 3 ws:history:C ws:meta:C
+                       ws:chan:C D N T M (the instances loaded the library)
+  X subscribe C recover
+                       subscribe with since = the last offset and epoch X
+                       saw on C (subscribed, message or gap frame)
+  expect X offsets C A..B / recovered C yes|no / received-gap C
+                       from the offsets of X's message frames on C, its
+                       latest subscribed reply for C, its gap frames
+  expect redis-history C N
+                       XLEN ws:history:C (0 when missing)
+  expect redis-reads N not checked: how many reads real clients need
+                       depends on how real time spreads their requests
+                       (the simulator's exact count; `make bench`'s
+                       reconnect storm measures it at scale)
   run D                real time passes
   shutdown I / crash I SIGTERM / SIGKILL;  restart I: a new process, id I.r
   partition/heal I redis
@@ -117,6 +132,18 @@ def frame(op, payload):
     return hdr + mask + mask_payload(payload, mask)
 
 
+def track_position(c, m):
+    """Keeps c.offsets (the offsets of its message frames) and c.pos
+    (channel: the offset and epoch a `recover` subscribe sends)."""
+    ch, typ = m.get("channel"), m.get("type")
+    if typ == "message" and "offset" in m:
+        c.offsets.append((ch, m["offset"]))
+        if ch in c.pos:
+            c.pos[ch] = (m["offset"], c.pos[ch][1])
+    elif typ in ("subscribed", "gap") and "epoch" in m:
+        c.pos[ch] = (m["offset"], m["epoch"])
+
+
 class WsClient:
     """A reading WebSocket client on a raw socket.  A thread reads as soon
     as bytes arrive (acknowledging at once, TCP_QUICKACK), the way the
@@ -128,6 +155,8 @@ class WsClient:
         self.rate = rate  # frames per second, None: at once
         self.messages = []  # (channel, compact data)
         self.replies = []
+        self.offsets = []  # (channel, offset): track_position
+        self.pos = {}
         self.subscribed_at = {}  # channel: monotonic time of `subscribed`
         self.closed = False
         self.close_code = None
@@ -201,6 +230,7 @@ class WsClient:
                 time.sleep(1.0 / self.rate)
             if op == 1:
                 m = json.loads(payload)
+                track_position(self, m)
                 if m.get("type") == "message":
                     self.messages.append(
                         (m["channel"], json.dumps(
@@ -679,6 +709,18 @@ class Player:
             self.redis.kill()
             self.redis.start()
             self.view = RedisView(self.redis)
+        elif head == "redis" and tok[1:3] == ["fcall", "wshub_publish"]:
+            # An outside publisher, through the library the instances
+            # loaded: C DATA N TTL META_TTL (DATA has no spaces).
+            ch, data, n, ttl, mttl = tok[3:8]
+            try:
+                key = (ch, compact(data))
+            except ValueError:
+                key = (ch, data)
+            self.redis_published.setdefault(key, time.monotonic())
+            self.view.r.execute_command(
+                "FCALL", "wshub_publish", 3, "ws:history:" + ch,
+                "ws:meta:" + ch, "ws:chan:" + ch, data, n, ttl, mttl)
         elif head == "redis":
             if tok[1] != "publish":
                 self.fail("unknown redis statement")
@@ -761,6 +803,8 @@ class Player:
                                        self.instances[k].port, old.no_pong)
         c.messages[:0] = old.messages
         c.replies[:0] = old.replies
+        c.offsets[:0] = old.offsets
+        c.pos = dict(old.pos, **c.pos)
         c.instance = k
         self.clients[name] = c
 
@@ -768,7 +812,15 @@ class Player:
         parts = line.split(None, 3)
         name, verb = parts[0], parts[1]
         c = self.clients[name]
-        if verb in ("subscribe", "unsubscribe"):
+        if verb == "subscribe" and parts[3:] == ["recover"]:
+            req = {"type": "subscribe", "channel": parts[2]}
+            pos = getattr(c, "pos", {}).get(parts[2])
+            if pos is not None:
+                req["since"] = {"offset": pos[0], "epoch": pos[1]}
+            # `expect X recovered` looks at the replies after this one.
+            c.recover_mark = len(c.replies)
+            c.send_json(req)
+        elif verb in ("subscribe", "unsubscribe"):
             c.send_json({"type": verb, "channel": parts[2]})
         elif verb == "publish":
             c.send_text('{"type":"publish","channel":%s,"data":%s}' % (
@@ -801,6 +853,12 @@ class Player:
             want = yn == "yes"
             return (lambda: self.view.subscribed(self.ids[k], ch) == want,
                     "redis-subscribed %s %s %s" % (k, ch, yn))
+        if tok[0] == "redis-reads":
+            return (lambda: True, "redis-reads (not checked)")
+        if tok[0] == "redis-history":
+            ch, n = tok[1], int(tok[2])
+            return (lambda: self.view.r.xlen("ws:history:" + ch) == n,
+                    "redis-history %s %d" % (ch, n))
         if tok[0] == "redis-key":
             key, pa = tok[1], tok[2]
             return (lambda: bool(self.view.r.exists(key)) == (pa == "present"),
@@ -824,6 +882,30 @@ class Player:
             return (lambda: sum(1 for r in list(getattr(c, "replies", []))
                                 if r.get("type") == typ) == n,
                     "%s received-reply-count %s %d" % (name, typ, n))
+        if tok[1] == "offsets":
+            ch, rng = tok[2], tok[3]
+            lo, _, hi = rng.partition("..")
+            want = list(range(int(lo), int(hi or lo) + 1))
+            return (lambda: [o for k, o in list(getattr(c, "offsets", []))
+                             if k == ch] == want,
+                    "%s offsets %s %s" % (name, ch, rng))
+        if tok[1] == "recovered":
+            ch, want = tok[2], tok[3] == "yes"
+
+            def latest():
+                mark = getattr(c, "recover_mark", 0)
+                subs = [r for r in list(getattr(c, "replies", []))[mark:]
+                        if r.get("type") == "subscribed" and
+                        r.get("channel") == ch]
+                return bool(subs) and \
+                    subs[-1].get("recovered", False) is want
+            return (latest, "%s recovered %s %s" % (name, ch, tok[3]))
+        if tok[1] == "received-gap":
+            ch = tok[2]
+            return (lambda: any(r.get("type") == "gap" and
+                                r.get("channel") == ch
+                                for r in list(getattr(c, "replies", []))),
+                    "%s received-gap %s" % (name, ch))
         if tok[1] == "received-count":
             ch, n = tok[2], int(tok[3])
             return (lambda: sum(1 for m in c.messages if m[0] == ch) == n,

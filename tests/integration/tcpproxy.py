@@ -124,8 +124,8 @@ class TcpProxy:
                         time.sleep(wait)
                     else:
                         budget_t = time.monotonic()
-        except OSError:
-            pass
+        except (OSError, ValueError):
+            pass  # ValueError: cut() closed the socket (fd -1) meanwhile
         finally:
             for s in (src, dst):
                 try:

@@ -1,8 +1,8 @@
 """CONTRACT.md "History and recovery" against build/wshub with the
 embedded backplane: offsets in message and published frames and in the
 POST /publish answer, epochs, `since` recovery, GET /history, the
-history flags, a recording with history replayed, and the refusal of
-what is not built yet (history with --redis)."""
+history flags and a recording with history replayed.  With the Redis
+backplane: test_history_recovery.py."""
 import asyncio
 import json
 import subprocess
@@ -213,17 +213,13 @@ def test_history_env_and_help():
         assert r.returncode == 2, args
 
 
-def test_unbuilt_parts_are_refused():
-    r = subprocess.run([WSHUB, "--history-size", "5", "--redis",
-                        "redis://127.0.0.1:1"], capture_output=True,
-                       timeout=5)
-    assert r.returncode == 2
-    assert b"history with the Redis backplane is not supported yet" in \
-        r.stderr
-    r = subprocess.run([WSHUB, "--redis", "redis://127.0.0.1:1"],
-                       capture_output=True, timeout=5,
-                       env={"WSHUB_HISTORY_SIZE": "3"})
-    assert r.returncode == 2
+def test_history_with_redis_starts(wshub):
+    """History with --redis is built (test_history_recovery.py): the
+    server starts and waits for Redis like any Redis backplane."""
+    w = wshub("--history-size", "5", "--redis", "redis://127.0.0.1:1",
+              "--registry", "off")
+    assert w.proc.poll() is None
+    assert w.http("GET", "/healthz")[0] == 503
 
 
 def test_recording_with_history_replays(wshub, tmp_path):

@@ -259,13 +259,17 @@ def test_mutant_core_diverges_at_first_changed_event(wshub, tmp_path):
     rc, trace = replay(rec, "--trace")
     assert rc == 0, trace
     # The first publish that reaches subscribers: its effects change.
-    m = re.search(r"^event (\d+) publish\(.*\n    effect SEND", trace, re.M)
+    # (POST /publish is recorded as api_publish: hub_api_publish.)
+    m = re.search(r"^event (\d+) ((?:api_)?publish)\(.*\n    effect SEND",
+                  trace, re.M)
     k = int(m.group(1))
     mutant = build_mutant(2)  # every message delivered twice
     rc, out = replay(rec, sim=mutant)
     assert rc == 1, out
-    assert out.startswith("REPLAY diverged at event %d: publish(" % k), out
-    assert "recorded 2 effects" in out and "the replay produced 4" in out
+    assert out.startswith("REPLAY diverged at event %d: %s(" % (
+        k, m.group(2))), out
+    # Two SENDs and the API_REPLY recorded; the mutant sends each twice.
+    assert "recorded 3 effects" in out and "the replay produced 5" in out
     assert out.count("  SEND conn") == 4, out
 
 

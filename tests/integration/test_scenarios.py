@@ -17,17 +17,8 @@ SCENARIOS = ["lazy_subscribe", "cross_instance_fanout",
              "protocol_errors", "redis_direct_publish", "redis_partition",
              "subscribe_ack_race", "unsubscribe_last",
              "auth_permission_denied", "redis_restart", "client_reconnect"]
-# Not played: redis_history_function (its `redis fcall wshub_publish`
-# needs the wshub library in the real Redis, which the Redis backplane
-# does not load yet).
-# Not played yet: history_*.scn (history with the Redis backplane).  They
-# need bp_redis's hpublish/hread and the wshub_read function (branch
-# hredis), and the player does not know their statements yet:
-# `X subscribe C recover`, `expect X offsets C A..B`, `expect X recovered
-# C yes|no`, `expect X received-gap C`, `received-reply gap`, and
-# `redis-reads N` (a count of wshub_read calls: real Redis would need
-# INFO commandstats, cmdstat_fcall counts publishes too, so that one
-# statement cannot be modelled and should be skipped by the player).
+# The history scenarios (history with the Redis backplane) are played
+# too: HISTORY_SCENARIOS below.
 # Not in the default run:
 # - instance_crash waits for real TTLs (30 s and 120 s): about 2.5 minutes.
 #   WSHUB_LONG_SCENARIOS=1 runs it.
@@ -38,7 +29,15 @@ SCENARIOS = ["lazy_subscribe", "cross_instance_fanout",
 #   hub's queue limit.  A known gap between the model and real TCP.
 # - auth_token_expiry and auth_refresh wait for real token expiry (about
 #   25 s each); test_auth.py covers expiry and refresh in a few seconds.
-LONG_SCENARIOS = ["instance_crash", "auth_token_expiry", "auth_refresh"]
+# - redis_history_function waits for a real stream TTL (300 s).
+# History with the Redis backplane (history_*.scn), played like the rest;
+# their `expect redis-reads` lines are not checked (scenario_player.py).
+HISTORY_SCENARIOS = sorted(
+    f[:-4] for f in os.listdir(os.path.join(ROOT, "scenarios"))
+    if f.startswith("history_") and f.endswith(".scn"))
+SCENARIOS += HISTORY_SCENARIOS
+LONG_SCENARIOS = ["instance_crash", "auth_token_expiry", "auth_refresh",
+                  "redis_history_function"]
 
 
 def _play(name, redis_server, tmp_path, tries=3):
