@@ -9,7 +9,8 @@
 #
 # Parts of the tree add their own rules in <dir>/*.mk (included below);
 # they append to TEST_RELEASE, TEST_ASAN and TEST_LATE, the steps that
-# `make test` runs in that order.
+# `make test` runs in that order, and to DEPS_LATE, what `make deps` runs
+# after installing the Debian packages.
 
 MODE ?= release
 ifeq ($(MODE),release)
@@ -60,7 +61,7 @@ DEB_BUILD_PKGS := build-essential pkg-config libwslay-dev libhiredis-dev \
   libev-dev libhttp-parser-dev libssl-dev libjwt-dev
 DEB_TEST_PKGS := libcmocka-dev libjsmn-dev redis-server redis-tools python3 \
   python3-pytest python3-websockets python3-redis python3-jwt gcovr clang-format binutils \
-  clang libclang-rt-14-dev
+  clang libclang-rt-14-dev chromium
 DEB_PKGS := $(DEB_BUILD_PKGS) $(DEB_TEST_PKGS)
 
 PYTHON := /usr/bin/python3
@@ -91,8 +92,11 @@ define deb_install
 	else echo "deps: every package is installed"; fi
 endef
 
+# DEPS_LATE: what `make deps` runs after the packages (parts append to it,
+# like TEST_LATE; e.g. clients/demo/demo.mk's npm ci for the browser tests).
 deps:
 	$(call deb_install,$(DEB_PKGS))
+	$(Q)$(if $(strip $(DEPS_LATE)),$(MAKE) --no-print-directory $(DEPS_LATE),true)
 
 deps-build:
 	$(call deb_install,$(DEB_BUILD_PKGS))
@@ -238,6 +242,7 @@ coverage:
 TEST_RELEASE := format-check unit check-core-purity
 TEST_ASAN := unit
 TEST_LATE :=
+DEPS_LATE :=
 BINS :=
 
 include $(sort $(wildcard sim/*.mk backplanes/*.mk server/*.mk bench/*.mk fuzz/*.mk clients/*/*.mk \

@@ -59,7 +59,7 @@ FUZZ_SRV_SRC = $(sort $(wildcard server/*.c)) backplanes/bp_redis.c \
 # valid upgrade (fuzz/fuzz_srv.c, FZ_MODE).
 $(FUZZ_DIR)/fuzz_http $(FUZZ_DIR)/fuzz_frame: fuzz/fuzz_srv.c $(FUZZ_SRV_SRC) \
   $(CORE_SRC) $(wildcard core/*.h server/*.h shell/*.h backplanes/*.h) \
-  $(BUILD)/gen/wshub_lua.h | $(BUILD)/.test-deps-ok
+  $(BUILD)/gen/wshub_lua.h $(DEMO_H) | $(BUILD)/.test-deps-ok
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  FUZZ    $@")
 	$(Q)$(FUZZ_CC) $(FUZZ_CFLAGS) -Dmain=wshub_main -Wno-missing-prototypes \

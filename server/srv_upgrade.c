@@ -15,6 +15,8 @@
 
 #include <openssl/evp.h>
 
+#include "srv_demo.h" /* generated: build/gen/srv_demo.h */
+
 #define SRV_HTTP_OUT_MAX (1 << 20) /* unread responses per connection */
 #define SRV_HDR_MAX 8192           /* request line and headers */
 #define SRV_BODY_MIN (1 << 20) /* POST bodies up to max(this, max-message) */
@@ -127,37 +129,27 @@ struct srv_http {
   size_t stash_len;
 };
 
-static const char srv_demo_page[] =
-  "<!doctype html>\n<html><head><meta charset=\"utf-8\">"
-  "<title>wshub</title>\n<style>body{font:14px sans-serif;margin:2em}"
-  "#log{white-space:pre-wrap;font-family:monospace;border:1px solid #ccc;"
-  "padding:.5em;height:20em;overflow:auto}</style></head><body>\n"
-  "<h1>wshub live channel viewer</h1>\n"
-  "<p>Connect with a WebSocket to <code>/ws</code> and send "
-  "<code>{\"type\":\"subscribe\",\"channel\":\"news\"}</code>; publish with "
-  "<code>POST /publish {\"channel\":\"news\",\"data\":{...}}</code>.</p>\n"
-  "<form id=\"f\">Channel <input id=\"ch\" value=\"news\"> "
-  "<button>Watch</button></form>\n"
-  "<form id=\"p\">Data <input id=\"d\" value='{\"hello\":\"world\"}' "
-  "size=\"40\"> <button>Publish</button></form>\n<div id=\"log\"></div>\n"
-  "<script>\n"
-  "var log=document.getElementById('log'),ws=null,n=0;\n"
-  "function out(s){log.textContent+=s+'\\n';log.scrollTop=1e9;}\n"
-  "function connect(){var u=(location.protocol=='https:'?'wss:':'ws:')+"
-  "'//'+location.host+'/ws';ws=new WebSocket(u);"
-  "ws.onopen=function(){out('connected');};"
-  "ws.onmessage=function(e){out(e.data);};"
-  "ws.onclose=function(e){out('closed '+e.code);ws=null;"
-  "setTimeout(connect,1000);};}\n"
-  "document.getElementById('f').onsubmit=function(e){e.preventDefault();"
-  "if(ws&&ws.readyState==1){ws.send(JSON.stringify({type:'subscribe',"
-  "channel:document.getElementById('ch').value,id:++n}));}};\n"
-  "document.getElementById('p').onsubmit=function(e){e.preventDefault();"
-  "var d;try{d=JSON.parse(document.getElementById('d').value);}"
-  "catch(x){out('bad JSON');return;}"
-  "if(ws&&ws.readyState==1){ws.send(JSON.stringify({type:'publish',"
-  "channel:document.getElementById('ch').value,data:d,id:++n}));}};\n"
-  "connect();\n</script></body></html>\n";
+/* The demo page (GET /, GET /demo.js) and the JS client it imports
+   (GET /wshub.js): clients/demo/ and clients/js/wshub.js, compiled in as
+   bytes by clients/demo/demo.mk.  Nothing is read from disk. */
+typedef struct srv_asset {
+  const char *path;
+  const char *ctype;
+  const unsigned char *body;
+  size_t len;
+} srv_asset;
+
+static const srv_asset srv_assets[] = {SRV_DEMO_ASSETS};
+
+static const srv_asset *srv_asset_find(const char *path) {
+  size_t i;
+  for (i = 0; i < sizeof(srv_assets) / sizeof(srv_assets[0]); i++) {
+    if (strcmp(path, srv_assets[i].path) == 0) {
+      return &srv_assets[i];
+    }
+  }
+  return NULL;
+}
 
 static int srv_append(char *dst, size_t *len, size_t cap, const char *s,
                       size_t n) {
@@ -1056,9 +1048,9 @@ static void srv_handle_request(srv *s, srv_conn *c) {
     size_t len = 0;
     srv_metrics(s, buf, sizeof(buf), &len);
     srv_respond(s, c, 200, "text/plain; version=0.0.4", buf, len, close);
-  } else if (strcmp(path, "/") == 0) {
-    srv_respond(s, c, 200, "text/html; charset=utf-8", srv_demo_page,
-                sizeof(srv_demo_page) - 1, close);
+  } else if (srv_asset_find(path) != NULL) {
+    const srv_asset *a = srv_asset_find(path);
+    srv_respond(s, c, 200, a->ctype, (const char *)a->body, a->len, close);
   } else if (strcmp(path, "/ws") == 0) {
     srv_respond_json_error(s, c, 426, "websocket upgrade required", close);
   } else {
