@@ -155,6 +155,12 @@ typedef struct sim_cstate {
   int rec_sent;
   uint64_t rec_since;
   char rec_epoch[33];
+  /* A recovery from a since below the position the client had reached
+     by the time the reply came (it sent the since before those messages
+     reached it): the replay up to that position is what it asked for,
+     so invariant 3 does not count it twice (10 checks its offsets).
+     0: none. */
+  uint64_t replay_until;
 } sim_cstate;
 
 enum sim_client_state { SIM_CL_CONNECTING = 1, SIM_CL_OPEN, SIM_CL_CLOSED };

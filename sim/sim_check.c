@@ -171,6 +171,9 @@ void sim_check_frame(sim_world *w, sim_client *c, int type, uint32_t chan,
   if (parse_ps(data, len, &p, &s) != 0 || p < -1 || s < 0) {
     return;
   }
+  if (cs->replay_until > 0 && cs->has_pos && cs->pos <= cs->replay_until) {
+    return; /* a replay the client asked for (sim_cstate) */
+  }
   seq_get(&c->seqs, ((uint64_t)(p + 2) << 32) | chan, &last);
   if ((uint64_t)s + 1 <= *last) {
     sim_violate(w, 3,

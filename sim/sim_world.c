@@ -1336,6 +1336,9 @@ static void client_frame(sim_world *w, sim_client *c, const hub_buf *b,
                        (type == SIM_R_MESSAGE && off > 0))) {
     sim_cstate *cs = sim_client_cstate(c, chan);
     int rec = v[5] == NULL ? -1 : v[5][0] == 't';
+    int same = ep != NULL && cs->has_pos && strlen(cs->epoch) == elen &&
+               memcmp(cs->epoch, ep, elen) == 0;
+    uint64_t prev = cs->pos;
     if (w->check) {
       sim_check_hist(w, c, type, chan, off, ep, elen, rec);
     }
@@ -1355,9 +1358,11 @@ static void client_frame(sim_world *w, sim_client *c, const hub_buf *b,
       }
       if (type == SIM_R_GAP) {
         cs->gaps++;
+        cs->replay_until = 0;
       } else {
         cs->recovered = rec;
         cs->rec_sent = 0;
+        cs->replay_until = rec == 1 && same && prev > off ? prev : 0;
       }
     }
     cs->has_pos = 1;
