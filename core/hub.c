@@ -287,6 +287,8 @@ hub_tstamp hub_get_expiry(const hub *h) {
   x = hub_auth_get_expiry(h);
   t = x < t ? x : t;
   x = hub_hist_get_expiry(h);
+  t = x < t ? x : t;
+  x = hub_hred_get_expiry(h);
   return x < t ? x : t;
 }
 
@@ -306,6 +308,7 @@ int hub_handle_expiry(hub *h, hub_tstamp now) {
     return rv;
   }
   hub_hist_expire(h); /* frees only: cannot fail */
+  hub_hred_expire(h);
   return hub_registry_handle_expiry(h);
 }
 

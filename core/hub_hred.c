@@ -64,6 +64,15 @@ struct hub_htopic {
   size_t nbuf, capbuf;
   hub_link waiters; /* hub_hwait, subscribe order */
   size_t nwait;
+  /* The ring: the frames of the newest messages the live subscribers
+     got, offsets top - nring + 1..top of |epoch|, ring[(rhead + i) %
+     rcap] the i-th oldest (rcap <= history_size, allocated lazily,
+     freed when emptied).  In h->hrings while nring > 0, by ring_until:
+     emptied then (history_ttl without a live message). */
+  hub_buf **ring;
+  uint32_t rhead, nring, rcap;
+  hub_tstamp ring_until;
+  hub_link ring_link;
 };
 
 struct hub_hwait {
@@ -260,10 +269,106 @@ int hub_hred_topic_init(hub *h, hub_topic *t) {
   memset(ht, 0, sizeof(*ht));
   hub_link_init(&ht->read_link);
   hub_link_init(&ht->waiters);
+  hub_link_init(&ht->ring_link);
   ht->t = t;
   t->ht = ht;
   h->nhtopics++;
   return 0;
+}
+
+/* ---------------------------------------------------------- the ring */
+
+static void ring_clear(hub *h, hub_htopic *ht) {
+  uint32_t i;
+  for (i = 0; i < ht->nring; i++) {
+    hub_buf_unref(ht->ring[(ht->rhead + i) % ht->rcap]);
+  }
+  hub_mem_free(h->mem, ht->ring);
+  ht->ring = NULL;
+  ht->rhead = ht->nring = ht->rcap = 0;
+  if (hub_link_linked(&ht->ring_link)) {
+    hub_link_remove(&ht->ring_link);
+  }
+}
+
+/* The capacity for |n| frames: a power of two from 8, at most
+   history_size. */
+static uint32_t ring_cap_for(const hub *h, size_t n) {
+  size_t cap = 8;
+  while (cap < n && cap < h->cfg.history_size) {
+    cap *= 2;
+  }
+  return cap < h->cfg.history_size ? (uint32_t)cap : h->cfg.history_size;
+}
+
+/* Room for one more frame (at history_size the oldest makes room).
+   Changes nothing the ring holds.  0 or HUB_ERR_NOMEM. */
+static int ring_room(hub *h, hub_htopic *ht) {
+  uint32_t cap, i;
+  hub_buf **r;
+  if (ht->nring < ht->rcap || ht->rcap == h->cfg.history_size) {
+    return 0;
+  }
+  cap = ring_cap_for(h, (size_t)ht->rcap + 1);
+  r = hub_mem_malloc(h->mem, cap * sizeof(*r));
+  if (r == NULL) {
+    return HUB_ERR_NOMEM;
+  }
+  for (i = 0; i < ht->nring; i++) {
+    r[i] = ht->ring[(ht->rhead + i) % ht->rcap];
+  }
+  hub_mem_free(h->mem, ht->ring);
+  ht->ring = r;
+  ht->rhead = 0;
+  ht->rcap = cap;
+  return 0;
+}
+
+/* The ring was filled: history_ttl from now. */
+static void ring_touch(hub *h, hub_htopic *ht) {
+  ht->ring_until = h->now + h->cfg.history_ttl_ns;
+  if (hub_link_linked(&ht->ring_link)) {
+    hub_link_move_tail(&h->hrings, &ht->ring_link);
+  } else {
+    hub_link_push_tail(&h->hrings, &ht->ring_link);
+  }
+}
+
+/* Keeps |f| (the frame of offset top + 1, the new top); ring_room
+   first. */
+static void ring_push(hub *h, hub_htopic *ht, hub_buf *f) {
+  HUB_ASSERT(ht->rcap > 0);
+  hub_buf_ref(f);
+  if (ht->nring == ht->rcap) {
+    hub_buf_unref(ht->ring[ht->rhead]);
+    ht->ring[ht->rhead] = f;
+    ht->rhead = (ht->rhead + 1) % ht->rcap;
+  } else {
+    ht->ring[(ht->rhead + ht->nring) % ht->rcap] = f;
+    ht->nring++;
+  }
+  ring_touch(h, ht);
+}
+
+hub_tstamp hub_hred_get_expiry(const hub *h) {
+  if (h->hrings.next == NULL || hub_link_empty(&h->hrings)) {
+    return HUB_TSTAMP_NONE;
+  }
+  return CONTAINER_OF(h->hrings.next, hub_htopic, ring_link)->ring_until;
+}
+
+void hub_hred_expire(hub *h) {
+  while (h->hrings.next != NULL && !hub_link_empty(&h->hrings)) {
+    hub_htopic *ht = CONTAINER_OF(h->hrings.next, hub_htopic, ring_link);
+    if (ht->ring_until > h->now) {
+      break;
+    }
+    ring_clear(h, ht);
+  }
+}
+
+void hub_hred_idle(hub *h, hub_topic *t) {
+  ring_clear(h, t->ht);
 }
 
 static void buf_clear(hub *h, hub_htopic *ht) {
@@ -296,6 +401,7 @@ void hub_hred_topic_free(hub *h, hub_topic *t) {
   }
   HUB_ASSERT(ht->nwait == 0);
   read_drop(h, ht);
+  ring_clear(h, ht);
   hub_mem_free(h->mem, ht->buf);
   hub_mem_free(h->mem, ht);
   t->ht = NULL;
@@ -488,6 +594,59 @@ hub_buf *hub_hred_live_reply(hub *h, hub_topic *t, const hub_req *req) {
   return f;
 }
 
+int hub_hred_ready(hub *h, hub_topic *t, const hub_req *req, size_t *nreplay) {
+  hub_htopic *ht = t->ht;
+  *nreplay = 0;
+  if (ht == NULL || !ht->known || t->nacked == 0 || !h->bp_up ||
+      !t->confirmed || ht->read_req != 0) {
+    return 0;
+  }
+  if (!req->has_since) {
+    return 1;
+  }
+  hub_hred_expire(h);
+  if (!epoch_ok(req->since_epoch, req->since_epoch_len) ||
+      req->since_epoch_len != ht->elen ||
+      memcmp(req->since_epoch, ht->epoch, ht->elen) != 0 ||
+      req->since_offset > ht->top || ht->top - req->since_offset > ht->nring) {
+    return 0;
+  }
+  *nreplay = (size_t)(ht->top - req->since_offset);
+  return 1;
+}
+
+hub_buf *hub_hred_ready_reply(hub *h, hub_topic *t, const hub_req *req) {
+  hub_htopic *ht = t->ht;
+  hub_buf *id = NULL, *f;
+  if (req->id != NULL) {
+    id = hub_buf_new_copy(h->mem, req->id, req->id_len);
+    if (id == NULL) {
+      return NULL;
+    }
+  }
+  f = sub_reply(h, t->name, id, req->has_since ? req->since_offset : ht->top,
+                ht->epoch, ht->elen, req->has_since ? 1 : -1);
+  hub_buf_unref(id);
+  return f;
+}
+
+void hub_hred_ready_send(hub *h, hub_topic *t, hub_conn *c, hub_buf *reply,
+                         size_t nreplay) {
+  hub_htopic *ht = t->ht;
+  hub_conn *deferred = NULL;
+  uint32_t x;
+  HUB_ASSERT(nreplay <= ht->nring);
+  hub_conn_send(h, c, reply, &deferred);
+  for (x = ht->nring - (uint32_t)nreplay; x < ht->nring; x++) {
+    hub_conn_send(h, c, ht->ring[(ht->rhead + x) % ht->rcap], &deferred);
+    if (!c->evict && !c->closing) {
+      h->st.msgs_out++;
+    }
+  }
+  hub_buf_unref(reply);
+  hub_conn_evict_deferred(h, deferred);
+}
+
 int hub_hred_maybe_read(hub *h, hub_topic *t) {
   if (read_due(h, t)) {
     read_start(h, t);
@@ -593,6 +752,7 @@ int hub_hred_on_msg(hub *h, hub_topic *t, const uint8_t *data, size_t len,
     return buf_push(h, ht, off, epoch, elen, d, dlen);
   }
   if (!ht->known || t->nacked == 0) {
+    ring_clear(h, ht);
     return 0; /* no live subscriber: the next read says where it is */
   }
   same = elen == ht->elen && memcmp(epoch, ht->epoch, elen) == 0;
@@ -604,10 +764,12 @@ int hub_hred_on_msg(hub *h, hub_topic *t, const uint8_t *data, size_t len,
       return HUB_ERR_NOMEM;
     }
     f = msg_frame(h, t->name, off, d, dlen);
-    if (f == NULL) {
+    if (f == NULL || ring_room(h, ht) != 0) {
+      hub_buf_unref(f);
       return HUB_ERR_NOMEM;
     }
     ht->top = off;
+    ring_push(h, ht, f);
     group_send(h, t, f, 1, &deferred);
     hub_buf_unref(f);
     hub_conn_evict_deferred(h, deferred);
@@ -634,6 +796,7 @@ int hub_hred_on_msg(hub *h, hub_topic *t, const uint8_t *data, size_t len,
     ht->elen = (uint8_t)elen;
     memcpy(ht->epoch, epoch, elen);
     ht->top = 0;
+    ring_clear(h, ht);
     group_send(h, t, gap, 0, &deferred);
     hub_buf_unref(gap);
   }
@@ -743,7 +906,8 @@ static int topic_answer(hub *h, hub_topic *t, uint64_t T, const char *E,
   uint64_t live_pos = 0, P, top0;
   int live = ht->known && t->nacked > 0, rc = HUB_ERR_NOMEM, other = 0;
   int *rec = NULL, echange;
-  hub_buf *gap0 = NULL;
+  hub_buf *gap0 = NULL, **ring = NULL;
+  size_t run = n, keep = 0, drop = 0, nring = 0;
 
   /* The live subscribers' epoch changed: gap (offset 0), and they need
      the new epoch from its start. */
@@ -760,6 +924,7 @@ static int topic_answer(hub *h, hub_topic *t, uint64_t T, const char *E,
     ht->elen = (uint8_t)elen;
     memcpy(ht->epoch, E, elen);
     ht->top = 0;
+    ring_clear(h, ht);
     group_send(h, t, g, 0, &deferred);
     hub_buf_unref(g);
     hub_link_remove(&ht->read_link);
@@ -884,6 +1049,30 @@ static int topic_answer(hub *h, hub_topic *t, uint64_t T, const char *E,
       }
     }
   }
+  /* The ring from now on: the run of M that ends at P (every offset up
+     to P), after what the old one holds below the run when the live
+     subscribers keep their epoch and the run joins it; at most
+     history_size. */
+  run = n;
+  if ((live || nw > 0) && n > 0 && m[n - 1].offset == P) {
+    run = n - 1;
+    while (run > 0 && m[run - 1].offset + 1 == m[run].offset) {
+      run--;
+    }
+    if (live && !echange && ht->nring > 0 && m[run].offset <= top0 + 1 &&
+        m[run].offset + ht->nring > top0 + 1) {
+      keep = (size_t)(m[run].offset + ht->nring - top0 - 1);
+    }
+    nring = keep + (n - run);
+    if (nring > h->cfg.history_size) {
+      drop = nring - h->cfg.history_size;
+      nring = h->cfg.history_size;
+    }
+    ring = hub_mem_malloc(h->mem, ring_cap_for(h, nring) * sizeof(*ring));
+    if (ring == NULL) {
+      goto out;
+    }
+  }
   /* Sends: the live group's and each waiter's replies, messages and
      gaps, an eviction each connection at most, the re-read. */
   if (hub_effq_reserve(h, (t->nacked + nw) * (2 * n + 2) + nreq +
@@ -928,6 +1117,34 @@ static int topic_answer(hub *h, hub_topic *t, uint64_t T, const char *E,
     hub_topic_ack_one(h, s);
   }
   ht->top = P;
+  {
+    size_t q = 0, dk = drop < keep ? drop : keep;
+    uint32_t x;
+    for (x = 0; x < ht->nring; x++) {
+      hub_buf *f = ht->ring[(ht->rhead + x) % ht->rcap];
+      if (x >= dk && x < keep) {
+        ring[q++] = f; /* its reference moves */
+      } else {
+        hub_buf_unref(f);
+      }
+    }
+    for (i = run + (drop - dk); i < n; i++) {
+      hub_buf_ref(m[i].frame);
+      ring[q++] = m[i].frame;
+    }
+    HUB_ASSERT(q == nring);
+    hub_mem_free(h->mem, ht->ring);
+    ht->ring = ring;
+    ht->rhead = 0;
+    ht->nring = (uint32_t)nring;
+    ht->rcap = ring != NULL ? ring_cap_for(h, nring) : 0;
+    ring = NULL;
+    if (nring > 0) {
+      ring_touch(h, ht);
+    } else if (hub_link_linked(&ht->ring_link)) {
+      hub_link_remove(&ht->ring_link);
+    }
+  }
   hub_link_remove(&ht->read_link);
   ht->read_req = 0;
   buf_clear(h, ht);
@@ -950,6 +1167,7 @@ out:
   }
   hub_mem_free(h->mem, replies);
   hub_mem_free(h->mem, rec);
+  hub_mem_free(h->mem, ring);
   hub_buf_unref(tailgap);
   hub_buf_unref(gap0);
   return rc;
@@ -1315,6 +1533,7 @@ void hub_hred_free(hub *h) {
 void hub_hred_init(hub *h) {
   hub_link_init(&h->hops);
   hub_link_init(&h->hreads);
+  hub_link_init(&h->hrings);
 }
 
 int hub_hred_check(const hub *h, const char **why) {
@@ -1332,6 +1551,7 @@ int hub_hred_check(const hub *h, const char **why) {
     const hub_htopic *ht = t->ht;
     const hub_link *m;
     size_t nw = 0;
+    uint32_t i;
     if (ht == NULL) {
       continue;
     }
@@ -1350,6 +1570,30 @@ int hub_hred_check(const hub *h, const char **why) {
     }
     if (ht->read_req == 0 && ht->nbuf > 0) {
       *why = "history buffer without a read";
+      return -1;
+    }
+    if (ht->nring > ht->rcap || ht->rcap > h->cfg.history_size ||
+        (ht->nring > 0 &&
+         (!ht->known || t->nacked == 0 || ht->top < ht->nring ||
+          !hub_link_linked(&ht->ring_link))) ||
+        (ht->nring == 0 && hub_link_linked(&ht->ring_link))) {
+      *why = "history ring";
+      return -1;
+    }
+    for (i = 0; i < ht->nring; i++) {
+      if (ht->ring[(ht->rhead + i) % ht->rcap] == NULL) {
+        *why = "history ring frame";
+        return -1;
+      }
+    }
+  }
+  for (l = h->hrings.next; l != &h->hrings; l = l->next) {
+    const hub_htopic *ht = CONTAINER_OF(l, hub_htopic, ring_link);
+    if (ht->nring == 0 || ht->t->ht != ht ||
+        (l->next != &h->hrings &&
+         CONTAINER_OF(l->next, hub_htopic, ring_link)->ring_until <
+           ht->ring_until)) {
+      *why = "history ring list";
       return -1;
     }
   }

@@ -46,6 +46,24 @@ int hub_hred_wait_repeat(hub *h, hub_sub *s, const hub_req *req);
 /* The "subscribed" reply for a repeat subscribe on a live subscription
    (the channel's current offset and epoch). */
 hub_buf *hub_hred_live_reply(hub *h, hub_topic *t, const hub_req *req);
+/* Whether a new subscribe |req| on |t| is answered at once: the channel
+   is live with no read in flight, and |req| has no since, or a since of
+   the channel's epoch whose every later offset the ring holds
+   (*nreplay of them).  May drop an expired ring. */
+int hub_hred_ready(hub *h, hub_topic *t, const hub_req *req, size_t *nreplay);
+/* Its "subscribed" reply: offset since (recovered) or top, the epoch. */
+hub_buf *hub_hred_ready_reply(hub *h, hub_topic *t, const hub_req *req);
+/* Sends |reply| (taking it over) and the last |nreplay| frames of the
+   ring to |c|, whose subscription is live already; needs 1 + nreplay +
+   hub_conn_close_cost(c) reserved effects. */
+void hub_hred_ready_send(hub *h, hub_topic *t, hub_conn *c, hub_buf *reply,
+                         size_t nreplay);
+/* The ring's timer: the earliest deadline, and the rings due dropped
+   (frees only). */
+hub_tstamp hub_hred_get_expiry(const hub *h);
+void hub_hred_expire(hub *h);
+/* The channel has no live subscriber any more: the ring goes. */
+void hub_hred_idle(hub *h, hub_topic *t);
 /* Starts the read if one is due (needs one reserved effect); 1 if so. */
 int hub_hred_maybe_read(hub *h, hub_topic *t);
 

@@ -199,6 +199,7 @@ struct hub {
      in flight, the request numbers. */
   hub_link hops;
   hub_link hreads;
+  hub_link hrings; /* channels whose ring holds frames, by its deadline */
   size_t nhops;
   size_t nhtopics;
   uint64_t next_hreq;

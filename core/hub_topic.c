@@ -121,6 +121,9 @@ void hub_sub_release(hub *h, hub_sub *s) {
     if (s->nframes > 0) {
       t->nwaiting--;
     }
+    if (t->nacked == 0 && t->ht != NULL) {
+      hub_hred_idle(h, t);
+    }
   }
   hub_link_remove(&s->topic_link);
   hub_link_remove(&s->conn_link);
@@ -254,11 +257,47 @@ static size_t subscribe_cost(const hub_conn *c) {
    until a read answers (hub_hred.c), whose answer builds the reply.
    Needs subscribe_cost(c) reserved; reserves the read and the new
    channel's term itself. */
+/* A subscribe to live history channel |t| answered at once
+   (hub_hred_ready): live from now on, its reply and the |nreplay|
+   frames of the ring it missed sent.  Needs subscribe_cost(c) reserved
+   and reserves the replay. */
+static int subscribe_hred_ready(hub *h, hub_conn *c, const hub_req *req,
+                                hub_topic *t, size_t nreplay) {
+  hub_buf *ok;
+  hub_sub *s;
+
+  if (hub_effq_reserve(h, subscribe_cost(c) + nreplay) != 0) {
+    return HUB_ERR_NOMEM;
+  }
+  ok = hub_hred_ready_reply(h, t, req);
+  s = hub_mem_malloc(h->mem, sizeof(*s));
+  if (ok == NULL || s == NULL) {
+    hub_buf_unref(ok);
+    hub_mem_free(h->mem, s);
+    return HUB_ERR_NOMEM;
+  }
+  memset(s, 0, sizeof(*s));
+  hub_link_init(&s->topic_link);
+  hub_link_init(&s->conn_link);
+  s->conn = c;
+  s->topic = t;
+  s->acked = 1;
+  hub_link_push_tail(&c->subs, &s->conn_link);
+  c->nsubs++;
+  h->nsubs++;
+  t->nsubs++;
+  t->nacked++;
+  hub_link_push_tail(&t->acked, &s->topic_link);
+  hub_hred_ready_send(h, t, c, ok, nreplay);
+  return 0;
+}
+
 static int subscribe_hred(hub *h, hub_conn *c, const hub_req *req, hub_topic *t,
                           hub_sub *s) {
   hub_buf *cancel, **frames;
   hub_hwait *w;
   int fresh = t == NULL;
+  size_t nreplay;
 
   if (hub_effq_reserve(h, subscribe_cost(c) + 2) != 0) {
     return HUB_ERR_NOMEM;
@@ -271,6 +310,9 @@ static int subscribe_hred(hub *h, hub_conn *c, const hub_req *req, hub_topic *t,
     }
     hub_conn_reply(h, c, ok);
     return 0;
+  }
+  if (s == NULL && t != NULL && hub_hred_ready(h, t, req, &nreplay)) {
+    return subscribe_hred_ready(h, c, req, t, nreplay);
   }
   cancel = hub_frame_error(h, req->id, req->id_len, "subscription cancelled");
   if (cancel == NULL) {
