@@ -1054,16 +1054,22 @@ static int topic_answer(hub *h, hub_topic *t, uint64_t T, const char *E,
      subscribers keep their epoch and the run joins it; at most
      history_size. */
   run = n;
-  if ((live || nw > 0) && n > 0 && m[n - 1].offset == P) {
-    run = n - 1;
-    while (run > 0 && m[run - 1].offset + 1 == m[run].offset) {
-      run--;
+  if (live || nw > 0) {
+    uint64_t low = P + 1; /* the run's first offset */
+    if (n > 0 && m[n - 1].offset == P) {
+      run = n - 1;
+      while (run > 0 && m[run - 1].offset + 1 == m[run].offset) {
+        run--;
+      }
+      low = m[run].offset;
     }
-    if (live && !echange && ht->nring > 0 && m[run].offset <= top0 + 1 &&
-        m[run].offset + ht->nring > top0 + 1) {
-      keep = (size_t)(m[run].offset + ht->nring - top0 - 1);
+    if (live && !echange && ht->nring > 0 && low <= top0 + 1 &&
+        low + ht->nring > top0 + 1) {
+      keep = (size_t)(low + ht->nring - top0 - 1);
     }
     nring = keep + (n - run);
+  }
+  if (nring > 0) {
     if (nring > h->cfg.history_size) {
       drop = nring - h->cfg.history_size;
       nring = h->cfg.history_size;

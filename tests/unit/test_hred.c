@@ -598,6 +598,233 @@ static void test_hred_requests_nomem(void **state) {
   assert_true(k > 4);
 }
 
+/* A subscribe with since |off| of |epoch| on news from |c|. */
+static void sub_since(th *t, hub_conn_id c, uint64_t off, const char *epoch) {
+  char m[160];
+  snprintf(m, sizeof(m),
+           "{\"type\":\"subscribe\",\"channel\":\"news\",\"since\":"
+           "{\"offset\":%llu,\"epoch\":\"%s\"}}",
+           (unsigned long long)off, epoch);
+  assert_int_equal(th_msg(t, c, m), 0);
+}
+
+static void expect_recovered(th *t, hub_conn_id c, uint64_t off,
+                             const char *epoch) {
+  char want[200];
+  snprintf(want, sizeof(want),
+           "{\"type\":\"subscribed\",\"channel\":\"news\",\"offset\":%llu,"
+           "\"epoch\":\"%s\",\"recovered\":true}",
+           (unsigned long long)off, epoch);
+  expect_frame(t, c, want);
+}
+
+static uint64_t reads(th *t) {
+  hub_stats st;
+  hub_get_stats(t->h, &st);
+  return st.hist_reads;
+}
+
+/* On a live channel the ring of the messages delivered answers a
+   subscribe whose since it covers, and one without since, at once: no
+   HREAD.  A since below the ring, or of another epoch, still reads. */
+static void test_hred_ring_serves(void **state) {
+  th t;
+  hub_conn_id a, b, c, d, e;
+  uint64_t n, req;
+  th_eff *f;
+  (void)state;
+  start(&t, 10);
+  a = live_sub(&t, 5);
+  assert_int_equal(live(&t, 6, E1), 0);
+  assert_int_equal(live(&t, 7, E1), 0);
+  assert_int_equal(live(&t, 8, E1), 0);
+  expect_msg(&t, a, 6);
+  expect_msg(&t, a, 7);
+  expect_msg(&t, a, 8);
+  n = reads(&t);
+  b = th_open(&t);
+  sub_since(&t, b, 5, E1);
+  assert_int_equal(left(&t, HUB_EFF_BP_HREAD, 0), 0);
+  expect_recovered(&t, b, 5, E1);
+  expect_msg(&t, b, 6);
+  expect_msg(&t, b, 7);
+  expect_msg(&t, b, 8);
+  /* Up to date: nothing to replay. */
+  c = th_open(&t);
+  sub_since(&t, c, 8, E1);
+  expect_recovered(&t, c, 8, E1);
+  assert_int_equal(left(&t, HUB_EFF_SEND, c), 0);
+  /* Without since: the channel's offset and epoch. */
+  d = th_open(&t);
+  assert_int_equal(
+    th_msg(&t, d, "{\"type\":\"subscribe\",\"channel\":\"news\",\"id\":3}"), 0);
+  expect_frame(&t, d,
+               "{\"type\":\"subscribed\",\"channel\":\"news\",\"id\":3,"
+               "\"offset\":8,\"epoch\":\"" E1 "\"}");
+  assert_int_equal(reads(&t), n);
+  assert_int_equal(left(&t, HUB_EFF_BP_HREAD, 0), 0);
+  /* All live. */
+  assert_int_equal(live(&t, 9, E1), 0);
+  expect_msg(&t, a, 9);
+  expect_msg(&t, b, 9);
+  expect_msg(&t, c, 9);
+  expect_msg(&t, d, 9);
+  /* 5 is below the ring (6..9 kept): a read. */
+  e = th_open(&t);
+  sub_since(&t, e, 4, E1);
+  assert_int_equal(left(&t, HUB_EFF_SEND, e), 0);
+  req = take_read(&t, 4);
+  assert_int_equal(answer(&t, req, 9, E1, 5, 9), 0);
+  expect_recovered(&t, e, 4, E1);
+  for (uint64_t k = 5; k <= 9; k++) {
+    expect_msg(&t, e, k);
+  }
+  /* That read's entries joined the ring: 4 is served now. */
+  th_closed(&t, e);
+  e = th_open(&t);
+  sub_since(&t, e, 4, E1);
+  assert_int_equal(left(&t, HUB_EFF_BP_HREAD, 0), 0);
+  expect_recovered(&t, e, 4, E1);
+  for (uint64_t k = 5; k <= 9; k++) {
+    expect_msg(&t, e, k);
+  }
+  /* Another epoch: a read, not recovered. */
+  n = reads(&t);
+  e = th_open(&t);
+  sub_since(&t, e, 8, E2);
+  req = take_read(&t, 8);
+  assert_int_equal(answer(&t, req, 9, E1, 9, 9), 0);
+  f = th_take(&t, HUB_EFF_SEND, e);
+  assert_non_null(f);
+  assert_non_null(strstr(f->data, "\"recovered\":false"));
+  assert_int_equal(left(&t, HUB_EFF_SEND, e), 0);
+  assert_int_equal(reads(&t), n + 1);
+  th_fini(&t);
+}
+
+/* The ring holds at most history_size frames. */
+static void test_hred_ring_bounded(void **state) {
+  th t;
+  hub_conn_id a, b;
+  uint64_t k, req;
+  (void)state;
+  start(&t, 4);
+  a = live_sub(&t, 0);
+  for (k = 1; k <= 10; k++) {
+    assert_int_equal(live(&t, k, E1), 0);
+    expect_msg(&t, a, k);
+  }
+  b = th_open(&t);
+  sub_since(&t, b, 6, E1);
+  expect_recovered(&t, b, 6, E1);
+  for (k = 7; k <= 10; k++) {
+    expect_msg(&t, b, k);
+  }
+  th_closed(&t, b);
+  b = th_open(&t);
+  sub_since(&t, b, 5, E1);
+  req = take_read(&t, 6); /* top - history_size */
+  (void)req;
+  th_fini(&t);
+}
+
+/* The ring starts over after a gap frame to the live subscribers and
+   after an epoch change. */
+static void test_hred_ring_reset(void **state) {
+  th t;
+  hub_conn_id a, b;
+  uint64_t req;
+  (void)state;
+  start(&t, 10);
+  a = live_sub(&t, 5);
+  assert_int_equal(live(&t, 6, E1), 0);
+  expect_msg(&t, a, 6);
+  /* A hole history no longer holds: gap, then 9. */
+  assert_int_equal(live(&t, 9, E1), 0);
+  req = take_read(&t, 6);
+  assert_int_equal(answer(&t, req, 9, E1, 9, 9), 0);
+  expect_frame(&t, a,
+               "{\"type\":\"gap\",\"channel\":\"news\",\"epoch\":\"" E1
+               "\",\"offset\":8}");
+  expect_msg(&t, a, 9);
+  /* The ring holds 9 only: since 8 is served, since 6 reads. */
+  b = th_open(&t);
+  sub_since(&t, b, 8, E1);
+  expect_recovered(&t, b, 8, E1);
+  expect_msg(&t, b, 9);
+  th_closed(&t, b);
+  b = th_open(&t);
+  sub_since(&t, b, 6, E1);
+  req = take_read(&t, 6);
+  assert_int_equal(answer(&t, req, 9, E1, 9, 9), 0);
+  th_closed(&t, b);
+  th_clear(&t);
+  /* Another epoch: gap to the live group, a read from 0; the old epoch's
+     since reads, the new one's is served from what that read kept. */
+  assert_int_equal(live(&t, 1, E2), 0);
+  expect_frame(&t, a,
+               "{\"type\":\"gap\",\"channel\":\"news\",\"epoch\":\"" E2
+               "\",\"offset\":0}");
+  req = take_read(&t, 0);
+  assert_int_equal(answer(&t, req, 1, E2, 1, 1), 0);
+  expect_msg(&t, a, 1);
+  b = th_open(&t);
+  sub_since(&t, b, 8, E1);
+  req = take_read(&t, 1);
+  assert_int_equal(answer(&t, req, 1, E2, 2, 1), 0);
+  th_closed(&t, b);
+  th_clear(&t);
+  b = th_open(&t);
+  sub_since(&t, b, 0, E2);
+  assert_int_equal(left(&t, HUB_EFF_BP_HREAD, 0), 0);
+  expect_recovered(&t, b, 0, E2);
+  expect_msg(&t, b, 1);
+  th_fini(&t);
+}
+
+/* history_ttl without a live message empties the ring (the core's
+   timer); the channel's last offset is still answered at once. */
+static void test_hred_ring_ttl(void **state) {
+  th t;
+  hub_conn_id a, b;
+  uint64_t req;
+  (void)state;
+  th_init(&t);
+  t.cfg.backplane = 1;
+  t.cfg.history_size = 10;
+  t.cfg.history_ttl_ns = TH_S(60);
+  t.cfg.ping_interval_ns = TH_S(1000);
+  t.cfg.pong_timeout_ns = TH_S(2000);
+  th_start(&t);
+  assert_int_equal(th_bp_up(&t), 0);
+  th_clear(&t);
+  a = live_sub(&t, 5);
+  assert_int_equal(live(&t, 6, E1), 0);
+  expect_msg(&t, a, 6);
+  th_written_all(&t, a);
+  assert_true(hub_get_expiry(t.h) <= t.now + TH_S(60));
+  th_advance(&t, TH_S(30));
+  assert_int_equal(live(&t, 7, E1), 0);
+  expect_msg(&t, a, 7);
+  th_written_all(&t, a);
+  th_advance(&t, TH_S(59));
+  b = th_open(&t);
+  sub_since(&t, b, 5, E1);
+  expect_recovered(&t, b, 5, E1);
+  expect_msg(&t, b, 6);
+  expect_msg(&t, b, 7);
+  th_closed(&t, b);
+  th_advance(&t, TH_S(2));
+  th_clear(&t);
+  b = th_open(&t);
+  sub_since(&t, b, 6, E1);
+  assert_int_equal(left(&t, HUB_EFF_SEND, b), 0);
+  req = take_read(&t, 6);
+  assert_int_equal(answer(&t, req, 7, E1, 7, 7), 0);
+  th_closed(&t, b);
+  th_fini(&t);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_hred_subscribe_waits_for_the_read),
@@ -611,6 +838,10 @@ int main(void) {
     cmocka_unit_test(test_hred_api),
     cmocka_unit_test(test_hred_answer_nomem),
     cmocka_unit_test(test_hred_requests_nomem),
+    cmocka_unit_test(test_hred_ring_serves),
+    cmocka_unit_test(test_hred_ring_bounded),
+    cmocka_unit_test(test_hred_ring_reset),
+    cmocka_unit_test(test_hred_ring_ttl),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
