@@ -29,6 +29,12 @@
  *     o <= top is a duplicate; o > top + 1 is buffered and the hole read
  *     from history (gap fill); another epoch is a `gap` with offset 0
  *     and a read from 0.
+ *   - The ring (live channels only): the frames of the newest messages
+ *     delivered, offsets contiguous up to top, at most history_size,
+ *     emptied on a gap to the live group, an epoch change, the last live
+ *     subscriber's leaving, or history_ttl without a new frame.  A new
+ *     subscribe with no since, or with a since of the epoch the ring
+ *     covers, is answered from it at once when no read is in flight.
  *   - hub_on_bp_down drops the read and the buffer (a later answer is
  *     ignored); the re-SUBSCRIBE's confirmation reads again from the
  *     live subscribers' offset, which fills what the outage lost.
