@@ -602,6 +602,7 @@ hub_buf *hub_hred_live_reply(hub *h, hub_topic *t, const hub_req *req) {
 
 int hub_hred_ready(hub *h, hub_topic *t, const hub_req *req, size_t *nreplay) {
   hub_htopic *ht = t->ht;
+  uint32_t nring;
   *nreplay = 0;
   if (ht == NULL || !ht->known || t->nacked == 0 || !h->bp_up ||
       !t->confirmed || ht->read_req != 0) {
@@ -610,11 +611,12 @@ int hub_hred_ready(hub *h, hub_topic *t, const hub_req *req, size_t *nreplay) {
   if (!req->has_since) {
     return 1;
   }
-  hub_hred_expire(h);
+  /* A ring past its deadline holds nothing (its timer frees it). */
+  nring = ht->nring > 0 && ht->ring_until > h->now ? ht->nring : 0;
   if (!epoch_ok(req->since_epoch, req->since_epoch_len) ||
       req->since_epoch_len != ht->elen ||
       memcmp(req->since_epoch, ht->epoch, ht->elen) != 0 ||
-      req->since_offset > ht->top || ht->top - req->since_offset > ht->nring) {
+      req->since_offset > ht->top || ht->top - req->since_offset > nring) {
     return 0;
   }
   *nreplay = (size_t)(ht->top - req->since_offset);
@@ -768,6 +770,9 @@ int hub_hred_on_msg(hub *h, hub_topic *t, const uint8_t *data, size_t len,
   if (same && off == ht->top + 1) {
     if (hub_effq_reserve(h, hub_topic_deliver_cost(h, t->nacked)) != 0) {
       return HUB_ERR_NOMEM;
+    }
+    if (ht->nring > 0 && ht->ring_until <= h->now) {
+      ring_clear(h, ht); /* due: its timer has not run yet (frees only) */
     }
     f = msg_frame(h, t->name, off, d, dlen);
     if (f == NULL || ring_room(h, ht) != 0) {
@@ -1069,8 +1074,8 @@ static int topic_answer(hub *h, hub_topic *t, uint64_t T, const char *E,
       }
       low = m[run].offset;
     }
-    if (live && !echange && ht->nring > 0 && low <= top0 + 1 &&
-        low + ht->nring > top0 + 1) {
+    if (live && !echange && ht->nring > 0 && ht->ring_until > h->now &&
+        low <= top0 + 1 && low + ht->nring > top0 + 1) {
       keep = (size_t)(low + ht->nring - top0 - 1);
     }
     nring = keep + (n - run);

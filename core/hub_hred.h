@@ -49,7 +49,7 @@ hub_buf *hub_hred_live_reply(hub *h, hub_topic *t, const hub_req *req);
 /* Whether a new subscribe |req| on |t| is answered at once: the channel
    is live with no read in flight, and |req| has no since, or a since of
    the channel's epoch whose every later offset the ring holds
-   (*nreplay of them).  May drop an expired ring. */
+   (*nreplay of them).  Changes nothing. */
 int hub_hred_ready(hub *h, hub_topic *t, const hub_req *req, size_t *nreplay);
 /* Its "subscribed" reply: offset since (recovered) or top, the epoch. */
 hub_buf *hub_hred_ready_reply(hub *h, hub_topic *t, const hub_req *req);
