@@ -397,7 +397,7 @@ static int subscribe_hred(hub *h, hub_conn *c, const hub_req *req, hub_topic *t,
 int hub_topic_subscribe(hub *h, hub_conn *c, const hub_req *req) {
   hub_topic *t = hub_topic_find(h, req->channel, req->channel_len);
   hub_sub *s = t ? conn_find_sub(c, t) : NULL;
-  hub_buf *ok, *cancel = NULL, *name = NULL;
+  hub_buf *ok, *cancel = NULL;
   hub_buf **frames;
   hub_hist_sub hs;
   int effective;
@@ -479,24 +479,13 @@ int hub_topic_subscribe(hub *h, hub_conn *c, const hub_req *req) {
     }
   }
   if (t == NULL) {
-    t = hub_mem_malloc(h->mem, sizeof(*t));
-    name = hub_buf_new_copy(h->mem, req->channel, req->channel_len);
-    if (t == NULL || name == NULL) {
-      hub_mem_free(h->mem, t);
-      hub_buf_unref(name);
+    t = topic_new(h, req);
+    if (t == NULL) {
       hub_mem_free(h->mem, s->frames);
       hub_mem_free(h->mem, s);
       goto nomem;
     }
-    memset(t, 0, sizeof(*t));
-    t->name = name;
-    hub_link_init(&t->all);
-    hub_link_init(&t->acked);
-    hub_link_init(&t->pending);
-    t->hnode.hash = hub_hash_str(h->cfg.seed, req->channel, req->channel_len);
-    hub_htab_insert(h->mem, &h->topic_tab, &t->hnode);
-    hub_link_push_tail(&h->topics, &t->all);
-    h->ntopics++;
+    topic_link(h, t);
   }
   s->conn = c;
   s->topic = t;

@@ -385,40 +385,26 @@ static void sh_em_auth(sh_em *m, const hub_auth *a) {
   sh_em_globs(m, a->publish, a->npublish);
 }
 
-void sh_rec_event_auth(sh_rec *r, int type, hub_tstamp now, uint64_t id,
-                       const char *text, const hub_auth *auth) {
-  uint8_t sm[64], hdr[11];
-  size_t n = 0, hn = 0, tl = text != NULL ? strlen(text) : 0, plen, total;
-  uint64_t fl = auth != NULL ? SH_REC_AUTH_CLAIMS : 0;
+/* The part of an event record after its fixed fields: type, length,
+   |sm| (n bytes), |text| (tl bytes), then the block |emit| writes
+   (called once to count, once to write; NULL: none), into the buffer or
+   straight to the sink when it does not fit.  Opens the event's segment
+   as sh_rec_event does. */
+static void sh_rec_put_event(sh_rec *r, int type, hub_tstamp now,
+                             const uint8_t *sm, size_t n, const char *text,
+                             size_t tl, void (*emit)(sh_em *, const void *),
+                             const void *arg) {
+  uint8_t hdr[11];
+  size_t hn = 0, plen, total;
   sh_em m;
-  if (r->stopped != SH_REC_ON) {
-    return;
-  }
-  if (r->stop_pending) {
-    (void)sh_rec_stop(r, SH_REC_STOP_LIMIT);
-    return;
-  }
-  sh_rec_close_event(r);
-  if (type == SH_REC_CONN_VERIFIED && text != NULL) {
-    fl |= SH_REC_AUTH_ERR;
-  }
-  n = sh_put_zz(sm, n, (int64_t)(now - r->last_now));
-  if (type == SH_REC_CONN_VERIFIED) {
-    n = sh_put_uv(sm, n, id);
-  }
-  n = sh_put_uv(sm, n, fl);
-  n = sh_put_uv(sm, n, tl);
   memset(&m, 0, sizeof(m));
   m.r = r;
-  if (auth != NULL) {
-    sh_em_auth(&m, auth); /* counts */
+  if (emit != NULL) {
+    emit(&m, arg); /* counts */
   }
   plen = n + tl + m.n;
   total = sh_rec_total(plen);
-  if (!sh_rec_room(r, total)) {
-    return;
-  }
-  if (r->stopped == SH_REC_STOP_WRITE) {
+  if (!sh_rec_room(r, total) || r->stopped == SH_REC_STOP_WRITE) {
     return;
   }
   hdr[hn++] = (uint8_t)type;
@@ -436,8 +422,8 @@ void sh_rec_event_auth(sh_rec *r, int type, hub_tstamp now, uint64_t id,
       memcpy(w + hn + n, text, tl);
     }
     m.dst = w + hn + n + tl;
-    if (auth != NULL) {
-      sh_em_auth(&m, auth);
+    if (emit != NULL) {
+      emit(&m, arg);
     }
     atomic_signal_fence(memory_order_seq_cst);
     r->len += total;
@@ -448,8 +434,8 @@ void sh_rec_event_auth(sh_rec *r, int type, hub_tstamp now, uint64_t id,
         sh_rec_sink_write(r, (const uint8_t *)text, tl) != 0) {
       return;
     }
-    if (auth != NULL) {
-      sh_em_auth(&m, auth);
+    if (emit != NULL) {
+      emit(&m, arg);
     }
     sh_em_flush(&m);
     if (m.err) {
@@ -467,6 +453,36 @@ void sh_rec_event_auth(sh_rec *r, int type, hub_tstamp now, uint64_t id,
   r->call_allocs = 0;
 }
 
+static void sh_emit_auth(sh_em *m, const void *arg) {
+  sh_em_auth(m, arg);
+}
+
+void sh_rec_event_auth(sh_rec *r, int type, hub_tstamp now, uint64_t id,
+                       const char *text, const hub_auth *auth) {
+  uint8_t sm[64];
+  size_t n = 0, tl = text != NULL ? strlen(text) : 0;
+  uint64_t fl = auth != NULL ? SH_REC_AUTH_CLAIMS : 0;
+  if (r->stopped != SH_REC_ON) {
+    return;
+  }
+  if (r->stop_pending) {
+    (void)sh_rec_stop(r, SH_REC_STOP_LIMIT);
+    return;
+  }
+  sh_rec_close_event(r);
+  if (type == SH_REC_CONN_VERIFIED && text != NULL) {
+    fl |= SH_REC_AUTH_ERR;
+  }
+  n = sh_put_zz(sm, n, (int64_t)(now - r->last_now));
+  if (type == SH_REC_CONN_VERIFIED) {
+    n = sh_put_uv(sm, n, id);
+  }
+  n = sh_put_uv(sm, n, fl);
+  n = sh_put_uv(sm, n, tl);
+  sh_rec_put_event(r, type, now, sm, n, text, tl,
+                   auth != NULL ? sh_emit_auth : NULL, auth);
+}
+
 /* The entries block of a BP_HREAD record: n, then per entry its offset
    and its data (string). */
 static void sh_em_entries(sh_em *m, const hub_hentry *e, size_t n) {
@@ -478,12 +494,22 @@ static void sh_em_entries(sh_em *m, const hub_hentry *e, size_t n) {
   }
 }
 
+typedef struct sh_hentries {
+  const hub_hentry *e;
+  size_t n;
+} sh_hentries;
+
+static void sh_emit_entries(sh_em *m, const void *arg) {
+  const sh_hentries *he = arg;
+  sh_em_entries(m, he->e, he->n);
+}
+
 void sh_rec_event_hread(sh_rec *r, hub_tstamp now, uint64_t req, int ok,
                         uint64_t offset, const char *epoch, size_t epoch_len,
                         const hub_hentry *e, size_t ne) {
-  uint8_t sm[64], hdr[11];
-  size_t n = 0, hn = 0, plen, total;
-  sh_em m;
+  uint8_t sm[64];
+  size_t n = 0;
+  sh_hentries he;
   if (r->stopped != SH_REC_ON) {
     return;
   }
@@ -500,54 +526,10 @@ void sh_rec_event_hread(sh_rec *r, hub_tstamp now, uint64_t req, int ok,
   n = sh_put_uv(sm, n, ok != 0);
   n = sh_put_uv(sm, n, offset);
   n = sh_put_uv(sm, n, epoch_len);
-  memset(&m, 0, sizeof(m));
-  m.r = r;
-  sh_em_entries(&m, e, ne); /* counts */
-  plen = n + epoch_len + m.n;
-  total = sh_rec_total(plen);
-  if (!sh_rec_room(r, total) || r->stopped == SH_REC_STOP_WRITE) {
-    return;
-  }
-  hdr[hn++] = (uint8_t)SH_REC_BP_HREAD;
-  hn = sh_put_uv(hdr, hn, plen);
-  if (total > r->cap - r->len && sh_rec_flush(r) != 0) {
-    return;
-  }
-  memset(&m, 0, sizeof(m));
-  m.r = r;
-  if (total <= r->cap - r->len) {
-    uint8_t *w = r->buf + r->len;
-    memcpy(w, hdr, hn);
-    memcpy(w + hn, sm, n);
-    if (epoch_len > 0) {
-      memcpy(w + hn + n, epoch, epoch_len);
-    }
-    m.dst = w + hn + n + epoch_len;
-    sh_em_entries(&m, e, ne);
-    atomic_signal_fence(memory_order_seq_cst);
-    r->len += total;
-  } else {
-    m.sink = 1;
-    if (sh_rec_sink_write(r, hdr, hn) != 0 ||
-        sh_rec_sink_write(r, sm, n) != 0 ||
-        sh_rec_sink_write(r, (const uint8_t *)epoch, epoch_len) != 0) {
-      return;
-    }
-    sh_em_entries(&m, e, ne);
-    sh_em_flush(&m);
-    if (m.err) {
-      return;
-    }
-    r->file_off += total;
-  }
-  r->last_now = now;
-  r->events++;
-  r->seg_open = 1;
-  r->seg_rc = 0;
-  r->seg_count = 0;
-  r->qempty = 0;
-  r->in_call = 1;
-  r->call_allocs = 0;
+  he.e = e;
+  he.n = ne;
+  sh_rec_put_event(r, SH_REC_BP_HREAD, now, sm, n, epoch, epoch_len,
+                   sh_emit_entries, &he);
 }
 
 void sh_rec_alloc_failed(sh_rec *r) {
